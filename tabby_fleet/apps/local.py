@@ -1,0 +1,310 @@
+"""The local runtime: each entry's backend is a process on 127.0.0.1, started on demand.
+
+A backend starts on the first request for its entry (that request waits up to
+``router.start_timeout``; the start itself may take up to the entry's ``startup_timeout``), stops
+after ``scaledown_window`` seconds without requests, and starts again on the next request if it died.
+It is ``tabby serve`` when a tabby binary is found, otherwise the built-in stand-in.
+Entries with a ``url`` are used as they are (see :class:`StaticBackends`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ..fleet.errors import FleetError
+from ..fleet.settings import Entry, FleetSettings
+from ..router.backends import StaticBackends, Upstream
+from .tabby_cmd import standin_argv, tabby_env, tabby_serve_argv
+
+log = logging.getLogger("tabby_fleet.local")
+
+HOST = "127.0.0.1"  # backends accept only this machine: the router is their only client
+STOP_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this long
+READY_POLL_SECONDS = 0.02  # how often a starting backend's port is tried
+START_RETRY_AFTER = 5  # Retry-After while a backend is still starting
+LOG_TAIL_BYTES = 2000
+
+
+def find_tabby(settings: FleetSettings) -> str | None:
+    """The tabby binary to run, or None for the stand-in. A configured one must exist."""
+    if settings.tabby_bin:
+        found = shutil.which(settings.tabby_bin)
+        if found is None:
+            raise FleetError(
+                500,
+                "tabby-not-found",
+                f"tabby_bin {settings.tabby_bin!r} (FLEET_TABBY_BIN) is not an executable file; fix the "
+                f"path, or unset it to use `tabby` from PATH or the built-in stand-in",
+            )
+        return found
+    return shutil.which("tabby")
+
+
+class LocalBackend:
+    """One entry's process and its lifecycle: cold -> starting -> ready -> (idle) cold; or failed."""
+
+    def __init__(self, entry: Entry, settings: FleetSettings, tabby_bin: str | None) -> None:
+        self.entry = entry
+        self.tabby_bin = tabby_bin
+        self.root = (settings.data_dir / entry.name).resolve()
+        self.log_path = self.root / "backend.log"
+        self.state = "cold"
+        self.last_error: str | None = None
+        self.in_flight = 0
+        self.last_used = time.monotonic()
+        self.starts = 0
+        self.port: int | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def kind(self) -> str:
+        return "tabby" if self.tabby_bin else "stand-in"
+
+    @property
+    def url(self) -> str | None:
+        return f"http://{HOST}:{self.port}" if self.state == "ready" and self.port else None
+
+    async def ensure_running(self, wait: float) -> str:
+        """The backend's URL, starting it if needed; waits at most ``wait`` seconds."""
+        if self.state == "ready" and self.url:
+            return self.url
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.create_task(self._start(), name=f"start-{self.entry.name}")
+        try:
+            async with asyncio.timeout(wait):
+                await asyncio.shield(self._starting)  # a request giving up does not stop the start
+        except TimeoutError:
+            raise FleetError(
+                503,
+                "backend-starting",
+                f"entry {self.entry.name!r} is still starting ({self.kind}, up to "
+                f"{self.entry.startup_timeout}s); retry in a few seconds",
+                retry_after=START_RETRY_AFTER,
+            ) from None
+        except FleetError:
+            raise
+        if self.url is None:  # pragma: no cover - _start either sets ready or raises
+            raise FleetError(502, "backend-failed", f"entry {self.entry.name!r} did not start")
+        return self.url
+
+    async def _start(self) -> None:
+        self.state = "starting"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        if self.tabby_bin:
+            argv = tabby_serve_argv(self.entry, binary=self.tabby_bin, port=self.port, device="cpu", host=HOST)
+        else:
+            argv = standin_argv(self.entry, port=self.port, host=HOST)
+        env = {**os.environ, **tabby_env(self.root)}
+        started = time.monotonic()
+        with self.log_path.open("ab") as log_file:
+            log_file.write(f"\n--- starting: {' '.join(argv)}\n".encode())
+            log_file.flush()
+            self.process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
+        self.starts += 1
+        self._stopping = False
+        process = self.process
+        log.info("entry %s: starting %s (pid %d, port %d)", self.entry.name, self.kind, process.pid, self.port)
+        try:
+            async with asyncio.timeout(self.entry.startup_timeout):
+                while not await _port_open(self.port):
+                    if process.returncode is not None:
+                        raise _StartFailed(f"exited with code {process.returncode} before opening its port")
+                    await asyncio.sleep(READY_POLL_SECONDS)
+        except (TimeoutError, _StartFailed) as exc:
+            reason = str(exc) or f"did not open its port within startup_timeout={self.entry.startup_timeout}s"
+            await self._terminate(process)
+            self.state = "failed"
+            self.last_error = f"{reason}; log: {self.log_path}\n{_tail(self.log_path)}"
+            log.error("entry %s: start failed: %s", self.entry.name, self.last_error)
+            raise FleetError(
+                502,
+                "backend-failed",
+                f"entry {self.entry.name!r} failed to start: {reason}. See {self.log_path}; "
+                f"the next request tries again",
+                retry_after=START_RETRY_AFTER,
+            ) from None
+        except asyncio.CancelledError:
+            await self._terminate(process)
+            self.state = "cold"
+            raise
+        self.state = "ready"
+        self.last_error = None
+        self.last_used = time.monotonic()
+        self._watcher = asyncio.create_task(self._watch(process), name=f"watch-{self.entry.name}")
+        log.info("entry %s: ready in %.2fs at %s", self.entry.name, time.monotonic() - started, self.url)
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if self._stopping or process is not self.process:
+            return
+        self.state = "failed"
+        self.last_error = f"exited unexpectedly with code {code}; it restarts on the next request"
+        log.warning("entry %s: backend pid %d %s", self.entry.name, process.pid, self.last_error)
+
+    async def stop(self, reason: str) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, FleetError):
+                await self._starting
+        process = self.process
+        if process is None or process.returncode is not None:
+            if self.state == "ready":
+                self.state = "cold"
+            return
+        self._stopping = True
+        log.info("entry %s: stopping pid %d (%s)", self.entry.name, process.pid, reason)
+        await self._terminate(process)
+        self.state = "cold"
+
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        if process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            async with asyncio.timeout(STOP_GRACE_SECONDS):
+                await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    def is_idle(self, now: float) -> bool:
+        return (
+            self.state == "ready"
+            and self.in_flight == 0
+            and now - self.last_used >= self.entry.scaledown_window
+        )
+
+    def status(self) -> dict[str, Any]:
+        process = self.process
+        alive = process is not None and process.returncode is None
+        return {
+            "state": self.state,
+            "backend": self.kind,
+            "in_flight": self.in_flight,
+            "starts": self.starts,
+            "pid": process.pid if alive and process else None,
+            "url": self.url,
+            "last_error": self.last_error,
+        }
+
+
+class LocalBackends:
+    """Backends for every entry on this machine; the router's local runtime."""
+
+    runtime = "local"
+
+    def __init__(self, settings: FleetSettings) -> None:
+        self.settings = settings
+        self.tabby_bin = find_tabby(settings)
+        self.static = StaticBackends(settings)
+        self.backends = {
+            entry.name: LocalBackend(entry, settings, self.tabby_bin)
+            for entry in settings.entries
+            if entry.name not in self.static
+        }
+        windows = [entry.scaledown_window for entry in settings.entries] or [60]
+        # Check often enough that a 2 s idle window ends within about half a second of its time.
+        self._reap_interval = max(0.25, min(1.0, min(windows) / 4))
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap(), name="local-backends-reaper")
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(*(backend.stop("router shutdown") for backend in self.backends.values()))
+
+    @contextlib.asynccontextmanager
+    async def lease(self, entry: str) -> AsyncIterator[Upstream]:
+        backend = self.backends.get(entry)
+        if backend is None:
+            async with self.static.lease(entry) as upstream:
+                yield upstream
+            return
+        backend.in_flight += 1
+        try:
+            url = await backend.ensure_running(self.settings.router.start_timeout)
+            yield Upstream(url)
+        finally:
+            backend.in_flight -= 1
+            backend.last_used = time.monotonic()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        status = {name: backend.status() for name, backend in self.backends.items()}
+        return status | self.static.status()
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self._reap_interval)
+            now = time.monotonic()
+            for backend in self.backends.values():
+                if backend.is_idle(now):
+                    window = backend.entry.scaledown_window
+                    await backend.stop(f"idle for {window}s (scaledown_window)")
+
+
+class _StartFailed(Exception):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+async def _port_open(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(HOST, port)
+    except OSError:
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def _tail(path: Path) -> str:
+    try:
+        with path.open("rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - LOG_TAIL_BYTES))
+            return file.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the router dies, so none is orphaned."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -1,0 +1,75 @@
+"""The router's view of where entries run: "the URL of entry X, starting it if needed".
+
+The router holds one :class:`Backends` and never knows more about the runtime than this interface.
+Implementations: :class:`tabby_fleet.apps.local.LocalBackends` (processes on this machine) and
+:class:`StaticBackends` (entries with a fixed ``url``); the Modal runtime adds its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..fleet.errors import FleetError
+from ..fleet.settings import FleetSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where to send one request: a base URL (no trailing slash) and headers the backend needs."""
+
+    base_url: str
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+class Backends(Protocol):
+    runtime: str  # "local", "modal", ...
+
+    async def start(self) -> None:
+        """Called once the event loop runs (router start-up)."""
+
+    async def close(self) -> None:
+        """Stop everything this runtime started. Called at router shutdown."""
+
+    def lease(self, entry: str) -> AbstractAsyncContextManager[Upstream]:
+        """Hold entry's backend for one request: start it if needed, keep it up until exit.
+
+        Raises FleetError (503 with Retry-After while starting too long, 502 if it failed to start).
+        """
+        ...
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per entry: {"state": "cold"|"starting"|"ready"|"failed", ...} for /fleet/health."""
+        ...
+
+
+class StaticBackends:
+    """Entries that name a running Tabby server with ``url``: nothing to start or stop."""
+
+    runtime = "static"
+
+    def __init__(self, settings: FleetSettings) -> None:
+        self._upstreams = {
+            entry.name: Upstream(str(entry.url).rstrip("/")) for entry in settings.entries if entry.url
+        }
+
+    def __contains__(self, entry: str) -> bool:
+        return entry in self._upstreams
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    @asynccontextmanager
+    async def lease(self, entry: str) -> AsyncIterator[Upstream]:
+        upstream = self._upstreams.get(entry)
+        if upstream is None:
+            raise FleetError(502, "no-backend", f"entry {entry!r} has no url and no runtime to start it")
+        yield upstream
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {name: {"state": "ready", "external": True} for name in self._upstreams}

@@ -1,0 +1,69 @@
+"""EntryGate: at most ``capacity`` requests in flight per entry, a bounded queue, then 503.
+
+Capacity is the entry's ``max_containers x max_inputs``, the same on every runtime. A request over
+capacity waits (first come, first served) up to ``router.queue_timeout`` seconds; when ``max_queue``
+requests already wait, or the wait runs out, it gets 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+from ..fleet.errors import FleetError
+
+RETRY_AFTER_SECONDS = 1  # a slot frees as soon as one completion ends: completions take ~100 ms
+
+
+class EntryGate:
+    def __init__(self, entry: str, capacity: int, max_queue: int, queue_timeout: float) -> None:
+        self.entry = entry
+        self.capacity = capacity
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self.in_flight < self.capacity and not self._waiters:
+            self.in_flight += 1
+            return
+        if len(self._waiters) >= self.max_queue or self.queue_timeout <= 0:
+            raise self._busy(f"{self.in_flight} requests are in flight and {self.queued} already wait")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.queue_timeout):
+                await waiter  # release() hands its slot over: in_flight stays counted
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot arrived as we gave up: pass it on
+            else:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise self._busy(f"no slot freed within {self.queue_timeout:g}s") from None
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.in_flight -= 1
+
+    def _busy(self, detail: str) -> FleetError:
+        return FleetError(
+            503,
+            "entry-busy",
+            f"entry {self.entry!r} is at capacity ({self.capacity} concurrent requests): {detail}; "
+            f"retry shortly, or ask your fleet admin to raise max_containers or max_inputs",
+            retry_after=RETRY_AFTER_SECONDS,
+        )
