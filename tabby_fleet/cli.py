@@ -35,8 +35,11 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("--config", type=Path, help="fleet.toml to use (default: $FLEET_CONFIG, "
-                         "./fleet.toml, then the packaged example)")
+        cmd.add_argument(
+            "--config",
+            type=Path,
+            help="fleet.toml to use (default: $FLEET_CONFIG, ./fleet.toml, then the packaged example)",
+        )
         return cmd
 
     up = command("up", "Run the router on this machine; backends start on demand.")
@@ -147,24 +150,26 @@ def plan_table(settings: FleetSettings) -> str:
     for entry in settings.entries:
         teams = [t.name for t in settings.teams if t.entry == entry.name]
         allowed = [
-            t.name for t in settings.teams
+            t.name
+            for t in settings.teams
             if t.entry != entry.name and (not t.allowed_entries or entry.name in t.allowed_entries)
         ]
         team_text = ", ".join(teams) + (f" (+ may use: {', '.join(allowed)})" if allowed else "")
         name = entry.name + (" *" if entry.name == settings.router.default_entry else "")
-        rows.append((
-            name,
-            entry.model,
-            entry.chat_model or "-",
-            entry.gpu if not entry.url else f"(external {entry.url})",
-            f"{entry.scaledown_window}s",
-            f"{entry.min_containers}..{entry.max_containers}",
-            f"{entry.max_inputs}/container = {entry.capacity}",
-            team_text or "-",
-        ))
+        rows.append(
+            (
+                name,
+                entry.model,
+                entry.chat_model or "-",
+                entry.gpu if not entry.url else f"(external {entry.url})",
+                f"{entry.scaledown_window}s",
+                f"{entry.min_containers}..{entry.max_containers}",
+                f"{entry.max_inputs}/container = {entry.capacity}",
+                team_text or "-",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     if settings.router.default_entry:
         lines.append("* default entry: used when no team or model header selects one")

@@ -193,11 +193,7 @@ class LocalBackend:
             await process.wait()
 
     def is_idle(self, now: float) -> bool:
-        return (
-            self.state == "ready"
-            and self.in_flight == 0
-            and now - self.last_used >= self.entry.scaledown_window
-        )
+        return self.state == "ready" and self.in_flight == 0 and now - self.last_used >= self.entry.scaledown_window
 
     def status(self) -> dict[str, Any]:
         process = self.process

@@ -56,6 +56,7 @@ class StandIn:
         self.cancelled = 0
         self.in_flight = 0
         self.events: Counter[str] = Counter()
+        self.last_headers: dict[str, str] = {}
 
     def completion_text(self, language: str) -> str:
         # One plain line: tabby-agent drops multi-line text mid-line and text that repeats the suffix.
@@ -104,6 +105,7 @@ class StandIn:
             "cancelled": self.cancelled,
             "in_flight": self.in_flight,
             "events": dict(self.events),
+            "last_headers": self.last_headers,
         }
 
     def record_event(self, event: dict[str, Any]) -> None:
@@ -192,6 +194,7 @@ async def server_setting(request: web.Request) -> web.Response:
 async def completions(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.requests["completions"] += 1
+    state.last_headers = {name.lower(): value for name, value in request.headers.items()}
     body = await _json_body(request)
     _check_completion_request(body)
     debug = body.get("debug_options") or {}
@@ -222,9 +225,7 @@ async def completions(request: web.Request) -> web.Response:
         if debug.get("return_prompt"):
             prefix = (segments or {}).get("prefix", "")
             suffix = (segments or {}).get("suffix") or ""
-            debug_data["prompt"] = debug.get("raw_prompt") or (
-                f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"
-            )
+            debug_data["prompt"] = debug.get("raw_prompt") or (f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>")
         if debug.get("return_snippets"):
             debug_data["snippets"] = []
         answer["debug_data"] = debug_data
@@ -323,8 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stand-in %(levelname)s %(message)s")
     root = Path(os.environ["TABBY_ROOT"]) if os.environ.get("TABBY_ROOT") else None
     state = StandIn(args.model, args.chat_model, args.chunk_delay, args.completion_delay, root)
-    log.info("%s for %s (chat: %s); loading for %.1fs", STAND_IN_NOTICE, args.model, args.chat_model,
-             args.start_delay)
+    log.info("%s for %s (chat: %s); loading for %.1fs", STAND_IN_NOTICE, args.model, args.chat_model, args.start_delay)
     time.sleep(args.start_delay)  # like tabby serve: the port opens only once the "model" is loaded
     web.run_app(
         build_app(state),

@@ -54,7 +54,9 @@ class RoutingTable:
     def __init__(self, settings: FleetSettings) -> None:
         self.entry_names: tuple[str, ...] = tuple(e.name for e in settings.entries)
         self.teams: dict[str, Team] = {t.name: t for t in settings.teams}
-        self.default_entry = settings.router.default_entry
+        # A fleet of one entry needs no default_entry: that entry is the only possible answer.
+        only = self.entry_names[0] if len(self.entry_names) == 1 else None
+        self.default_entry = settings.router.default_entry or only
         self.tokens_required = settings.any_team_has_tokens
         self._token_teams: tuple[tuple[bytes, str], ...] = tuple(
             (bytes.fromhex(digest), team.name) for team in settings.teams for digest in team.token_sha256
@@ -125,7 +127,7 @@ class RoutingTable:
                 401,
                 "missing-token",
                 "this fleet requires a team token: send 'Authorization: Bearer <token>' (in tabby-agent's "
-                "config.toml: [server] token = \"<token>\"); ask your fleet admin for one",
+                'config.toml: [server] token = "<token>"); ask your fleet admin for one',
             )
         digest = hashlib.sha256(token.encode()).digest()
         found = None
@@ -141,9 +143,7 @@ class RoutingTable:
             )
         return found
 
-    def _team(
-        self, token_team: str | None, header_team: str | None, path_team: str | None
-    ) -> tuple[Team | None, str]:
+    def _team(self, token_team: str | None, header_team: str | None, path_team: str | None) -> tuple[Team | None, str]:
         if header_team and path_team and header_team != path_team:
             raise FleetError(
                 400,
@@ -165,9 +165,7 @@ class RoutingTable:
             return None, DEFAULT_ENTRY
         team = self.teams.get(claimed)
         if team is None:
-            raise FleetError(
-                404, "unknown-team", f"there is no team {claimed!r} in this fleet", tuple(self.teams)
-            )
+            raise FleetError(404, "unknown-team", f"there is no team {claimed!r} in this fleet", tuple(self.teams))
         return team, TEAM_HEADER if header_team else TEAM_PATH
 
     def _select(self, wanted: str, team: Team | None, source: str) -> str:
@@ -207,9 +205,7 @@ def _split_path(path: str) -> _PathParts:
     if not rest.startswith(TABBY_API_PREFIXES):
         raise FleetError(404, "unknown-path", f"{path!r} is not a Tabby API path; use {PATH_HELP}")
     if "/../" in rest or "/./" in rest or rest.endswith(("/..", "/.")) or "\\" in rest:
-        raise FleetError(
-            400, "bad-path", f"{path!r} has dot segments or backslashes; send a normalised path"
-        )
+        raise FleetError(400, "bad-path", f"{path!r} has dot segments or backslashes; send a normalised path")
     return _PathParts(team, model, rest)
 
 

@@ -99,8 +99,7 @@ class Entry(BaseModel):
             )
         if count and not (count.isdigit() and 1 <= int(count) <= MAX_GPUS_PER_CONTAINER):
             raise ValueError(
-                f"GPU count in {value!r} must be a whole number from 1 to {MAX_GPUS_PER_CONTAINER}, "
-                f"e.g. '{kind}:2'"
+                f"GPU count in {value!r} must be a whole number from 1 to {MAX_GPUS_PER_CONTAINER}, e.g. '{kind}:2'"
             )
         return value.upper()
 
@@ -144,9 +143,7 @@ class Entry(BaseModel):
                 f"({self.max_containers}); raise max_containers or lower min_containers"
             )
         if self.target_inputs is not None and not 1 <= self.target_inputs <= self.max_inputs:
-            raise ValueError(
-                f"target_inputs must be 1..max_inputs ({self.max_inputs}); got {self.target_inputs}"
-            )
+            raise ValueError(f"target_inputs must be 1..max_inputs ({self.max_inputs}); got {self.target_inputs}")
         return self
 
     @property
@@ -300,8 +297,7 @@ def _fleet_problems(settings: FleetSettings) -> list[str]:
             owner = selectors.get(alias)
             if owner is not None and owner != entry.name:
                 problems.append(
-                    f"entry {entry.name!r}: alias {alias!r} already selects entry {owner!r}; "
-                    f"pick another alias"
+                    f"entry {entry.name!r}: alias {alias!r} already selects entry {owner!r}; pick another alias"
                 )
             elif owner == entry.name and alias != entry.name:
                 problems.append(f"entry {entry.name!r}: alias {alias!r} is listed twice; list it once")
@@ -326,9 +322,7 @@ def _fleet_problems(settings: FleetSettings) -> list[str]:
         team_seen.add(team.name)
         for allowed in team.allowed_entries:
             if allowed not in known:
-                problems.append(
-                    f"{where}.allowed_entries: unknown entry {allowed!r}; choose from: {choices}"
-                )
+                problems.append(f"{where}.allowed_entries: unknown entry {allowed!r}; choose from: {choices}")
         if team.entry is not None:
             if team.entry not in known:
                 problems.append(f"{where}.entry: unknown entry {team.entry!r}; choose one of: {choices}")
@@ -337,12 +331,7 @@ def _fleet_problems(settings: FleetSettings) -> list[str]:
                     f"{where}.entry: {team.entry!r} is not in its allowed_entries "
                     f"({', '.join(team.allowed_entries)}); add it there or pick one of those"
                 )
-        elif (
-            default is not None
-            and default in known
-            and team.allowed_entries
-            and default not in team.allowed_entries
-        ):
+        elif default is not None and default in known and team.allowed_entries and default not in team.allowed_entries:
             problems.append(
                 f"{where}: has no entry and router.default_entry {default!r} is outside its "
                 f"allowed_entries ({', '.join(team.allowed_entries)}); set the team's entry"

@@ -131,7 +131,9 @@ def create_app(settings: FleetSettings, backends: Backends) -> FastAPI:
         runtime = status.get(name, {"state": "cold"})
         gate = proxy.gates[name]
         return EntryState(
-            state=runtime["state"], in_flight=gate.in_flight, queued=gate.queued,
+            state=runtime["state"],
+            in_flight=gate.in_flight,
+            queued=gate.queued,
             last_error=runtime.get("last_error"),
         )
 
@@ -169,7 +171,9 @@ def create_app(settings: FleetSettings, backends: Backends) -> FastAPI:
         ]
         teams = [
             TeamInfo(
-                name=t.name, entry=t.entry, allowed_entries=list(t.allowed_entries),
+                name=t.name,
+                entry=t.entry,
+                allowed_entries=list(t.allowed_entries),
                 uses_tokens=bool(t.token_sha256),
             )
             for t in settings.teams

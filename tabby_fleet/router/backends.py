@@ -51,9 +51,7 @@ class StaticBackends:
     runtime = "static"
 
     def __init__(self, settings: FleetSettings) -> None:
-        self._upstreams = {
-            entry.name: Upstream(str(entry.url).rstrip("/")) for entry in settings.entries if entry.url
-        }
+        self._upstreams = {entry.name: Upstream(str(entry.url).rstrip("/")) for entry in settings.entries if entry.url}
 
     def __contains__(self, entry: str) -> bool:
         return entry in self._upstreams

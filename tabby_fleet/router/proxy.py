@@ -87,7 +87,7 @@ class Proxy:
             self.session = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        authorization = team = model = None
+        authorization = team = model = connection = None
         content_length = 0
         forwarded: list[tuple[str, str]] = []
         for raw_name, raw_value in scope["headers"]:
@@ -101,8 +101,12 @@ class Proxy:
                     model = raw_value.decode("latin-1")
                 elif name == "content-length" and raw_value.isdigit():
                     content_length = int(raw_value)
+                elif name == "connection":
+                    connection = raw_value.decode("latin-1")
                 continue
             forwarded.append((name, raw_value.decode("latin-1")))
+        if connection:
+            forwarded = _drop_connection_listed(forwarded, connection)
         raw_path = scope.get("raw_path") or scope["path"].encode()
         try:
             route = self.table.route(raw_path.decode("latin-1"), authorization, team, model)
@@ -175,8 +179,7 @@ class Proxy:
             if not watcher.done() or done:
                 raise  # cancelled by the server, not by the client leaving
             task.uncancel()
-            log.debug("client left %s %s (entry %s): upstream cancelled", scope["method"], scope["path"],
-                      route.entry)
+            log.debug("client left %s %s (entry %s): upstream cancelled", scope["method"], scope["path"], route.entry)
         finally:
             done = True
             watcher.cancel()
@@ -204,9 +207,7 @@ class Proxy:
                     ]
                     response_headers.append((b"x-fleet-entry", entry.encode()))
                     response_headers.append((b"x-fleet-route", route.reason.encode()))
-                    await send(
-                        {"type": "http.response.start", "status": response.status, "headers": response_headers}
-                    )
+                    await send({"type": "http.response.start", "status": response.status, "headers": response_headers})
                     started = True
                     async for chunk in response.content.iter_any():
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -224,6 +225,14 @@ class Proxy:
             await send_error(send, _upstream_error(entry, exc, self.read_timeout), entry)
 
 
+def _drop_connection_listed(headers: list[tuple[str, str]], connection: str) -> list[tuple[str, str]]:
+    """Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)."""
+    listed = {token.strip().lower() for token in connection.split(",")} - {"keep-alive", "close", ""}
+    if not listed:
+        return headers
+    return [(name, value) for name, value in headers if name not in listed]
+
+
 def _upstream_error(entry: str, exc: BaseException, read_timeout: float) -> FleetError:
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError):
         return FleetError(
@@ -239,9 +248,7 @@ def _upstream_error(entry: str, exc: BaseException, read_timeout: float) -> Flee
             "backend-timeout",
             f"the backend for entry {entry!r} sent nothing for {read_timeout:g}s (router.read_timeout)",
         )
-    return FleetError(
-        502, "backend-error", f"the backend for entry {entry!r} failed: {exc.__class__.__name__}: {exc}"
-    )
+    return FleetError(502, "backend-error", f"the backend for entry {entry!r} failed: {exc.__class__.__name__}: {exc}")
 
 
 async def send_error(send: Send, error: FleetError, entry: str | None = None) -> None:

@@ -1,0 +1,198 @@
+"""End to end over loopback: the router under uvicorn, stand-in backends as real processes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .fleetproc import COMPLETION, RunningFleet, run_fleet
+
+CONFIG = """
+[router]
+default_entry = "small"
+
+[[entries]]
+name = "small"
+model = "TabbyML/StarCoder-1B"
+chat_model = "TabbyML/Qwen2-1.5B-Instruct"
+aliases = ["starcoder-1b"]
+
+[[entries]]
+name = "medium"
+model = "TabbyML/StarCoder-3B"
+
+[[entries]]
+name = "large"
+model = "TabbyML/StarCoder-7B"
+
+[[teams]]
+name = "frontend"
+entry = "small"
+allowed_entries = ["small", "medium"]
+
+[[teams]]
+name = "research"
+entry = "large"
+"""
+
+TOKEN = "tft_research-token"
+TOKEN_CONFIG = CONFIG.replace(
+    'entry = "large"\n', f'entry = "large"\ntoken_sha256 = ["{hashlib.sha256(TOKEN.encode()).hexdigest()}"]\n'
+)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
+    with run_fleet(tmp_path_factory.mktemp("fleet"), CONFIG) as running:
+        yield running
+
+
+def complete(client: httpx.Client, path: str = "/v1/completions", **headers: str) -> httpx.Response:
+    return client.post(path, json=COMPLETION, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "entry", "model", "reason"),
+    [
+        ("/v1/completions", {}, "small", "TabbyML/StarCoder-1B", "default-entry"),
+        ("/v1/completions", {"X-Tabby-Team": "research"}, "large", "TabbyML/StarCoder-7B", "team-header"),
+        ("/teams/frontend/v1/completions", {}, "small", "TabbyML/StarCoder-1B", "team-path"),
+        ("/v1/completions", {"X-Tabby-Model": "medium"}, "medium", "TabbyML/StarCoder-3B", "model-header"),
+        ("/v1/completions", {"X-Tabby-Model": "StarCoder-1B"}, "small", "TabbyML/StarCoder-1B", "model-header"),
+        ("/models/large/v1/completions", {}, "large", "TabbyML/StarCoder-7B", "model-path"),
+        ("/teams/frontend/models/medium/v1/completions", {}, "medium", "TabbyML/StarCoder-3B", "model-path"),
+    ],
+)
+def test_each_routing_mode_reaches_its_entry(
+    fleet: RunningFleet, path: str, headers: dict[str, str], entry: str, model: str, reason: str
+) -> None:
+    with fleet.client() as client:
+        response = complete(client, path, **headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["id"].startswith("cmpl-") and body["mode"] == "standard"
+    assert model in body["choices"][0]["text"]
+    assert response.headers["x-fleet-entry"] == entry
+    assert response.headers["x-fleet-route"] == reason
+
+
+def test_health_and_server_setting_through_team_prefix(fleet: RunningFleet) -> None:
+    with fleet.client() as client:
+        health = client.get("/teams/research/v1/health")
+        setting = client.get("/teams/research/v1beta/server_setting")
+        legacy = client.post("/teams/research/v1/health")
+    assert health.json()["model"] == "TabbyML/StarCoder-7B"
+    assert health.json()["version"]["git_describe"]
+    assert legacy.json()["model"] == "TabbyML/StarCoder-7B"
+    assert setting.json() == {"disable_client_side_telemetry": False}
+
+
+def test_events_are_forwarded_with_query_exactly_once(fleet: RunningFleet) -> None:
+    with fleet.client() as client:
+        client.get("/models/medium/v1/health")
+        before = fleet.backend_stats("medium")["events"].get("select", 0)
+        for _ in range(5):
+            response = client.post(
+                "/models/medium/v1/events?select_kind=line",
+                json={"type": "select", "completion_id": "cmpl-1", "choice_index": 0},
+            )
+            assert response.status_code == 200 and response.content == b""
+    assert fleet.backend_stats("medium")["events"]["select"] == before + 5
+    day_files = list((fleet.workdir / ".fleet-data" / "medium" / "events").glob("*.json"))
+    assert day_files and '"select_kind": "line"' in day_files[0].read_text()
+
+
+def test_backend_errors_pass_through_unchanged(fleet: RunningFleet) -> None:
+    with fleet.client() as client:
+        no_type = client.post("/v1/completions", content=b"{}")
+        bad_json = client.post("/v1/completions", content=b"{", headers={"content-type": "application/json"})
+        bad_schema = client.post("/v1/completions", json={"segments": {"suffix": "x"}})
+        no_segments = client.post("/v1/completions", json={"language": "python"})
+        no_chat = client.post("/models/medium/v1/chat/completions", json={"messages": []})
+    assert no_type.status_code == 415
+    assert bad_json.status_code == 400
+    assert bad_schema.status_code == 422
+    assert (no_segments.status_code, no_segments.content) == (400, b"")
+    assert no_chat.status_code == 501
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "code"),
+    [
+        ("/v1/completions", {"X-Tabby-Model": "gpt-5"}, 404, "unknown-model"),
+        ("/teams/nobody/v1/completions", {}, 404, "unknown-team"),
+        ("/teams/frontend/v1/completions", {"X-Tabby-Model": "large"}, 403, "entry-not-allowed"),
+        ("/teams/frontend/v1/completions", {"X-Tabby-Team": "research"}, 400, "conflicting-team"),
+        ("/v2/completions", {}, 404, "unknown-path"),
+        ("/fleet/nothing", {}, 404, "unknown-path"),
+    ],
+)
+def test_refusals_are_clear_json(
+    fleet: RunningFleet, path: str, headers: dict[str, str], status: int, code: str
+) -> None:
+    with fleet.client() as client:
+        response = complete(client, path, **headers)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == code and len(error["message"]) > 20
+
+
+def test_body_over_limit_is_413(fleet: RunningFleet) -> None:
+    with fleet.client() as client:
+        response = client.post(
+            "/v1/completions", content=b"x" * (1024 * 1024 + 1), headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body-too-large"
+
+
+def test_backend_gets_end_to_end_headers_but_never_the_token(fleet: RunningFleet) -> None:
+    with fleet.client() as client:
+        response = client.post(
+            "/v1/completions",
+            json={**COMPLETION, "debug_options": {"return_prompt": True}},
+            headers={
+                "Authorization": "Bearer secret",
+                "X-Tabby-Model": "small",
+                "X-Tabby-User": "ada",
+                "User-Agent": "tabby-agent/1.5.0",
+                "Connection": "keep-alive, x-hop",
+                "Keep-Alive": "timeout=5",
+                "X-Hop": "1",
+            },
+        )
+    assert response.status_code == 200
+    assert response.json()["debug_data"]["prompt"].startswith("<fim_prefix>def add")
+    seen = fleet.backend_stats("small")["last_headers"]
+    assert seen["x-tabby-user"] == "ada" and seen["user-agent"] == "tabby-agent/1.5.0"
+    assert seen["content-type"] == "application/json"
+    for dropped in ("authorization", "x-tabby-model", "keep-alive", "x-hop"):
+        assert dropped not in seen, f"{dropped} reached the backend"
+
+
+def test_fleet_endpoints_describe_the_table(fleet: RunningFleet) -> None:
+    health = fleet.health()
+    assert health["status"] == "ok" and health["runtime"] == "local"
+    assert set(health["entries"]) == {"small", "medium", "large"}
+    assert all(e["state"] in {"cold", "starting", "ready", "failed"} for e in health["entries"].values())
+    entries = fleet.entries()
+    assert entries["small"]["model"] == "TabbyML/StarCoder-1B" and entries["small"]["default"] is True
+    docs = httpx.get(f"{fleet.base_url}/fleet/openapi.json").json()
+    assert "/fleet/health" in docs["paths"] and "/fleet/entries" in docs["paths"]
+
+
+def test_tokens_route_and_refuse(tmp_path: Path) -> None:
+    with run_fleet(tmp_path, TOKEN_CONFIG) as running, running.client() as client:
+        ok = complete(client, Authorization=f"Bearer {TOKEN}")
+        missing = complete(client, "/teams/frontend/v1/completions")
+        wrong = complete(client, Authorization="Bearer nope")
+        mismatch = complete(client, "/teams/frontend/v1/completions", Authorization=f"Bearer {TOKEN}")
+    assert ok.status_code == 200 and "StarCoder-7B" in ok.json()["choices"][0]["text"]
+    assert ok.headers["x-fleet-route"] == "team-token"
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing-token"
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid-token"
+    assert mismatch.status_code == 403 and mismatch.json()["error"]["code"] == "team-mismatch"
