@@ -44,12 +44,14 @@ class StandIn:
         chunk_delay: float = 0.0,
         completion_delay: float = 0.0,
         root: Path | None = None,
+        completion_timeout: float = COMPLETION_TIMEOUT,
     ) -> None:
         self.model = model
         self.chat_model = chat_model
         self.chunk_delay = chunk_delay
         self.completion_delay = completion_delay
         self.root = root
+        self.completion_timeout = completion_timeout
         self.started_at = time.time()
         self.requests: Counter[str] = Counter()
         self.completed = 0
@@ -203,7 +205,7 @@ async def completions(request: web.Request) -> web.Response:
         return web.Response(status=400)  # Tabby: a generation error has an empty body
     state.in_flight += 1
     try:
-        async with asyncio.timeout(COMPLETION_TIMEOUT):
+        async with asyncio.timeout(state.completion_timeout):
             if state.completion_delay:
                 await asyncio.sleep(state.completion_delay)
     except TimeoutError:
@@ -319,11 +321,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start-delay", type=float, default=0.0, help="seconds before the port opens")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chat SSE events")
     parser.add_argument("--completion-delay", type=float, default=0.0, help="seconds per completion")
+    parser.add_argument(
+        "--completion-timeout", type=float, default=COMPLETION_TIMEOUT, help="408 after this many seconds"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stand-in %(levelname)s %(message)s")
     root = Path(os.environ["TABBY_ROOT"]) if os.environ.get("TABBY_ROOT") else None
-    state = StandIn(args.model, args.chat_model, args.chunk_delay, args.completion_delay, root)
+    state = StandIn(args.model, args.chat_model, args.chunk_delay, args.completion_delay, root, args.completion_timeout)
     log.info("%s for %s (chat: %s); loading for %.1fs", STAND_IN_NOTICE, args.model, args.chat_model, args.start_delay)
     time.sleep(args.start_delay)  # like tabby serve: the port opens only once the "model" is loaded
     web.run_app(
