@@ -117,12 +117,15 @@ def cmd_token_new(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
     from .apps.local import LocalBackends
     from .router.app import create_app
 
     settings = load_settings(args.config)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     try:
         backends = LocalBackends(settings)
     except FleetError as error:

@@ -56,6 +56,7 @@ class StandIn:
         self.requests: Counter[str] = Counter()
         self.completed = 0
         self.cancelled = 0
+        self.last_cancelled_at: float | None = None  # time.time(), for the disconnect benchmark
         self.in_flight = 0
         self.events: Counter[str] = Counter()
         self.last_headers: dict[str, str] = {}
@@ -105,10 +106,15 @@ class StandIn:
             "requests": dict(self.requests),
             "completed": self.completed,
             "cancelled": self.cancelled,
+            "last_cancelled_at": self.last_cancelled_at,
             "in_flight": self.in_flight,
             "events": dict(self.events),
             "last_headers": self.last_headers,
         }
+
+    def note_cancelled(self) -> None:
+        self.cancelled += 1
+        self.last_cancelled_at = time.time()
 
     def record_event(self, event: dict[str, Any]) -> None:
         self.events[event["type"]] += 1
@@ -211,7 +217,7 @@ async def completions(request: web.Request) -> web.Response:
     except TimeoutError:
         return web.Response(status=408)
     except asyncio.CancelledError:
-        state.cancelled += 1  # the client went away: aiohttp cancels the handler
+        state.note_cancelled()  # the client went away: aiohttp cancels the handler
         raise
     finally:
         state.in_flight -= 1
@@ -279,7 +285,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             }
             await stream.write(f"data: {json.dumps(chunk)}\n\n".encode())
     except (asyncio.CancelledError, ConnectionResetError):
-        state.cancelled += 1
+        state.note_cancelled()
         raise
     finally:
         state.in_flight -= 1
