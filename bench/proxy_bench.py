@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     started: list[servers.Server] = []
     try:
-        backends = {name: servers.standin(name, workdir, completion_delay=d) for name, d in BACKENDS.items()}
-        backends["sse"] = servers.standin("sse", workdir, chunk_delay=0.010)
-        backends["hang"] = servers.standin("hang", workdir, completion_delay=30.0, chunk_delay=0.5)
+        backends = {name: servers.fast_backend(name, workdir, completion_delay=d) for name, d in BACKENDS.items()}
+        backends["sse"] = servers.fast_backend("sse", workdir, chunk_delay=0.010)
+        backends["hang"] = servers.fast_backend("hang", workdir, completion_delay=30.0, chunk_delay=0.5)
         started += backends.values()
         targets: dict[str, servers.Server] = {}
         targets["router"] = servers.router(backends, workdir, local_entry=True)

@@ -61,12 +61,12 @@ def _spawn(name: str, argv: list[str], port: int, log_dir: Path, cwd: Path | Non
     return Server(name, f"http://127.0.0.1:{port}", process)
 
 
-def standin(name: str, log_dir: Path, *, completion_delay: float = 0.0, chunk_delay: float = 0.0) -> Server:
+def fast_backend(name: str, log_dir: Path, *, completion_delay: float = 0.0, chunk_delay: float = 0.0) -> Server:
+    """A Tabby-shaped backend fast enough that the proxy, not the backend, is what gets measured."""
     port = free_port()
-    argv = [sys.executable, "-m", "tabby_fleet.apps.standin", "--model", f"bench/{name}", "--port", str(port),
-            "--chat-model", f"bench/{name}-chat", "--completion-delay", str(completion_delay),
-            "--chunk-delay", str(chunk_delay)]  # fmt: skip
-    return _spawn(f"backend-{name}", argv, port, log_dir)
+    argv = [sys.executable, "-m", "bench.fast_backend", "--port", str(port),
+            "--completion-delay", str(completion_delay), "--chunk-delay", str(chunk_delay)]  # fmt: skip
+    return _spawn(f"backend-{name}", argv, port, log_dir, cwd=Path(__file__).resolve().parent.parent)
 
 
 def router(backends: dict[str, Server], log_dir: Path, local_entry: bool = False) -> Server:

@@ -142,6 +142,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         http="httptools",
         log_level=args.log_level,
         access_log=False,  # a line per keystroke is noise; the router logs failures
+        proxy_headers=False,  # X-Forwarded-* rewriting: not needed, and it costs on every request
         timeout_graceful_shutdown=10,
     )
     return 0

@@ -203,6 +203,9 @@ class RouterOptions(BaseModel):
     # Seconds without a byte from the backend (first byte included). Tabby's own completion timeout
     # is 30 s and its SSE keep-alive comes every 15 s, so 120 s (the IDE agent's own timeout) is slack.
     read_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # Seconds an idle pooled connection to a backend is kept for reuse. IDE requests come in bursts
+    # with pauses between; reusing a connection saves a TCP (on Modal, TLS) handshake.
+    upstream_keepalive: Annotated[float, Field(ge=0, le=3600)] = 30.0
     # Seconds a request waits for its backend to start (local runtime). A CPU tabby loading a 1B
     # model takes tens of seconds; the stand-in about half a second.
     start_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from .. import __version__
 from ..fleet.errors import FleetError
@@ -29,9 +29,12 @@ PROXIED_PREFIXES = (*TABBY_API_PREFIXES, TEAM_PREFIX, MODEL_PREFIX)
 
 
 class ProxyDispatch:
-    """ASGI middleware: Tabby API paths to the proxy, the rest to the FastAPI admin app."""
+    """The router's ASGI app: Tabby API paths to the proxy, the rest (and lifespan) to FastAPI.
 
-    def __init__(self, app: ASGIApp, proxy: Proxy) -> None:
+    It wraps the FastAPI app from outside, so proxied requests skip FastAPI's middleware stack.
+    """
+
+    def __init__(self, app: FastAPI, proxy: Proxy) -> None:
         self.app = app
         self.proxy = proxy
 
@@ -85,7 +88,7 @@ class FleetTable(BaseModel):
     teams: list[TeamInfo]
 
 
-def create_app(settings: FleetSettings, backends: Backends) -> FastAPI:
+def create_app(settings: FleetSettings, backends: Backends) -> ProxyDispatch:
     proxy = Proxy(settings, backends)
     started = time.monotonic()
 
@@ -110,7 +113,6 @@ def create_app(settings: FleetSettings, backends: Backends) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.proxy = proxy
-    app.add_middleware(ProxyDispatch, proxy=proxy)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -185,4 +187,4 @@ def create_app(settings: FleetSettings, backends: Backends) -> FastAPI:
             teams=teams,
         )
 
-    return app
+    return ProxyDispatch(app, proxy)

@@ -18,10 +18,13 @@ from ..fleet.settings import FleetSettings
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """Where to send one request: a base URL (no trailing slash) and headers the backend needs."""
+    """Where to send one request: a base URL (no trailing slash) and headers the backend needs.
+
+    ``headers`` are lower-case name/value byte pairs, added to every request (e.g. Modal proxy auth).
+    """
 
     base_url: str
-    headers: tuple[tuple[str, str], ...] = field(default=())
+    headers: tuple[tuple[bytes, bytes], ...] = field(default=())
 
 
 class Backends(Protocol):

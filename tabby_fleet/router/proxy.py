@@ -2,12 +2,13 @@
 
 For each request: route it (pure, :mod:`tabby_fleet.fleet.routing`), read its body (bounded), take a
 slot at the entry's gate, lease the entry's backend, forward method, path, query, body and
-end-to-end headers over one pooled aiohttp session, and stream the answer back chunk by chunk
+end-to-end headers over the pooled :class:`UpstreamPool`, and stream the answer back chunk by chunk
 (SSE event by event). When the client disconnects, the upstream request is cancelled at once: its
 connection is closed, so the backend stops generating (the IDE agent aborts on every keystroke).
 
-This is plain ASGI rather than a FastAPI route: the router's hot path skips request parsing,
-dependency injection and response classes. docs/PERFORMANCE.md has the measurements.
+This is plain ASGI rather than a FastAPI route, and headers stay byte pairs: the router's hot path
+skips request parsing, dependency injection and response classes. docs/PERFORMANCE.md has the
+measurements.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import aiohttp
-
 from ..fleet.errors import FleetError
-from ..fleet.routing import RoutingTable
+from ..fleet.routing import Route, RoutingTable
 from ..fleet.settings import FleetSettings
 from .backends import Backends
 from .gate import EntryGate
+from .upstream import Origin, UpstreamError, UpstreamPool, UpstreamTimeout
 
 log = logging.getLogger("tabby_fleet.proxy")
 
@@ -34,13 +34,14 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 # Hop-by-hop headers (RFC 9110 7.6.1) are never forwarded, in either direction. The client's
-# Authorization is its team token: the backend never sees it. Host is set for the backend's URL.
+# Authorization is its team token: the backend never sees it. Host and Content-Length are set anew.
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-     "te", "trailer", "transfer-encoding", "upgrade"}
+    {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
+     b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )  # fmt: skip
-NOT_FORWARDED = HOP_BY_HOP | {"authorization", "host", "content-length", "x-tabby-team", "x-tabby-model"}
-NOT_RETURNED = HOP_BY_HOP | {"server", "date"}  # uvicorn writes its own date and server
+NOT_FORWARDED = HOP_BY_HOP | {b"authorization", b"host", b"content-length", b"x-tabby-team", b"x-tabby-model"}
+NOT_RETURNED = HOP_BY_HOP | {b"server", b"date"}  # uvicorn writes its own date and server
+MAX_CACHED_ORIGINS = 1024  # parsed backend URLs; local backends get a new port on every restart
 
 
 class ClientGone(Exception):
@@ -53,58 +54,48 @@ class Proxy:
     def __init__(self, settings: FleetSettings, backends: Backends) -> None:
         self.table = RoutingTable(settings)
         self.backends = backends
-        self.max_body = settings.router.max_body_bytes
         router = settings.router
+        self.max_body = router.max_body_bytes
+        self.read_timeout = router.read_timeout
         self.gates = {
             entry.name: EntryGate(entry.name, entry.capacity, entry.max_queue, router.queue_timeout)
             for entry in settings.entries
         }
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=router.connect_timeout, sock_read=router.read_timeout
-        )
-        self.read_timeout = router.read_timeout
-        self.session: aiohttp.ClientSession | None = None
+        self.pool = UpstreamPool(router.connect_timeout, router.read_timeout, router.upstream_keepalive)
+        self._origins: dict[str, Origin] = {}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0,  # the gates bound concurrency per entry; the pool must never be the bottleneck
-            limit_per_host=0,
-            ttl_dns_cache=300,
-            keepalive_timeout=60,  # reuse connections across an IDE's pauses between keystrokes
-            enable_cleanup_closed=False,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self.timeout,
-            auto_decompress=False,  # bytes pass through as the backend encoded them
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        return None
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        await self.pool.close()
+
+    def _origin(self, base_url: str) -> Origin:
+        origin = self._origins.get(base_url)
+        if origin is None:
+            if len(self._origins) >= MAX_CACHED_ORIGINS:
+                self._origins.clear()
+            origin = self._origins[base_url] = Origin.parse(base_url)
+        return origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         authorization = team = model = connection = None
         content_length = 0
-        forwarded: list[tuple[str, str]] = []
-        for raw_name, raw_value in scope["headers"]:
-            name = raw_name.decode("latin-1")
+        forwarded: list[tuple[bytes, bytes]] = []
+        for name, value in scope["headers"]:
             if name in NOT_FORWARDED:
-                if name == "authorization":
-                    authorization = raw_value.decode("latin-1")
-                elif name == "x-tabby-team":
-                    team = raw_value.decode("latin-1")
-                elif name == "x-tabby-model":
-                    model = raw_value.decode("latin-1")
-                elif name == "content-length" and raw_value.isdigit():
-                    content_length = int(raw_value)
-                elif name == "connection":
-                    connection = raw_value.decode("latin-1")
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+                elif name == b"x-tabby-team":
+                    team = value.decode("latin-1")
+                elif name == b"x-tabby-model":
+                    model = value.decode("latin-1")
+                elif name == b"content-length" and value.isdigit():
+                    content_length = int(value)
+                elif name == b"connection":
+                    connection = value
                 continue
-            forwarded.append((name, raw_value.decode("latin-1")))
+            forwarded.append((name, value))
         if connection:
             forwarded = _drop_connection_listed(forwarded, connection)
         raw_path = scope.get("raw_path") or scope["path"].encode()
@@ -157,8 +148,8 @@ class Proxy:
         scope: Scope,
         receive: Receive,
         send: Send,
-        route: Any,
-        forwarded: list[tuple[str, str]],
+        route: Route,
+        forwarded: list[tuple[bytes, bytes]],
         body: bytes,
     ) -> None:
         """Send upstream and stream back; a client disconnect cancels this task and the upstream."""
@@ -185,70 +176,63 @@ class Proxy:
             watcher.cancel()
 
     async def _exchange(
-        self, scope: Scope, send: Send, route: Any, forwarded: list[tuple[str, str]], body: bytes
+        self, scope: Scope, send: Send, route: Route, forwarded: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
         started = False
         entry = route.entry
         try:
-            async with self.backends.lease(entry) as upstream:
-                url = upstream.base_url + route.upstream_path
+            async with self.backends.lease(entry) as backend:
+                target = route.upstream_path
                 query = scope.get("query_string")
                 if query:
-                    url += "?" + query.decode("latin-1")
-                headers = forwarded + list(upstream.headers) if upstream.headers else forwarded
-                assert self.session is not None, "Proxy.start() was not called"
-                async with self.session.request(
-                    scope["method"], url, headers=headers, data=body or None, allow_redirects=False
-                ) as response:
-                    response_headers = [
-                        (name.lower(), value)
-                        for name, value in response.raw_headers
-                        if name.decode("latin-1").lower() not in NOT_RETURNED
-                    ]
-                    response_headers.append((b"x-fleet-entry", entry.encode()))
-                    response_headers.append((b"x-fleet-route", route.reason.encode()))
-                    await send({"type": "http.response.start", "status": response.status, "headers": response_headers})
+                    target += "?" + query.decode("latin-1")
+                if backend.headers:
+                    forwarded += backend.headers
+                response = await self.pool.request(self._origin(backend.base_url), scope["method"], target,
+                                                   forwarded, body)  # fmt: skip
+                try:
+                    headers = [(name, value) for name, value in response.headers if name not in NOT_RETURNED]
+                    headers.append((b"x-fleet-entry", entry.encode()))
+                    headers.append((b"x-fleet-route", route.reason.encode()))
+                    await send({"type": "http.response.start", "status": response.status, "headers": headers})
                     started = True
-                    async for chunk in response.content.iter_any():
+                    async for chunk in response.body():
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
+                finally:
+                    response.release()
         except FleetError as error:
             if not started:
                 await send_error(send, error, entry)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UpstreamError as exc:
             if started:
                 # The backend failed mid-answer: end the stream cleanly; the client sees it stop.
-                log.warning("entry %s: upstream failed mid-response: %r", entry, exc)
+                log.warning("entry %s: upstream failed mid-response: %s", entry, exc)
                 with contextlib.suppress(Exception):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            await send_error(send, _upstream_error(entry, exc, self.read_timeout), entry)
+            await send_error(send, _upstream_error(entry, exc), entry)
 
 
-def _drop_connection_listed(headers: list[tuple[str, str]], connection: str) -> list[tuple[str, str]]:
+def _drop_connection_listed(headers: list[tuple[bytes, bytes]], connection: bytes) -> list[tuple[bytes, bytes]]:
     """Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)."""
-    listed = {token.strip().lower() for token in connection.split(",")} - {"keep-alive", "close", ""}
+    listed = {token.strip().lower() for token in connection.split(b",")} - {b"keep-alive", b"close", b""}
     if not listed:
         return headers
     return [(name, value) for name, value in headers if name not in listed]
 
 
-def _upstream_error(entry: str, exc: BaseException, read_timeout: float) -> FleetError:
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError):
+def _upstream_error(entry: str, exc: UpstreamError) -> FleetError:
+    if isinstance(exc, UpstreamTimeout):
         return FleetError(
-            502,
-            "backend-unreachable",
-            f"the backend for entry {entry!r} did not accept the request ({exc.__class__.__name__}); "
-            f"it may have crashed: retry, and check /fleet/health",
-            retry_after=1,
+            504, "backend-timeout", f"the backend for entry {entry!r} timed out: {exc} (router.read_timeout)"
         )
-    if isinstance(exc, TimeoutError):
-        return FleetError(
-            504,
-            "backend-timeout",
-            f"the backend for entry {entry!r} sent nothing for {read_timeout:g}s (router.read_timeout)",
-        )
-    return FleetError(502, "backend-error", f"the backend for entry {entry!r} failed: {exc.__class__.__name__}: {exc}")
+    return FleetError(
+        502,
+        "backend-unreachable",
+        f"the backend for entry {entry!r} failed: {exc}; retry, and check /fleet/health",
+        retry_after=1,
+    )
 
 
 async def send_error(send: Send, error: FleetError, entry: str | None = None) -> None:

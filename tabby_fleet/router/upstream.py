@@ -1,0 +1,325 @@
+"""A lean pooled HTTP/1.1 client for the proxy's upstream requests: asyncio protocols and httptools.
+
+Why not aiohttp or httpx: the router forwards every keystroke's completion, and a general-purpose
+client's per-request work (header multidicts, cookie and proxy handling, response objects) was most
+of the router's CPU; docs/PERFORMANCE.md has the measurements. This client does only what the
+proxy needs:
+
+- one idle-connection pool per (scheme, host, port), most recently used first, bounded;
+- the request written in one ``write`` (head and body; the proxy has the whole body);
+- the response head, then its body as it arrives (chunked transfer decoded, SSE unbuffered), with
+  backpressure: reading pauses while too much waits for the client;
+- a connection goes back to the pool only after a complete, keep-alive response; cancelling a
+  request closes its connection, so the backend sees the client leave at once;
+- timeouts: connect, and read (no byte for ``read_timeout`` seconds, first byte included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httptools
+
+MAX_IDLE_PER_ORIGIN = 256  # idle connections kept per backend; more are closed when released
+PAUSE_READING_BYTES = 256 * 1024  # stop reading from a backend while this much waits for the client
+
+
+class UpstreamError(Exception):
+    """The backend could not be reached or broke the response.
+
+    ``before_response``: it failed before a single response byte arrived (connect refused, or a
+    pooled connection the backend had already closed), so the request may be sent again.
+    """
+
+    def __init__(self, message: str, *, before_response: bool = False) -> None:
+        super().__init__(message)
+        self.before_response = before_response
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a base URL points: parsed once per backend, not per request."""
+
+    scheme: str
+    host: str
+    port: int
+    host_header: bytes
+    path_prefix: str
+
+    @classmethod
+    def parse(cls, base_url: str) -> Origin:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        default_port = (parts.scheme == "https" and port == 443) or (parts.scheme == "http" and port == 80)
+        host_header = parts.hostname if default_port else f"{parts.hostname}:{port}"
+        return cls(parts.scheme, parts.hostname, port, host_header.encode(), parts.path.rstrip("/"))
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection to a backend, reused for one request at a time."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.received_any = False
+        self.buffer: deque[bytes] = deque()
+        self.buffered = 0
+        self.paused = False
+        self.error: UpstreamError | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # pragma: no cover - the proxy never asks to upgrade
+            self._fail(UpstreamError("backend switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"backend sent malformed HTTP: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete and self.error is None:
+            reason = f": {exc}" if exc else ""
+            self.error = UpstreamError(
+                f"backend closed the connection before the response was complete{reason}",
+                before_response=not self.received_any,
+            )
+        self._wake()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.buffer.append(body)
+        self.buffered += len(body)
+        if self.buffered > PAUSE_READING_BYTES and not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    # -- used by UpstreamPool ---------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        self.error = error
+        self.close()
+        self._wake()
+
+    async def wait(self, seconds: float) -> None:
+        """Wait until the parser makes progress, at most ``seconds`` (call_later: cheaper than asyncio.timeout)."""
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter = loop.create_future()
+        timer = loop.call_later(seconds, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+
+    def take(self) -> bytes:
+        chunk = self.buffer.popleft()
+        self.buffered -= len(chunk)
+        if self.paused and self.buffered < PAUSE_READING_BYTES // 2 and self.transport is not None:
+            self.transport.resume_reading()
+            self.paused = False
+        return chunk
+
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed and self.error is None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class UpstreamResponse:
+    """A response whose head has arrived; iterate ``body()`` for the rest, then ``release()``."""
+
+    def __init__(self, pool: UpstreamPool, connection: _Connection, read_timeout: float) -> None:
+        self._pool = pool
+        self._connection = connection
+        self._read_timeout = read_timeout
+        self.status = connection.status
+        self.headers = connection.headers
+
+    async def body(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        while True:
+            if connection.buffer:
+                yield connection.take()
+            elif connection.complete:
+                return
+            elif connection.error is not None:
+                raise connection.error
+            else:
+                try:
+                    await connection.wait(self._read_timeout)
+                except TimeoutError:
+                    raise UpstreamTimeout(f"backend sent nothing for {self._read_timeout:g}s") from None
+
+    def release(self) -> None:
+        """Return the connection to the pool if the response was read whole, else close it."""
+        self._pool._release(self._connection)
+
+
+class UpstreamPool:
+    """The pool. One per router; ``request()`` is the whole API."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float, keepalive_seconds: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive_seconds = keepalive_seconds
+        self._idle: dict[Origin, deque[_Connection]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    async def request(
+        self, origin: Origin, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> UpstreamResponse:
+        """Send the request and wait for the response head. Retries once if nothing was sent."""
+        head = _request_head(origin, method, target, headers, len(body))
+        payload = head + body if body else head
+        for attempt in (1, 2):
+            try:
+                connection, reused = await self._checkout(origin)
+            except UpstreamError:
+                if attempt == 1:
+                    continue  # connection refused or timed out: nothing was sent, try once more
+                raise
+            connection.transport.write(payload)  # type: ignore[union-attr]
+            try:
+                while not connection.head_done:
+                    if connection.error is not None:
+                        raise connection.error
+                    await connection.wait(self.read_timeout)
+            except TimeoutError:
+                connection.close()
+                raise UpstreamTimeout(f"backend sent nothing for {self.read_timeout:g}s") from None
+            except UpstreamError as error:
+                connection.close()
+                # A pooled connection the backend closed while idle: the request never reached it.
+                if attempt == 1 and reused and error.before_response:
+                    continue
+                raise
+            except BaseException:
+                connection.close()
+                raise
+            return UpstreamResponse(self, connection, self.read_timeout)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _checkout(self, origin: Origin) -> tuple[_Connection, bool]:
+        idle = self._idle.get(origin)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()  # most recently used: its peer is the least likely to have closed it
+            if not connection.closed and now - connection.idle_since < self.keepalive_seconds:
+                connection._reset()
+                return connection, True
+            connection.close()
+        return await self._connect(origin), False
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        loop = asyncio.get_running_loop()
+        context = self._ssl_context() if origin.scheme == "https" else None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(origin), origin.host, origin.port, ssl=context,
+                    server_hostname=origin.host if context else None,
+                )  # fmt: skip
+        except TimeoutError:
+            raise UpstreamError(
+                f"could not connect to {origin.host}:{origin.port} within {self.connect_timeout:g}s",
+                before_response=True,
+            ) from None
+        except OSError as exc:
+            raise UpstreamError(
+                f"could not connect to {origin.host}:{origin.port}: {exc.strerror or exc}", before_response=True
+            ) from None
+        return connection
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()  # made once: building one costs milliseconds
+        return self._ssl
+
+    def _release(self, connection: _Connection) -> None:
+        if self._closed or not connection.reusable():
+            connection.close()
+            return
+        idle = self._idle.setdefault(connection.origin, deque())
+        if len(idle) >= MAX_IDLE_PER_ORIGIN:
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
+
+    def idle_connections(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    async def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+        await asyncio.sleep(0)  # let the transports run their close callbacks
+
+
+def _request_head(origin: Origin, method: str, target: str, headers: list[tuple[bytes, bytes]], length: int) -> bytes:
+    lines = [f"{method} {origin.path_prefix}{target} HTTP/1.1".encode(), b"host: " + origin.host_header]
+    lines += [name + b": " + value for name, value in headers]
+    if length or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        lines.append(b"content-length: " + str(length).encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n"
