@@ -242,8 +242,7 @@ class LocalBackends:
     async def lease(self, entry: str) -> AsyncIterator[Upstream]:
         backend = self.backends.get(entry)
         if backend is None:
-            async with self.static.lease(entry) as upstream:
-                yield upstream
+            yield self.static.upstream(entry)
             return
         backend.in_flight += 1
         try:

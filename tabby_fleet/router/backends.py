@@ -65,12 +65,15 @@ class StaticBackends:
     async def close(self) -> None:
         return None
 
-    @asynccontextmanager
-    async def lease(self, entry: str) -> AsyncIterator[Upstream]:
+    def upstream(self, entry: str) -> Upstream:
         upstream = self._upstreams.get(entry)
         if upstream is None:
             raise FleetError(502, "no-backend", f"entry {entry!r} has no url and no runtime to start it")
-        yield upstream
+        return upstream
+
+    @asynccontextmanager
+    async def lease(self, entry: str) -> AsyncIterator[Upstream]:
+        yield self.upstream(entry)
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {name: {"state": "ready", "external": True} for name in self._upstreams}

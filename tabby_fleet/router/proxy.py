@@ -196,9 +196,11 @@ class Proxy:
                     headers.append((b"x-fleet-route", route.reason.encode()))
                     await send({"type": "http.response.start", "status": response.status, "headers": headers})
                     started = True
-                    async for chunk in response.body():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    more = True
+                    async for chunk, more in response.body():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                    if more:  # the body was empty, or its end came after its last chunk
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
                 finally:
                     response.release()
         except FleetError as error:

@@ -193,11 +193,13 @@ class UpstreamResponse:
         self.status = connection.status
         self.headers = connection.headers
 
-    async def body(self) -> AsyncIterator[bytes]:
+    async def body(self) -> AsyncIterator[tuple[bytes, bool]]:
+        """Yield ``(chunk, more)`` as the body arrives; ``more`` is False on the response's last chunk."""
         connection = self._connection
         while True:
             if connection.buffer:
-                yield connection.take()
+                chunk = connection.take()
+                yield chunk, not (connection.complete and not connection.buffer)
             elif connection.complete:
                 return
             elif connection.error is not None:
