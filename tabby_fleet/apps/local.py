@@ -247,7 +247,7 @@ class LocalBackends:
         backend.in_flight += 1
         try:
             url = await backend.ensure_running(self.settings.router.start_timeout)
-            yield Upstream(url)
+            yield Upstream(url, first_byte_timeout=backend.entry.first_byte_timeout)
         finally:
             backend.in_flight -= 1
             backend.last_used = time.monotonic()

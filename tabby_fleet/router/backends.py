@@ -18,13 +18,17 @@ from ..fleet.settings import FleetSettings
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """Where to send one request: a base URL (no trailing slash) and headers the backend needs.
+    """Where to send one request, and how.
 
-    ``headers`` are lower-case name/value byte pairs, added to every request (e.g. Modal proxy auth).
+    ``headers``: lower-case name/value byte pairs added to every request (e.g. Modal proxy auth).
+    ``first_byte_timeout``: how long to wait for the answer to start (None: router.read_timeout).
+    ``follow_redirects``: follow same-origin 303s (Modal's answer to requests over 150 s).
     """
 
     base_url: str
     headers: tuple[tuple[bytes, bytes], ...] = field(default=())
+    first_byte_timeout: float | None = None
+    follow_redirects: bool = False
 
 
 class Backends(Protocol):

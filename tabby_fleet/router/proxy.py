@@ -188,8 +188,10 @@ class Proxy:
                     target += "?" + query.decode("latin-1")
                 if backend.headers:
                     forwarded += backend.headers
-                response = await self.pool.request(self._origin(backend.base_url), scope["method"], target,
-                                                   forwarded, body)  # fmt: skip
+                response = await self.pool.request(
+                    self._origin(backend.base_url), scope["method"], target, forwarded, body,
+                    first_byte_timeout=backend.first_byte_timeout, follow_redirects=backend.follow_redirects,
+                )  # fmt: skip
                 try:
                     headers = [(name, value) for name, value in response.headers if name not in NOT_RETURNED]
                     headers.append((b"x-fleet-entry", entry.encode()))

@@ -28,6 +28,7 @@ import httptools
 
 MAX_IDLE_PER_ORIGIN = 256  # idle connections kept per backend; more are closed when released
 PAUSE_READING_BYTES = 256 * 1024  # stop reading from a backend while this much waits for the client
+MAX_REDIRECTS = 5  # Modal 303s a web request every 150 s; five hops outlast any IDE's patience
 
 
 class UpstreamError(Exception):
@@ -65,6 +66,18 @@ class Origin:
         default_port = (parts.scheme == "https" and port == 443) or (parts.scheme == "http" and port == 80)
         host_header = parts.hostname if default_port else f"{parts.hostname}:{port}"
         return cls(parts.scheme, parts.hostname, port, host_header.encode(), parts.path.rstrip("/"))
+
+    def target_of(self, location: str) -> str | None:
+        """The request target for a Location on this origin (absolute or relative), else None."""
+        parts = urlsplit(location)
+        if parts.scheme or parts.netloc:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            if (parts.scheme, parts.hostname, port) != (self.scheme, self.host, self.port):
+                return None
+        if not parts.path.startswith("/"):
+            return None
+        path = parts.path.removeprefix(self.path_prefix) if self.path_prefix else parts.path
+        return path + (f"?{parts.query}" if parts.query else "")
 
 
 class _Connection(asyncio.Protocol):
@@ -193,6 +206,20 @@ class UpstreamResponse:
         self.status = connection.status
         self.headers = connection.headers
 
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def drain(self) -> None:
+        """Read and drop the rest of the body, then give the connection back."""
+        try:
+            async for _ in self.body():
+                pass
+        finally:
+            self.release()
+
     async def body(self) -> AsyncIterator[tuple[bytes, bool]]:
         """Yield ``(chunk, more)`` as the body arrives; ``more`` is False on the response's last chunk."""
         connection = self._connection
@@ -227,9 +254,40 @@ class UpstreamPool:
         self._closed = False
 
     async def request(
-        self, origin: Origin, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+        self,
+        origin: Origin,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        first_byte_timeout: float | None = None,
+        follow_redirects: bool = False,
     ) -> UpstreamResponse:
-        """Send the request and wait for the response head. Retries once if nothing was sent."""
+        """Send the request and wait for the response head.
+
+        ``first_byte_timeout`` bounds the wait for the head (default: the read timeout).
+        ``follow_redirects``: answer a same-origin 303 with a GET to its Location, as a browser
+        would; Modal answers web requests that run past 150 s that way.
+        """
+        wait = first_byte_timeout or self.read_timeout
+        response = await self._send(origin, method, target, headers, body, wait)
+        for _ in range(MAX_REDIRECTS):
+            if not (follow_redirects and response.status == 303):
+                break
+            location = response.header(b"location")
+            next_target = origin.target_of(location.decode("latin-1")) if location else None
+            if next_target is None:
+                break  # another origin: not ours to follow; the proxy passes the 303 on
+            await response.drain()
+            without_body = [(n, v) for n, v in headers if n not in (b"content-type", b"content-encoding")]
+            response = await self._send(origin, "GET", next_target, without_body, b"", wait)
+        return response
+
+    async def _send(
+        self, origin: Origin, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes, wait: float
+    ) -> UpstreamResponse:
+        """One exchange up to the response head. Retries once if nothing reached the backend."""
         head = _request_head(origin, method, target, headers, len(body))
         payload = head + body if body else head
         for attempt in (1, 2):
@@ -244,10 +302,10 @@ class UpstreamPool:
                 while not connection.head_done:
                     if connection.error is not None:
                         raise connection.error
-                    await connection.wait(self.read_timeout)
+                    await connection.wait(wait)
             except TimeoutError:
                 connection.close()
-                raise UpstreamTimeout(f"backend sent nothing for {self.read_timeout:g}s") from None
+                raise UpstreamTimeout(f"backend sent no answer within {wait:g}s") from None
             except UpstreamError as error:
                 connection.close()
                 # A pooled connection the backend closed while idle: the request never reached it.
