@@ -51,8 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     check = command("check", "Validate settings; exit 1 listing every problem.")
     check.set_defaults(func=cmd_check)
 
-    plan = command("plan", "Show the fleet: entries, models, GPUs, limits and teams.")
+    plan = command("plan", "Show the fleet, and exactly what `fleet deploy` would create on Modal.")
+    plan.add_argument("--local-only", action="store_true", help="skip the Modal section (no modal import)")
     plan.set_defaults(func=cmd_plan)
+
+    for name, verb in (("deploy", "deploy"), ("serve", "serve")):
+        modal_cmd = command(name, f"Run `modal {verb}` on the fleet app built from these settings.")
+        modal_cmd.add_argument("modal_args", nargs=argparse.REMAINDER, help=f"more arguments for `modal {verb}`")
+        modal_cmd.set_defaults(func=cmd_modal, verb=verb)
 
     route = command("route", "Dry-run the routing decision for a request.")
     route.add_argument("--team", help="X-Tabby-Team header value")
@@ -80,7 +86,25 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     print(plan_table(settings))
+    if not args.local_only:
+        from .apps.modal_plan import modal_plan
+
+        print()
+        print(modal_plan(settings))
     return 0
+
+
+def cmd_modal(args: argparse.Namespace) -> int:
+    """Validate here (clear errors before Modal is involved), then hand over to the modal CLI."""
+    import os
+    import subprocess
+
+    source = resolve_config_path(args.config).resolve()
+    load_settings(source)
+    extra = [a for a in args.modal_args if a != "--"]
+    argv = [sys.executable, "-m", "modal", args.verb, *extra, "-m", "tabby_fleet.apps.modal_deploy"]
+    print(f"fleet: {' '.join(argv[2:])}  (settings: {source})", flush=True)
+    return subprocess.call(argv, env={**os.environ, "FLEET_CONFIG": str(source)})
 
 
 def cmd_route(args: argparse.Namespace) -> int:

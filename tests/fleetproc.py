@@ -112,6 +112,37 @@ def run_fleet(workdir: Path, config: str, env: dict[str, str] | None = None) -> 
                 process.wait()
 
 
+@contextmanager
+def serve_process(argv: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run a server process until the block ends; yields its base URL once its port accepts."""
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"{argv[:4]} exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{argv[:4]} did not open port {port}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def standin_argv(port: int, *extra: str, model: str = "TabbyML/StarCoder-1B") -> list[str]:
+    return [sys.executable, "-m", "tabby_fleet.apps.standin", "--model", model, "--port", str(port), *extra]
+
+
 def _path_without_tabby(path: str) -> str:
     """Tests run the stand-in even where a tabby binary is installed."""
     keep = [p for p in path.split(os.pathsep) if p and not (Path(p) / "tabby").exists()]

@@ -3,43 +3,29 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .fleetproc import COMPLETION, free_port
+from .fleetproc import COMPLETION, free_port, serve_process, standin_argv
 
 
-def start_standin(root: Path, *extra: str, model: str = "TabbyML/StarCoder-1B") -> tuple[subprocess.Popen, str]:
+@contextmanager
+def running_standin(root: Path, *extra: str) -> Iterator[str]:
     port = free_port()
-    argv = [sys.executable, "-m", "tabby_fleet.apps.standin", "--model", model, "--port", str(port), *extra]
-    process = subprocess.Popen(
-        argv, env={"TABBY_ROOT": str(root), "PATH": ""}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{url}/_standin/stats", timeout=1)
-            return process, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("stand-in did not start")
+    with serve_process(standin_argv(port, *extra), port, env={"TABBY_ROOT": str(root), "PATH": ""}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("standin")
-    process, url = start_standin(root, "--chat-model", "TabbyML/Qwen2-1.5B-Instruct", "--completion-delay", "0.01")
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_standin(root, "--chat-model", "TabbyML/Qwen2-1.5B-Instruct", "--completion-delay", "0.01") as url:
+        yield url
 
 
 def test_health_has_what_the_agent_needs(standin: str) -> None:
@@ -130,21 +116,13 @@ def test_unknown_paths_redirect_to_swagger(standin: str) -> None:
 
 
 def test_chat_without_chat_model_is_501_and_timeout_is_408(tmp_path: Path) -> None:
-    process, url = start_standin(tmp_path, "--completion-delay", "5", "--completion-timeout", "0.3")
-    try:
+    with running_standin(tmp_path, "--completion-delay", "5", "--completion-timeout", "0.3") as url:
         assert httpx.post(f"{url}/v1/chat/completions", json={"messages": []}).status_code == 501
         response = httpx.post(f"{url}/v1/completions", json=COMPLETION, timeout=10)
         assert (response.status_code, response.content) == (408, b"")
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_port_opens_only_after_start_delay(tmp_path: Path) -> None:
     started = time.monotonic()
-    process, _ = start_standin(tmp_path, "--start-delay", "1.0")
-    try:
+    with running_standin(tmp_path, "--start-delay", "1.0"):
         assert time.monotonic() - started >= 1.0
-    finally:
-        process.terminate()
-        process.wait(timeout=10)

@@ -23,6 +23,8 @@ def tabby_serve_argv(
     if entry.chat_model:
         argv += ["--chat-model", entry.chat_model]
     argv += ["--host", host, "--port", str(port), "--device", device, "--parallelism", str(parallelism)]
+    if entry.chat_model:
+        argv += ["--chat-device", device]  # explicit: the chat model runs where the completion model does
     return argv
 
 

@@ -72,6 +72,14 @@ class Entry(BaseModel):
     startup_timeout: Annotated[int, Field(ge=1, le=3600)] = 600
     # Seconds one request may run on the backend (Modal's per-input timeout).
     timeout: Annotated[int, Field(ge=1, le=86_400)] = 600
+    # Seconds the router waits for the first byte of an answer from this entry; unset means
+    # router.read_timeout. Raise it for entries whose cold start is slow (a 7B model on Modal).
+    first_byte_timeout: Annotated[float, Field(gt=0, le=3600)] | None = None
+    # Modal: idle containers kept ready beyond current load (0 = Modal's default behaviour).
+    buffer_containers: Annotated[int, Field(ge=0, le=100)] | None = None
+    # Tabby's --parallelism (decoding slots per container); unset means max_inputs, so every
+    # request a container admits decodes at once.
+    parallelism: Annotated[int, Field(ge=1, le=64)] | None = None
     aliases: tuple[str, ...] = ()
     url: HttpUrl | None = None
     standin: StandInOptions = StandInOptions()
@@ -147,6 +155,10 @@ class Entry(BaseModel):
         return self
 
     @property
+    def decoding_slots(self) -> int:
+        return self.parallelism or self.max_inputs
+
+    @property
     def capacity(self) -> int:
         """Requests this entry serves at once: containers x inputs per container."""
         return self.max_containers * self.max_inputs
@@ -215,6 +227,28 @@ class RouterOptions(BaseModel):
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
 
 
+class ModalOptions(BaseModel):
+    """The production runtime on Modal: names and images shared by every entry's class."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")] = "tabby-fleet"
+    # One shared Volume for Tabby's data; each entry's TABBY_ROOT is its own folder of it.
+    volume: Annotated[str, Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")] = "tabby-fleet-data"
+    # Tabby's official image, pinned: a new Tabby release is a deliberate change, not a surprise.
+    tabby_image: str = "tabbyml/tabby:0.32.0"
+    # A Modal Secret with TABBY_FLEET_PROXY_KEY and TABBY_FLEET_PROXY_SECRET (a workspace proxy token):
+    # the router sends them to the entries, whose endpoints require Modal proxy auth.
+    proxy_auth_secret: str = "tabby-fleet-proxy-auth"
+    # The router is a CPU container; one kept warm means the day's first keystroke finds it up.
+    router_min_containers: Annotated[int, Field(ge=0, le=10)] = 1
+    # One router container enforces each entry's capacity exactly; more would each enforce it.
+    router_max_containers: Annotated[int, Field(ge=1, le=100)] = 1
+    # Concurrent requests per router container: it only forwards bytes, so hundreds are fine.
+    router_max_inputs: Annotated[int, Field(ge=1, le=10_000)] = 500
+    router_label: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = None
+
+
 class FleetSettings(BaseSettings):
     """The whole fleet. Load with :func:`load_settings` to get the file lookup right."""
 
@@ -227,6 +261,7 @@ class FleetSettings(BaseSettings):
     )
 
     router: RouterOptions = RouterOptions()
+    modal: ModalOptions = ModalOptions()
     entries: Annotated[tuple[Entry, ...], Field(min_length=1)]
     teams: tuple[Team, ...] = ()
     # Where local backends keep their data: one TABBY_ROOT folder per entry below it.

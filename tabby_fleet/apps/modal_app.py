@@ -1,0 +1,179 @@
+"""The fleet on Modal: one GPU class per entry and the router beside them, all from FleetSettings.
+
+This module declares; :mod:`tabby_fleet.apps.modal_deploy` is what ``fleet deploy`` hands to
+``modal deploy -m``. Per entry it declares:
+
+- a class named after the entry (``small`` -> ``TabbySmall``), a module-level global so the container
+  finds it by name;
+- its own image: Tabby's registry image with Python, the entrypoint cleared, and the entry's models
+  downloaded at build time into ``/models`` (outside the Volume mount, so a cold start downloads
+  nothing);
+- its GPU, idle window, container limits and concurrency, from the entry's settings;
+- ``tabby serve --no-webserver`` as a ``web_server`` behind Modal proxy auth, with
+  ``TABBY_ROOT=/data/<entry>`` on the one shared Volume.
+
+The router is an ``asgi_app`` function in the same app. It finds each class's URL at start-up and
+holds the proxy token (a Modal Secret) that the classes require.
+
+Settings travel to the containers frozen: the deploying process resolves them (file, ``.env`` and
+``FLEET_*`` variables) and passes the result as JSON in ``TABBY_FLEET_SETTINGS_JSON``, so every
+container builds exactly the fleet that was deployed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+import modal
+
+from ..fleet.settings import Entry, FleetSettings, load_settings
+from .tabby_cmd import IMAGE_TABBY_BIN, tabby_download_argv, tabby_env, tabby_serve_argv
+
+TABBY_PORT = 8080  # where tabby serve listens inside its container
+DATA_MOUNT = "/data"  # the shared Volume; each entry's TABBY_ROOT is DATA_MOUNT/<entry>
+MODEL_CACHE = "/models"  # baked model weights, outside the Volume mount so it cannot hide them
+PYTHON_VERSION = "3.11"
+FROZEN_SETTINGS_ENV = "TABBY_FLEET_SETTINGS_JSON"
+ROUTER_FUNCTION = "router"
+# Tabby 0.32 always loads this embedding model at start-up (0.33 only with TABBY_EMBEDDING_ENABLED):
+# baked in too, or every cold start would download it.
+EMBEDDING_MODEL = "TabbyML/Nomic-Embed-Text"
+ROUTER_TIMEOUT = 600  # seconds one router request may run; Modal answers web requests over 150 s with a 303
+
+# What the containers import from this package, pinned to the versions tested locally.
+SETTINGS_REQUIREMENTS = [f"pydantic=={version('pydantic')}", f"pydantic-settings=={version('pydantic-settings')}"]
+ROUTER_REQUIREMENTS = [*SETTINGS_REQUIREMENTS, f"fastapi=={version('fastapi')}", f"httptools=={version('httptools')}"]
+
+
+def current_settings() -> FleetSettings:
+    """In a container: the frozen settings of the deploy. Locally: load them the usual way."""
+    frozen = os.environ.get(FROZEN_SETTINGS_ENV)
+    if frozen:
+        return FleetSettings.model_validate_json(frozen)
+    return load_settings()
+
+
+def tabby_image(settings: FleetSettings, entry: Entry) -> modal.Image:
+    """Tabby's image with Python, no entrypoint, and this entry's models baked in."""
+    models = [entry.model, *([entry.chat_model] if entry.chat_model else []), EMBEDDING_MODEL]
+    return (
+        modal.Image.from_registry(settings.modal.tabby_image, add_python=PYTHON_VERSION)
+        .dockerfile_commands("ENTRYPOINT []")
+        .env({"TABBY_MODEL_CACHE_ROOT": MODEL_CACHE, "TABBY_DISABLE_USAGE_COLLECTION": "1"})
+        .run_commands(*(" ".join(tabby_download_argv(model)) for model in models))
+        .pip_install(*SETTINGS_REQUIREMENTS)
+        .add_local_python_source("tabby_fleet")
+    )
+
+
+def router_image() -> modal.Image:
+    return (
+        modal.Image.debian_slim(python_version=PYTHON_VERSION)
+        .pip_install(*ROUTER_REQUIREMENTS)
+        .add_local_python_source("tabby_fleet")
+    )
+
+
+@dataclass
+class FleetApp:
+    """What a deploy creates: the app, one class per entry (by entry name), and the router."""
+
+    app: modal.App
+    classes: dict[str, Any]  # entry name -> the modal Cls
+    user_classes: dict[str, type]  # entry name -> the plain class behind it (its SERVE_ARGV, SERVE_ENV)
+    router: Any
+    volume: modal.Volume
+
+
+def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> FleetApp:
+    """Declare the whole fleet on a new modal.App.
+
+    Each class and the router are bound in ``namespace`` (a module's globals) under their names,
+    with that module as their ``__module__``: a container finds them there by name.
+    """
+    module = namespace.get("__name__", __name__)
+    app = modal.App(settings.modal.app_name)
+    volume = modal.Volume.from_name(settings.modal.volume, create_if_missing=True)
+    # The router gets every setting. The GPU classes only need what names and shapes them, so a
+    # change to teams or router options does not replace their (slow to start) containers.
+    frozen_all = {FROZEN_SETTINGS_ENV: settings.model_dump_json()}
+    frozen_entries = {FROZEN_SETTINGS_ENV: settings.model_dump_json(include={"entries", "modal"})}
+    proxy_auth = modal.Secret.from_name(settings.modal.proxy_auth_secret)
+    classes = {}
+    user_classes = {}
+    for entry in settings.entries:
+        if entry.url is not None:
+            continue  # an external Tabby server: nothing to deploy
+        user_cls = user_classes[entry.name] = _tabby_class(entry, module)
+        concurrency = {"max_inputs": entry.max_inputs}
+        if entry.target_inputs is not None:
+            concurrency["target_inputs"] = entry.target_inputs
+        user_cls = modal.concurrent(**concurrency)(user_cls)
+        options: dict[str, Any] = {}
+        if entry.buffer_containers is not None:
+            options["buffer_containers"] = entry.buffer_containers
+        deployed = app.cls(
+            image=tabby_image(settings, entry),
+            gpu=entry.gpu,
+            scaledown_window=entry.scaledown_window,
+            max_containers=entry.max_containers,
+            min_containers=entry.min_containers,
+            timeout=entry.timeout,
+            startup_timeout=entry.startup_timeout,
+            volumes={DATA_MOUNT: volume},
+            env=frozen_entries,
+            **options,
+        )(user_cls)
+        namespace[entry.class_name] = deployed
+        classes[entry.name] = deployed
+
+    def router() -> Any:
+        from ..router.app import create_app
+        from .modal_backends import ModalBackends
+
+        fleet = current_settings()
+        return create_app(fleet, ModalBackends(fleet))
+
+    router.__module__ = module
+    router.__qualname__ = ROUTER_FUNCTION
+    web_app = modal.asgi_app(label=settings.modal.router_label)(router)
+    web_app = modal.concurrent(max_inputs=settings.modal.router_max_inputs)(web_app)
+    router_function = app.function(
+        image=router_image(),
+        name=ROUTER_FUNCTION,
+        secrets=[proxy_auth],
+        env=frozen_all,
+        min_containers=settings.modal.router_min_containers,
+        max_containers=settings.modal.router_max_containers,
+        timeout=ROUTER_TIMEOUT,
+    )(web_app)
+    namespace[ROUTER_FUNCTION] = router_function
+    return FleetApp(app, classes, user_classes, router_function, volume)
+
+
+def _tabby_class(entry: Entry, module: str) -> type:
+    """A plain class for one entry, with its own web_server (each needs its own startup_timeout)."""
+    argv = tabby_serve_argv(
+        entry, binary=IMAGE_TABBY_BIN, port=TABBY_PORT, device="cuda", parallelism=entry.decoding_slots
+    )
+    environment = tabby_env(f"{DATA_MOUNT}/{entry.name}") | {"TABBY_MODEL_CACHE_ROOT": MODEL_CACHE}
+
+    def serve(self: Any) -> None:
+        # Tabby opens its port only once the model is loaded; Modal waits for the port.
+        subprocess.Popen(argv, env={**os.environ, **environment})
+
+    serve.__qualname__ = f"{entry.class_name}.serve"
+    serve.__module__ = module
+    attributes = {
+        "__module__": module,
+        "__doc__": f"Tabby serving {entry.model} for fleet entry {entry.name!r}.",
+        "ENTRY": entry.name,
+        "SERVE_ARGV": tuple(argv),  # what the container runs, kept visible for `fleet plan` and tests
+        "SERVE_ENV": dict(environment),
+        "serve": modal.web_server(TABBY_PORT, startup_timeout=entry.startup_timeout, requires_proxy_auth=True)(serve),
+    }
+    return type(entry.class_name, (), attributes)

@@ -1,0 +1,48 @@
+"""`fleet plan`'s Modal section: build the app offline and print what it declares."""
+
+from __future__ import annotations
+
+from ..fleet.settings import FleetSettings
+from .modal_app import DATA_MOUNT, build_fleet_app
+from .modal_inspect import describe_app
+
+
+def modal_plan(settings: FleetSettings) -> str:
+    fleet = build_fleet_app(settings, {"__name__": "tabby_fleet.apps.modal_deploy"})
+    declared = describe_app(fleet.app)
+    options = settings.modal
+    lines = [
+        f"Modal deploy: app {options.app_name!r}, volume {options.volume!r} at {DATA_MOUNT}, "
+        f"Tabby image {options.tabby_image}",
+    ]
+    for entry in settings.entries:
+        if entry.url is not None:
+            lines.append(f"  {entry.name}: external {entry.url}, nothing deployed")
+            continue
+        cls = declared[entry.class_name]
+        web = cls["web"]["serve"]
+        downloads = [c.rsplit(" ", 1)[-1] for c in cls["image"] if " download --model " in c]
+        inputs = f"max_inputs={cls['max_inputs']}" + (
+            f", target_inputs={cls['target_inputs']}" if cls["target_inputs"] else ""
+        )
+        lines += [
+            f"  class {entry.class_name} (entry {entry.name}): GPU {', '.join(cls['gpu'])}",
+            f"    containers {cls['min_containers']}..{cls['max_containers']}"
+            + (f" (+{cls['buffer_containers']} buffer)" if cls["buffer_containers"] else "")
+            + f", idle {cls['scaledown_window']}s, {inputs}",
+            f"    timeouts: request {cls['timeout']}s, container start {cls['startup_timeout']}s, "
+            f"port {web['port']} wait {web['startup_timeout']:g}s; proxy auth: "
+            f"{'required' if web['requires_proxy_auth'] else 'OFF'}",
+            f"    image downloads at build: {', '.join(downloads)}",
+            f"    runs: {' '.join(fleet.user_classes[entry.name].SERVE_ARGV)}",  # type: ignore[attr-defined]
+            f"    TABBY_ROOT={fleet.user_classes[entry.name].SERVE_ENV['TABBY_ROOT']} "  # type: ignore[attr-defined]
+            f"on volume {', '.join(sorted(set(cls['volumes'].values())))}",
+        ]
+    router = declared["router"]
+    label = router["web"]["router"]["label"] or f"{options.app_name}-router (Modal's default)"
+    lines += [
+        f"  function router (asgi_app, label {label}): containers "
+        f"{router['min_containers']}..{router['max_containers']}, max_inputs={router['max_inputs']}, "
+        f"secret {options.proxy_auth_secret!r}",
+    ]
+    return "\n".join(lines)

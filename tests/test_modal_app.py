@@ -1,0 +1,220 @@
+"""The Modal app, built offline from settings: what it declares, per class and for the router."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tabby_fleet.apps.modal_app import DATA_MOUNT, FROZEN_SETTINGS_ENV, build_fleet_app, current_settings
+from tabby_fleet.apps.modal_inspect import describe_app
+from tabby_fleet.fleet.settings import FleetSettings, load_settings
+
+THREE = """
+[modal]
+app_name = "fleet-test"
+volume = "fleet-test-data"
+tabby_image = "tabbyml/tabby:0.32.0"
+proxy_auth_secret = "fleet-test-proxy"
+router_min_containers = 0
+router_max_inputs = 300
+
+[[entries]]
+name = "small"
+model = "TabbyML/StarCoder-1B"
+chat_model = "TabbyML/Qwen2-1.5B-Instruct"
+gpu = "L4"
+scaledown_window = 120
+max_containers = 2
+min_containers = 0
+max_inputs = 8
+target_inputs = 6
+
+[[entries]]
+name = "medium"
+model = "TabbyML/StarCoder-3B"
+gpu = "A10G"
+scaledown_window = 300
+max_containers = 3
+min_containers = 1
+buffer_containers = 1
+max_inputs = 4
+parallelism = 2
+startup_timeout = 900
+timeout = 300
+
+[[entries]]
+name = "large-7b"
+model = "TabbyML/StarCoder-7B"
+gpu = "h100:2"
+scaledown_window = 3600
+max_containers = 1
+max_inputs = 2
+"""
+
+
+def settings_from(tmp_path: Path, text: str) -> FleetSettings:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    return load_settings(path)
+
+
+def build(settings: FleetSettings) -> tuple[Any, dict[str, dict[str, Any]]]:
+    fleet = build_fleet_app(settings, {"__name__": "tabby_fleet.apps.modal_deploy"})
+    return fleet, describe_app(fleet.app)
+
+
+@pytest.fixture(scope="module")
+def declared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, dict[str, Any]]]:
+    return build(settings_from(tmp_path_factory.mktemp("modal"), THREE))
+
+
+def test_one_class_per_entry_plus_router(declared: tuple[Any, dict]) -> None:
+    _, classes = declared
+    assert set(classes) == {"TabbySmall", "TabbyMedium", "TabbyLarge7b", "router"}
+
+
+@pytest.mark.parametrize(
+    ("cls", "expected"),
+    [
+        ("TabbySmall", {"gpu": ["L4"], "scaledown_window": 120, "max_containers": 2, "min_containers": 0,
+                        "buffer_containers": 0, "max_inputs": 8, "target_inputs": 6, "timeout": 600,
+                        "startup_timeout": 600}),
+        ("TabbyMedium", {"gpu": ["A10G"], "scaledown_window": 300, "max_containers": 3, "min_containers": 1,
+                         "buffer_containers": 1, "max_inputs": 4, "target_inputs": None, "timeout": 300,
+                         "startup_timeout": 900}),
+        ("TabbyLarge7b", {"gpu": ["H100:2"], "scaledown_window": 3600, "max_containers": 1, "min_containers": 0,
+                          "max_inputs": 2, "timeout": 600, "startup_timeout": 600}),
+    ],
+)  # fmt: skip
+def test_each_class_declares_its_settings(declared: tuple[Any, dict], cls: str, expected: dict[str, Any]) -> None:
+    _, classes = declared
+    for key, value in expected.items():
+        assert classes[cls][key] == value, key
+
+
+@pytest.mark.parametrize(("cls", "startup"), [("TabbySmall", 600), ("TabbyMedium", 900)])
+def test_web_server_port_startup_and_proxy_auth(declared: tuple[Any, dict], cls: str, startup: int) -> None:
+    _, classes = declared
+    assert classes[cls]["web"] == {"serve": {"port": 8080, "startup_timeout": startup, "requires_proxy_auth": True}}
+
+
+def test_one_shared_volume_and_a_data_folder_per_entry(declared: tuple[Any, dict]) -> None:
+    fleet, classes = declared
+    for name in ("TabbySmall", "TabbyMedium", "TabbyLarge7b"):
+        assert classes[name]["volumes"] == {DATA_MOUNT: "fleet-test-data"}
+    roots = {entry: cls.SERVE_ENV["TABBY_ROOT"] for entry, cls in fleet.user_classes.items()}
+    assert roots == {"small": "/data/small", "medium": "/data/medium", "large-7b": "/data/large-7b"}
+    assert all(cls.SERVE_ENV["TABBY_MODEL_CACHE_ROOT"] == "/models" for cls in fleet.user_classes.values())
+
+
+def test_images_bake_exactly_their_entry_models(declared: tuple[Any, dict]) -> None:
+    _, classes = declared
+
+    def downloads(cls: str) -> list[str]:
+        return [c.split("--model ")[1] for c in classes[cls]["image"] if "tabby download" in c]
+
+    assert downloads("TabbySmall") == [
+        "TabbyML/StarCoder-1B",
+        "TabbyML/Qwen2-1.5B-Instruct",
+        "TabbyML/Nomic-Embed-Text",
+    ]
+    assert downloads("TabbyMedium") == ["TabbyML/StarCoder-3B", "TabbyML/Nomic-Embed-Text"]
+    assert downloads("TabbyLarge7b") == ["TabbyML/StarCoder-7B", "TabbyML/Nomic-Embed-Text"]
+    image = classes["TabbySmall"]["image"]
+    assert image.index("ENTRYPOINT []") < image.index("ENV TABBY_MODEL_CACHE_ROOT=/models")
+    assert image.index("ENV TABBY_MODEL_CACHE_ROOT=/models") < next(
+        i for i, c in enumerate(image) if "tabby download" in c
+    )  # the weights land in /models, outside the /data mount
+
+
+def test_serve_command(declared: tuple[Any, dict]) -> None:
+    fleet, _ = declared
+    small = fleet.user_classes["small"].SERVE_ARGV
+    assert small[:3] == ("/opt/tabby/bin/tabby", "serve", "--no-webserver")
+    flags = dict(zip(small[3::2], small[4::2], strict=False))
+    assert flags == {"--model": "TabbyML/StarCoder-1B", "--chat-model": "TabbyML/Qwen2-1.5B-Instruct",
+                     "--host": "0.0.0.0", "--port": "8080", "--device": "cuda", "--parallelism": "8",
+                     "--chat-device": "cuda"}  # fmt: skip
+    medium = fleet.user_classes["medium"].SERVE_ARGV
+    assert "--chat-model" not in medium and medium[medium.index("--parallelism") + 1] == "2"
+
+
+def test_router_function(declared: tuple[Any, dict]) -> None:
+    _, classes = declared
+    router = classes["router"]
+    assert router["gpu"] == [] and router["max_inputs"] == 300
+    assert (router["min_containers"], router["max_containers"]) == (0, 1)
+    assert "modal.Secret.from_name('fleet-test-proxy')" in router["secrets"]
+    assert router["web"]["router"]["requires_proxy_auth"] is False  # the IDEs' door; the router does auth
+    assert any("pip install" in c and "fastapi==" in c for c in router["image"])
+
+
+def test_frozen_settings_reach_every_container(declared: tuple[Any, dict]) -> None:
+    _, classes = declared
+    for name in ("TabbySmall", "router"):
+        assert f"Secret.from_dict([{FROZEN_SETTINGS_ENV}])" in classes[name]["secrets"]
+
+
+def test_adding_and_removing_an_entry_adds_and_removes_one_class(tmp_path: Path) -> None:
+    _, before = build(settings_from(tmp_path, THREE))
+    extra = THREE + '\n[[entries]]\nname = "xl"\nmodel = "TabbyML/CodeLlama-13B"\ngpu = "A100-80GB"\n'
+    _, after = build(settings_from(tmp_path, extra))
+    assert set(after) - set(before) == {"TabbyXl"} and set(before) <= set(after)
+    removed = THREE[: THREE.index('[[entries]]\nname = "large-7b"')]
+    _, fewer = build(settings_from(tmp_path, removed))
+    assert set(before) - set(fewer) == {"TabbyLarge7b"} and set(fewer) <= set(before)
+
+
+def test_url_entries_deploy_nothing(tmp_path: Path) -> None:
+    text = THREE + '\n[[entries]]\nname = "gpu-box"\nmodel = "TabbyML/StarCoder-1B"\nurl = "http://gpu-box:8080"\n'
+    _, classes = build(settings_from(tmp_path, text))
+    assert "TabbyGpuBox" not in classes
+
+
+def _class_names_in_fresh_process(env: dict[str, str]) -> list[str]:
+    code = (
+        "import json; from tabby_fleet.apps import modal_deploy as d; "
+        "print(json.dumps(sorted(k for k in vars(d) if k.startswith('Tabby'))))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "TABBY_FLEET"))}
+    result = subprocess.run([sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_fresh_processes_define_the_same_class_names(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(THREE)
+    settings = load_settings(config)
+    deploying = _class_names_in_fresh_process({"FLEET_CONFIG": str(config)})
+    again = _class_names_in_fresh_process({"FLEET_CONFIG": str(config)})
+    # a container has no fleet.toml, only the frozen settings the deploy passed to the classes
+    container = _class_names_in_fresh_process(
+        {FROZEN_SETTINGS_ENV: settings.model_dump_json(include={"entries", "modal"}), "FLEET_CONFIG": "/nonexistent"}
+    )
+    assert deploying == again == container == ["TabbyLarge7b", "TabbyMedium", "TabbySmall"]
+
+
+def test_environment_overrides_are_frozen_into_the_deploy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_MODAL__VOLUME", "from-env")
+    deployed = settings_from(tmp_path, THREE)
+    _, classes = build(deployed)
+    assert classes["TabbySmall"]["volumes"] == {DATA_MOUNT: "from-env"}
+    # in the container: no file, no FLEET_* variables, only the frozen copy
+    monkeypatch.delenv("FLEET_MODAL__VOLUME")
+    monkeypatch.setenv("FLEET_CONFIG", "/nonexistent")
+    monkeypatch.setenv(FROZEN_SETTINGS_ENV, deployed.model_dump_json())
+    assert current_settings() == deployed
+
+
+def test_modal_accepts_the_extremes_settings_allow(tmp_path: Path) -> None:
+    text = THREE.replace("scaledown_window = 120", "scaledown_window = 2").replace('gpu = "L4"', 'gpu = "B200+:8"')
+    text = text.replace("max_inputs = 8\ntarget_inputs = 6", "max_inputs = 1\ntarget_inputs = 1")
+    _, classes = build(settings_from(tmp_path, text))
+    assert classes["TabbySmall"]["scaledown_window"] == 2 and classes["TabbySmall"]["gpu"] == ["B200+:8"]

@@ -1,0 +1,110 @@
+"""The router's Modal backends over loopback: a fake URL lookup and a fake Modal edge; the rest real."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tabby_fleet.apps.modal_backends import proxy_auth_headers
+from tabby_fleet.fleet.errors import FleetError
+
+from .fleetproc import COMPLETION, free_port, serve_process, standin_argv
+
+KEY, SECRET = "wk-test", "ws-test"
+CONFIG = """
+[[entries]]
+name = "small"
+model = "TabbyML/StarCoder-1B"
+
+[[entries]]
+name = "slow"
+model = "TabbyML/StarCoder-3B"
+first_byte_timeout = 10
+
+[[entries]]
+name = "missing"
+model = "TabbyML/StarCoder-7B"
+
+[[teams]]
+name = "frontend"
+entry = "small"
+"""
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    workdir: Path = tmp_path_factory.mktemp("modal-router")
+    (workdir / "fleet.toml").write_text(CONFIG)
+    with ExitStack() as stack:
+        small_port, slow_port, edge_port, router_port = (free_port() for _ in range(4))
+        small = stack.enter_context(serve_process(standin_argv(small_port), small_port))
+        slow = stack.enter_context(
+            serve_process(standin_argv(slow_port, "--completion-delay", "1.5", model="TabbyML/StarCoder-3B"), slow_port)
+        )
+        edge_argv = [sys.executable, "-m", "tests.fake_modal_edge", "--port", str(edge_port), "--backend", slow,
+                     "--key", KEY, "--secret", SECRET, "--redirect-after", "0.5"]  # fmt: skip
+        edge = stack.enter_context(serve_process(edge_argv, edge_port))
+        urls = {"TabbySmall": small, "TabbySlow": edge}  # no TabbyMissing: its lookup fails
+        router_argv = [sys.executable, "-m", "tests.modal_router", "--config", str(workdir / "fleet.toml"),
+                       "--port", str(router_port), "--urls", json.dumps(urls)]  # fmt: skip
+        env = {**os.environ, "TABBY_FLEET_PROXY_KEY": KEY, "TABBY_FLEET_PROXY_SECRET": SECRET}
+        router = stack.enter_context(serve_process(router_argv, router_port, env=env))
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{router}/fleet/health").json()["entries"]["missing"]["state"] != "failed":
+            assert time.monotonic() < deadline, "URL lookups did not finish"
+            time.sleep(0.05)
+        yield {"router": router, "small": small, "slow": slow, "edge": edge}
+
+
+def test_requests_reach_the_looked_up_class_with_proxy_auth(fleet: dict[str, str]) -> None:
+    response = httpx.post(
+        f"{fleet['router']}/teams/frontend/v1/completions", json=COMPLETION, headers={"Authorization": "Bearer x"}
+    )
+    assert response.status_code == 200 and "StarCoder-1B" in response.json()["choices"][0]["text"]
+    seen = httpx.get(f"{fleet['small']}/_standin/stats").json()["last_headers"]
+    assert (seen["modal-key"], seen["modal-secret"]) == (KEY, SECRET)
+    assert "authorization" not in seen
+
+
+def test_long_call_redirected_by_modal_is_followed(fleet: dict[str, str]) -> None:
+    before = httpx.get(f"{fleet['edge']}/_edge/stats").json()
+    response = httpx.post(f"{fleet['router']}/models/slow/v1/completions", json=COMPLETION, timeout=30)
+    after = httpx.get(f"{fleet['edge']}/_edge/stats").json()
+    assert response.status_code == 200, response.text
+    assert "StarCoder-3B" in response.json()["choices"][0]["text"]
+    assert after["redirects"] == before["redirects"] + 1  # the edge did answer 303 ...
+    assert after["result_gets"] == before["result_gets"] + 1  # ... and the router fetched the result
+    assert after["unauthorized"] == before["unauthorized"] == 0  # with proxy auth on the GET too
+
+
+def test_class_not_deployed_is_reported_and_refused_with_advice(fleet: dict[str, str]) -> None:
+    health = httpx.get(f"{fleet['router']}/fleet/health").json()["entries"]
+    assert health["missing"]["state"] == "failed" and "fleet deploy" in health["missing"]["last_error"]
+    assert health["small"]["state"] in {"ready", "cold"}
+    response = httpx.post(f"{fleet['router']}/models/missing/v1/completions", json=COMPLETION)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "backend-failed" and "TabbyMissing" in error["message"]
+
+
+def test_entry_state_estimate_follows_traffic(fleet: dict[str, str]) -> None:
+    httpx.post(f"{fleet['router']}/models/small/v1/completions", json=COMPLETION)
+    assert httpx.get(f"{fleet['router']}/fleet/health").json()["entries"]["small"]["state"] == "ready"
+
+
+def test_missing_proxy_token_names_the_fix() -> None:
+    with pytest.raises(FleetError) as caught:
+        proxy_auth_headers({})
+    assert "modal workspace proxy-tokens create" in caught.value.message
+    assert proxy_auth_headers({"TABBY_FLEET_PROXY_KEY": "k", "TABBY_FLEET_PROXY_SECRET": "s"}) == (
+        (b"modal-key", b"k"),
+        (b"modal-secret", b"s"),
+    )
