@@ -14,6 +14,7 @@ from .fleet.routing import RoutingTable, hash_token
 from .fleet.settings import FleetSettings, SettingsError, load_settings, resolve_config_path
 
 TOKEN_PREFIX = "tft_"  # makes a leaked token easy to recognise (and to grep for) as a fleet token
+ADMIN_TOKEN_PREFIX = "tfa_"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,8 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="Team tokens.")
     token_sub = token.add_subparsers(title="token commands")
-    new = token_sub.add_parser("new", help="Print a new random token for a team, and its hash line.")
-    new.add_argument("--team", required=True, help="the team the token is for")
+    new = token_sub.add_parser("new", help="Print a new random token for a team (or an admin), and its hash line.")
+    who = new.add_mutually_exclusive_group(required=True)
+    who.add_argument("--team", help="the team the token is for")
+    who.add_argument("--admin", action="store_true", help="an admin token: /fleet/* details, /metrics, reload")
     new.add_argument("--config", type=Path, help="fleet.toml to check the team against")
     new.set_defaults(func=cmd_token_new)
     return parser
@@ -126,6 +129,14 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_token_new(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if args.admin:
+        token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        hashes = [*settings.router.admin_token_sha256, hash_token(token)]
+        print("New admin token (shown once; keep it in your password manager):\n")
+        print(f"  {token}\n")
+        print("Put its hash in the [router] table of your fleet.toml:\n")
+        print("  admin_token_sha256 = [" + ", ".join(f'"{h}"' for h in hashes) + "]")
+        return 0
     team = next((t for t in settings.teams if t.name == args.team), None)
     if team is None:
         names = ", ".join(t.name for t in settings.teams) or "(none)"
@@ -157,7 +168,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     base_url = f"http://{args.host}:{args.port}"
     print(up_banner(settings, base_url, resolve_config_path(args.config), backends.tabby_bin), flush=True)
-    app = create_app(settings, backends)
+    app = create_app(settings, backends, reload_settings=lambda: load_settings(args.config))
     uvicorn.run(
         app,
         host=args.host,

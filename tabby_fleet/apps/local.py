@@ -65,6 +65,8 @@ class LocalBackend:
         self.in_flight = 0
         self.last_used = time.monotonic()
         self.starts = 0
+        self.stops = 0
+        self.start_seconds = 0.0  # total time spent starting, for /metrics
         self.port: int | None = None
         self.process: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Task[None] | None = None
@@ -153,6 +155,7 @@ class LocalBackend:
         self.state = "ready"
         self.last_error = None
         self.last_used = time.monotonic()
+        self.start_seconds += self.last_used - started
         self._watcher = asyncio.create_task(self._watch(process), name=f"watch-{self.entry.name}")
         log.info("entry %s: ready in %.2fs at %s", self.entry.name, time.monotonic() - started, self.url)
 
@@ -177,6 +180,7 @@ class LocalBackend:
         self._stopping = True
         log.info("entry %s: stopping pid %d (%s)", self.entry.name, process.pid, reason)
         await self._terminate(process)
+        self.stops += 1
         self.state = "cold"
 
     async def _terminate(self, process: asyncio.subprocess.Process) -> None:
@@ -203,6 +207,8 @@ class LocalBackend:
             "backend": self.kind,
             "in_flight": self.in_flight,
             "starts": self.starts,
+            "stops": self.stops,
+            "start_seconds": round(self.start_seconds, 3),
             "pid": process.pid if alive and process else None,
             "url": self.url,
             "last_error": self.last_error,
@@ -218,15 +224,35 @@ class LocalBackends:
         self.settings = settings
         self.tabby_bin = find_tabby(settings)
         self.static = StaticBackends(settings)
-        self.backends = {
-            entry.name: LocalBackend(entry, settings, self.tabby_bin)
-            for entry in settings.entries
-            if entry.name not in self.static
-        }
+        self.backends: dict[str, LocalBackend] = {}
+        self._retired: list[LocalBackend] = []  # removed by a reload, still serving in-flight requests
+        self._reaper: asyncio.Task[None] | None = None
+        self._configure(settings)
+
+    def _configure(self, settings: FleetSettings) -> None:
+        for entry in settings.entries:
+            if entry.url is not None:
+                continue
+            backend = self.backends.get(entry.name)
+            if backend is None:
+                self.backends[entry.name] = LocalBackend(entry, settings, self.tabby_bin)
+            elif backend.entry != entry:
+                # A changed entry: the running process keeps serving what it has in flight, then
+                # stops; the next request starts one from the new definition.
+                self._retired.append(backend)
+                self.backends[entry.name] = LocalBackend(entry, settings, self.tabby_bin)
+        names = {e.name for e in settings.entries if e.url is None}
+        for name in list(self.backends):
+            if name not in names:
+                self._retired.append(self.backends.pop(name))
+        self.settings = settings
+        self.static = StaticBackends(settings)
         windows = [entry.scaledown_window for entry in settings.entries] or [60]
         # Check often enough that a 2 s idle window ends within about half a second of its time.
         self._reap_interval = max(0.25, min(1.0, min(windows) / 4))
-        self._reaper: asyncio.Task[None] | None = None
+
+    async def reconfigure(self, settings: FleetSettings) -> None:
+        self._configure(settings)
 
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap(), name="local-backends-reaper")
@@ -236,7 +262,8 @@ class LocalBackends:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await asyncio.gather(*(backend.stop("router shutdown") for backend in self.backends.values()))
+        everything = [*self.backends.values(), *self._retired]
+        await asyncio.gather(*(backend.stop("router shutdown") for backend in everything))
 
     @contextlib.asynccontextmanager
     async def lease(self, entry: str) -> AsyncIterator[Upstream]:
@@ -260,10 +287,13 @@ class LocalBackends:
         while True:
             await asyncio.sleep(self._reap_interval)
             now = time.monotonic()
-            for backend in self.backends.values():
+            for backend in list(self.backends.values()):
                 if backend.is_idle(now):
-                    window = backend.entry.scaledown_window
-                    await backend.stop(f"idle for {window}s (scaledown_window)")
+                    await backend.stop(f"idle for {backend.entry.scaledown_window}s (scaledown_window)")
+            for backend in list(self._retired):
+                if backend.in_flight == 0:
+                    await backend.stop("settings reloaded")
+                    self._retired.remove(backend)
 
 
 class _StartFailed(Exception):

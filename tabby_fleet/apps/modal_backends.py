@@ -108,6 +108,13 @@ class ModalBackends:
     async def close(self) -> None:
         return None
 
+    async def reconfigure(self, settings: FleetSettings) -> None:
+        raise FleetError(
+            409,
+            "reload-not-supported",
+            "on Modal the fleet's settings change with a redeploy: run `fleet deploy`",
+        )
+
     @contextlib.asynccontextmanager
     async def lease(self, entry: str) -> AsyncIterator[Upstream]:
         state = self.entries.get(entry)

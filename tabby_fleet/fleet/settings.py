@@ -178,6 +178,10 @@ class Team(BaseModel):
     entry: str | None = None
     allowed_entries: tuple[str, ...] = ()
     token_sha256: tuple[str, ...] = ()
+    # Requests the team may have in flight at once, across all entries (429 above); unset: no limit.
+    max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # Requests the team may start per minute, with a burst of the same size (429 above); unset: no limit.
+    requests_per_minute: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
     @field_validator("name")
     @classmethod
@@ -192,15 +196,19 @@ class Team(BaseModel):
     @field_validator("token_sha256")
     @classmethod
     def _hex_hashes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        hashes = tuple(h.strip().lower() for h in value)
-        for digest in hashes:
-            if not SHA256_PATTERN.match(digest):
-                shown = digest if len(digest) <= 20 else digest[:17] + "..."
-                raise ValueError(
-                    f"token_sha256 entry {shown!r} is not a sha256 hex digest (64 characters 0-9a-f). "
-                    f"Paste the line printed by `fleet token new --team <name>`; never the token itself"
-                )
-        return hashes
+        return _sha256_hexes(value, "token_sha256", "fleet token new --team <name>")
+
+
+def _sha256_hexes(value: tuple[str, ...], field: str, command: str) -> tuple[str, ...]:
+    hashes = tuple(h.strip().lower() for h in value)
+    for digest in hashes:
+        if not SHA256_PATTERN.match(digest):
+            shown = digest if len(digest) <= 20 else digest[:17] + "..."
+            raise ValueError(
+                f"{field} entry {shown!r} is not a sha256 hex digest (64 characters 0-9a-f). "
+                f"Paste the line printed by `{command}`; never the token itself"
+            )
+    return hashes
 
 
 class RouterOptions(BaseModel):
@@ -225,6 +233,20 @@ class RouterOptions(BaseModel):
     queue_timeout: Annotated[float, Field(ge=0, le=600)] = 10.0
     # Largest request body accepted. Tabby prompts are a few KB; 1 MiB leaves room for big contexts.
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # Request head limits (431/414 above). The IDE agent sends about ten short headers.
+    max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
+    max_url_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 8 * 1024
+    # sha256 of admin tokens (`fleet token new --admin`). They guard /fleet/* (but the liveness
+    # answer of /fleet/health) and /metrics. With none, those answer loopback clients only.
+    admin_token_sha256: tuple[str, ...] = ()
+    # Serve /metrics without an admin token (e.g. to a scraper on a private network).
+    metrics_public: bool = False
+
+    @field_validator("admin_token_sha256")
+    @classmethod
+    def _admin_hexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _sha256_hexes(value, "admin_token_sha256", "fleet token new --admin")
 
 
 class ModalOptions(BaseModel):
@@ -382,6 +404,12 @@ def _fleet_problems(settings: FleetSettings) -> list[str]:
                     f"a token belongs to one team, so issue a new one with `fleet token new`"
                 )
             token_owner[digest] = team.name
+    for digest in settings.router.admin_token_sha256:
+        if digest in token_owner:
+            problems.append(
+                f"router.admin_token_sha256: hash {digest[:12]}... is also a token of team {token_owner[digest]!r}; "
+                f"an admin token must be its own (`fleet token new --admin`)"
+            )
     return problems
 
 

@@ -2,19 +2,25 @@
 
 Tabby's API paths (``/v1/...``, ``/v1beta/...`` and their ``/teams/<team>/`` and ``/models/<entry>/``
 prefixed forms) go straight to the streaming :class:`Proxy`. Everything else is a small FastAPI app:
-``/fleet/health``, ``/fleet/entries`` and the OpenAPI docs at ``/fleet/docs``.
+``/fleet/health`` (liveness for anyone, details for admins), ``/fleet/entries``, ``/fleet/reload``,
+``/metrics`` and the OpenAPI docs at ``/fleet/docs``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
+import logging
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
@@ -22,11 +28,17 @@ from starlette.types import Receive, Scope, Send
 from .. import __version__
 from ..fleet.errors import FleetError
 from ..fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX
-from ..fleet.settings import FleetSettings
+from ..fleet.settings import FleetSettings, SettingsError
+from .admin import AdminAuth
 from .backends import Backends
+from .observe import Observer
 from .proxy import Proxy
 
+log = logging.getLogger("tabby_fleet.router")
+
 PROXIED_PREFIXES = (*TABBY_API_PREFIXES, TEAM_PREFIX, MODEL_PREFIX)
+
+SettingsLoader = Callable[[], FleetSettings]
 
 
 class ProxyDispatch:
@@ -48,8 +60,8 @@ class ProxyDispatch:
 
 class EntryState(BaseModel):
     state: str
-    in_flight: int
-    queued: int
+    in_flight: int | None = None
+    queued: int | None = None
     last_error: str | None = None
 
 
@@ -80,6 +92,8 @@ class TeamInfo(BaseModel):
     entry: str | None
     allowed_entries: list[str]
     uses_tokens: bool
+    max_concurrent: int | None
+    requests_per_minute: int | None
 
 
 class FleetTable(BaseModel):
@@ -89,14 +103,55 @@ class FleetTable(BaseModel):
     teams: list[TeamInfo]
 
 
-def create_app(settings: FleetSettings, backends: Backends) -> ProxyDispatch:
-    proxy = Proxy(settings, backends)
+class ReloadResult(BaseModel):
+    status: str
+    entries: list[str]
+    teams: list[str]
+
+
+def create_app(
+    settings: FleetSettings, backends: Backends, reload_settings: SettingsLoader | None = None
+) -> ProxyDispatch:
+    """The router for ``settings``; ``reload_settings`` (if given) re-reads them on /fleet/reload or SIGHUP."""
+    observer = Observer()
+    proxy = Proxy(settings, backends, observer)
+    admin = AdminAuth(settings)
     started = time.monotonic()
+    reload_lock = asyncio.Lock()
+
+    def entry_status() -> dict[str, dict[str, Any]]:
+        runtime = backends.status()
+        status = {}
+        for entry in proxy.state.settings.entries:
+            gate = proxy.gates[entry.name]
+            status[entry.name] = {"state": "cold", **runtime.get(entry.name, {})} | {
+                "in_flight": gate.in_flight, "queued": gate.queued,
+            }  # fmt: skip
+        return status
+
+    observer.watch_state(entry_status)
+
+    async def reload() -> ReloadResult:
+        if reload_settings is None:
+            raise FleetError(409, "reload-unavailable", "this router was started without a settings source to reload")
+        async with reload_lock:
+            try:
+                new = await asyncio.to_thread(reload_settings)
+            except SettingsError as exc:
+                raise FleetError(400, "invalid-settings", str(exc), exc.problems) from None
+            await backends.reconfigure(new)  # may refuse (e.g. on Modal: redeploy instead)
+            proxy.reconfigure(new)
+            admin.reconfigure(new)
+        log.info("settings reloaded: %d entries, %d teams", len(new.entries), len(new.teams))
+        return ReloadResult(status="reloaded", entries=[e.name for e in new.entries], teams=[t.name for t in new.teams])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await proxy.start()
         await backends.start()
+        loop = asyncio.get_running_loop()
+        if reload_settings is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not in the main thread
+                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_logged()))
         # Everything loaded so far (FastAPI, pydantic, settings) lives as long as the router. Freezing
         # it keeps the garbage collector from rescanning it every few thousand requests.
         gc.freeze()
@@ -105,6 +160,12 @@ def create_app(settings: FleetSettings, backends: Backends) -> ProxyDispatch:
         finally:
             await backends.close()
             await proxy.close()
+
+    async def _reload_logged() -> None:
+        try:
+            await reload()
+        except FleetError as error:
+            log.error("SIGHUP reload refused, old settings kept: %s", error.message)
 
     app = FastAPI(
         title="tabby-fleet router",
@@ -118,6 +179,11 @@ def create_app(settings: FleetSettings, backends: Backends) -> ProxyDispatch:
     )
     app.state.proxy = proxy
 
+    @app.exception_handler(FleetError)
+    async def fleet_error(request: Request, exc: FleetError) -> JSONResponse:
+        headers = {k.decode(): v.decode() for k, v in exc.headers() if k != b"content-length"}
+        return JSONResponse(exc.payload(), status_code=exc.status, headers=headers)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
@@ -125,7 +191,7 @@ def create_app(settings: FleetSettings, backends: Backends) -> ProxyDispatch:
                 404,
                 "unknown-path",
                 f"{request.url.path!r} is not served here; Tabby's API lives at {PATH_HELP}; "
-                f"the router's own endpoints are /fleet/health, /fleet/entries and /fleet/docs",
+                f"the router's own endpoints are /fleet/health, /fleet/entries, /fleet/docs and /metrics",
             )
         elif exc.status_code == 405:
             error = FleetError(405, "method-not-allowed", f"{request.method} is not allowed on {request.url.path}")
@@ -133,32 +199,34 @@ def create_app(settings: FleetSettings, backends: Backends) -> ProxyDispatch:
             error = FleetError(exc.status_code, "http-error", str(exc.detail))
         return JSONResponse(error.payload(), status_code=error.status, headers=dict(exc.headers or {}))
 
-    def entry_state(name: str, status: dict[str, dict[str, Any]]) -> EntryState:
-        runtime = status.get(name, {"state": "cold"})
-        gate = proxy.gates[name]
-        return EntryState(
-            state=runtime["state"],
-            in_flight=gate.in_flight,
-            queued=gate.queued,
-            last_error=runtime.get("last_error"),
-        )
+    admin_only = [Depends(admin.require)]
 
-    @app.get("/fleet/health", response_model=FleetHealth, tags=["fleet"])
-    async def fleet_health() -> FleetHealth:
-        """Liveness, and each entry's state: cold, starting, ready or failed."""
-        status = backends.status()
+    @app.get("/fleet/health", response_model=FleetHealth, response_model_exclude_none=True, tags=["fleet"])
+    async def fleet_health(request: Request) -> FleetHealth:
+        """Liveness and each entry's state (cold, starting, ready, failed); load and errors for admins."""
+        detailed = admin.allows(request)
+        entries = {}
+        for name, status in entry_status().items():
+            if detailed:
+                entries[name] = EntryState(
+                    state=status["state"], in_flight=status["in_flight"], queued=status["queued"],
+                    last_error=status.get("last_error"),
+                )  # fmt: skip
+            else:
+                entries[name] = EntryState(state=status["state"])
         return FleetHealth(
             status="ok",
             version=__version__,
             runtime=backends.runtime,
             uptime_seconds=round(time.monotonic() - started, 3),
-            entries={entry.name: entry_state(entry.name, status) for entry in settings.entries},
+            entries=entries,
         )
 
-    @app.get("/fleet/entries", response_model=FleetTable, tags=["fleet"])
+    @app.get("/fleet/entries", response_model=FleetTable, tags=["fleet"], dependencies=admin_only)
     async def fleet_entries() -> FleetTable:
-        """The routing table: every entry with its model, limits, teams and runtime state."""
-        status = backends.status()
+        """The routing table: every entry with its model, limits, teams and runtime state (admin)."""
+        current = proxy.state.settings
+        status = entry_status()
         entries = [
             EntryInfo(
                 name=entry.name,
@@ -169,26 +237,36 @@ def create_app(settings: FleetSettings, backends: Backends) -> ProxyDispatch:
                 capacity=entry.capacity,
                 max_queue=entry.max_queue,
                 scaledown_window=entry.scaledown_window,
-                teams=[t.name for t in settings.teams if t.entry == entry.name],
-                default=entry.name == settings.router.default_entry,
+                teams=[t.name for t in current.teams if t.entry == entry.name],
+                default=entry.name == current.router.default_entry,
                 runtime=status.get(entry.name, {"state": "cold"}),
             )
-            for entry in settings.entries
+            for entry in current.entries
         ]
         teams = [
             TeamInfo(
-                name=t.name,
-                entry=t.entry,
-                allowed_entries=list(t.allowed_entries),
-                uses_tokens=bool(t.token_sha256),
+                name=t.name, entry=t.entry, allowed_entries=list(t.allowed_entries), uses_tokens=bool(t.token_sha256),
+                max_concurrent=t.max_concurrent, requests_per_minute=t.requests_per_minute,
             )
-            for t in settings.teams
-        ]
+            for t in current.teams
+        ]  # fmt: skip
         return FleetTable(
-            default_entry=settings.router.default_entry,
-            tokens_required=settings.any_team_has_tokens,
+            default_entry=current.router.default_entry,
+            tokens_required=current.any_team_has_tokens,
             entries=entries,
             teams=teams,
         )
+
+    @app.post("/fleet/reload", response_model=ReloadResult, tags=["fleet"], dependencies=admin_only)
+    async def fleet_reload() -> ReloadResult:
+        """Re-read the settings (as SIGHUP does). In-flight requests finish on the old table (admin)."""
+        return await reload()
+
+    @app.get("/metrics", tags=["fleet"], response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (admin, unless router.metrics_public)."""
+        if not proxy.state.settings.router.metrics_public:
+            admin.require(request)
+        return Response(generate_latest(observer.registry), media_type=CONTENT_TYPE_LATEST)
 
     return ProxyDispatch(app, proxy)

@@ -40,6 +40,12 @@ class Backends(Protocol):
     async def close(self) -> None:
         """Stop everything this runtime started. Called at router shutdown."""
 
+    async def reconfigure(self, settings: FleetSettings) -> None:
+        """Adopt reloaded settings: new entries become available, removed ones stop once idle.
+
+        Raises FleetError if this runtime cannot change without a redeploy.
+        """
+
     def lease(self, entry: str) -> AbstractAsyncContextManager[Upstream]:
         """Hold entry's backend for one request: start it if needed, keep it up until exit.
 
@@ -58,6 +64,10 @@ class StaticBackends:
     runtime = "static"
 
     def __init__(self, settings: FleetSettings) -> None:
+        self._upstreams: dict[str, Upstream] = {}
+        self._configure(settings)
+
+    def _configure(self, settings: FleetSettings) -> None:
         self._upstreams = {entry.name: Upstream(str(entry.url).rstrip("/")) for entry in settings.entries if entry.url}
 
     def __contains__(self, entry: str) -> bool:
@@ -68,6 +78,9 @@ class StaticBackends:
 
     async def close(self) -> None:
         return None
+
+    async def reconfigure(self, settings: FleetSettings) -> None:
+        self._configure(settings)
 
     def upstream(self, entry: str) -> Upstream:
         upstream = self._upstreams.get(entry)

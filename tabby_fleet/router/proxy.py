@@ -1,10 +1,14 @@
 """The streaming proxy: a raw ASGI handler for Tabby's API paths.
 
-For each request: route it (pure, :mod:`tabby_fleet.fleet.routing`), read its body (bounded), take a
-slot at the entry's gate, lease the entry's backend, forward method, path, query, body and
-end-to-end headers over the pooled :class:`UpstreamPool`, and stream the answer back chunk by chunk
-(SSE event by event). When the client disconnects, the upstream request is cancelled at once: its
-connection is closed, so the backend stops generating (the IDE agent aborts on every keystroke).
+For each request: check the request head's limits, route it (pure, :mod:`tabby_fleet.fleet.routing`),
+read its body (bounded), take the team's and the entry's slots, lease the entry's backend, forward
+method, path, query, body and end-to-end headers over the pooled :class:`UpstreamPool`, and stream
+the answer back chunk by chunk (SSE event by event). When the client disconnects, the upstream
+request is cancelled at once: its connection is closed, so the backend stops generating (the IDE
+agent aborts on every keystroke).
+
+Settings can be reloaded while requests run: a request keeps the routing table, gate and limiter it
+started with; the next request uses the new ones (:meth:`Proxy.reconfigure`).
 
 This is plain ASGI rather than a FastAPI route, and headers stay byte pairs: the router's hot path
 skips request parsing, dependency injection and response classes. docs/PERFORMANCE.md has the
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -24,6 +29,8 @@ from ..fleet.routing import Route, RoutingTable
 from ..fleet.settings import FleetSettings
 from .backends import Backends
 from .gate import EntryGate
+from .observe import CLIENT_LEFT, REQUEST_ID, Observer, RequestRecord, new_request_id
+from .team_limits import TeamLimiter
 from .upstream import Origin, UpstreamError, UpstreamPool, UpstreamTimeout
 
 log = logging.getLogger("tabby_fleet.proxy")
@@ -39,7 +46,9 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
      b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )  # fmt: skip
-NOT_FORWARDED = HOP_BY_HOP | {b"authorization", b"host", b"content-length", b"x-tabby-team", b"x-tabby-model"}
+NOT_FORWARDED = HOP_BY_HOP | {
+    b"authorization", b"host", b"content-length", b"x-tabby-team", b"x-tabby-model", b"x-request-id"
+}  # fmt: skip
 NOT_RETURNED = HOP_BY_HOP | {b"server", b"date"}  # uvicorn writes its own date and server
 MAX_CACHED_ORIGINS = 1024  # parsed backend URLs; local backends get a new port on every restart
 
@@ -48,24 +57,61 @@ class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
-class Proxy:
-    """Forwards one request at a time; holds the routing table, gates, backends and the session."""
+class ProxyState:
+    """Everything derived from one version of the settings; replaced whole on reload."""
 
-    def __init__(self, settings: FleetSettings, backends: Backends) -> None:
-        self.table = RoutingTable(settings)
-        self.backends = backends
+    def __init__(self, settings: FleetSettings, previous: ProxyState | None = None) -> None:
         router = settings.router
+        self.settings = settings
+        self.table = RoutingTable(settings)
         self.max_body = router.max_body_bytes
+        self.max_headers = router.max_headers
+        self.max_header_bytes = router.max_header_bytes
+        self.max_url_bytes = router.max_url_bytes
+        old_gates = previous.gates if previous else {}
+        self.gates: dict[str, EntryGate] = {}
+        for entry in settings.entries:
+            gate = old_gates.get(entry.name)  # keep the object: its in-flight count stays true
+            if gate is None:
+                gate = EntryGate(entry.name, entry.capacity, entry.max_queue, router.queue_timeout)
+            else:
+                gate.capacity, gate.max_queue, gate.queue_timeout = (
+                    entry.capacity,
+                    entry.max_queue,
+                    router.queue_timeout,
+                )
+            self.gates[entry.name] = gate
+        old_limiters = previous.limiters if previous else {}
+        self.limiters: dict[str, TeamLimiter] = {}
+        for team in settings.teams:
+            if team.max_concurrent is None and team.requests_per_minute is None:
+                continue
+            limiter = old_limiters.get(team.name)
+            if limiter is None:
+                limiter = TeamLimiter(team)
+            else:
+                limiter.max_concurrent, limiter.per_minute = team.max_concurrent, team.requests_per_minute
+            self.limiters[team.name] = limiter
+
+
+class Proxy:
+    """Forwards requests; holds the current ProxyState, the backends, the pool and the observer."""
+
+    def __init__(self, settings: FleetSettings, backends: Backends, observer: Observer | None = None) -> None:
+        self.state = ProxyState(settings)
+        self.backends = backends
+        self.observer = observer or Observer()
+        router = settings.router
         self.read_timeout = router.read_timeout
-        self.gates = {
-            entry.name: EntryGate(entry.name, entry.capacity, entry.max_queue, router.queue_timeout)
-            for entry in settings.entries
-        }
         self.pool = UpstreamPool(router.connect_timeout, router.read_timeout, router.upstream_keepalive)
         self._origins: dict[str, Origin] = {}
 
-    async def start(self) -> None:
-        return None
+    @property
+    def gates(self) -> dict[str, EntryGate]:
+        return self.state.gates
+
+    def reconfigure(self, settings: FleetSettings) -> None:
+        self.state = ProxyState(settings, self.state)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -79,10 +125,13 @@ class Proxy:
         return origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        authorization = team = model = connection = None
-        content_length = 0
+        state = self.state  # this request's version of the settings, even if they are reloaded
+        authorization = team = model = connection = request_id = None
+        content_length = header_bytes = 0
         forwarded: list[tuple[bytes, bytes]] = []
-        for name, value in scope["headers"]:
+        headers = scope["headers"]
+        for name, value in headers:
+            header_bytes += len(name) + len(value)
             if name in NOT_FORWARDED:
                 if name == b"authorization":
                     authorization = value.decode("latin-1")
@@ -94,64 +143,67 @@ class Proxy:
                     content_length = int(value)
                 elif name == b"connection":
                     connection = value
+                elif name == b"x-request-id" and REQUEST_ID.match(value):
+                    request_id = value.decode("ascii")
                 continue
             forwarded.append((name, value))
         if connection:
             forwarded = _drop_connection_listed(forwarded, connection)
+        request_id = request_id or new_request_id()
+        forwarded.append((b"x-request-id", request_id.encode()))
         raw_path = scope.get("raw_path") or scope["path"].encode()
+        record = RequestRecord(request_id, scope["method"], scope["path"])
         try:
-            route = self.table.route(raw_path.decode("latin-1"), authorization, team, model)
-            if content_length > self.max_body:
-                raise self._too_large()
-            body = await self._read_body(receive)
+            await self._handle(scope, receive, send, state, record, raw_path, authorization, team, model,
+                               content_length, header_bytes, len(headers), forwarded)  # fmt: skip
+        finally:
+            self.observer.finish(record)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, state: ProxyState, record: RequestRecord, raw_path: bytes,
+        authorization: str | None, team: str | None, model: str | None, content_length: int, header_bytes: int,
+        header_count: int, forwarded: list[tuple[bytes, bytes]],
+    ) -> None:  # fmt: skip
+        try:
+            _check_head(state, raw_path, scope.get("query_string", b""), header_count, header_bytes)
+            route = state.table.route(raw_path.decode("latin-1"), authorization, team, model)
+            record.team, record.entry, record.reason = route.team or "-", route.entry, route.reason
+            if content_length > state.max_body:
+                raise _too_large(state.max_body)
+            body = await _read_body(receive, state.max_body)
         except FleetError as error:
-            await send_error(send, error)
+            record.status = error.status
+            await send_error(send, error, request_id=record.request_id)
             return
         except ClientGone:
+            record.status = CLIENT_LEFT
             return
-        gate = self.gates[route.entry]
+        limiter = state.limiters.get(route.team) if route.team else None
+        gate = state.gates[route.entry]
         try:
-            await gate.acquire()
+            if limiter is not None:
+                limiter.acquire()
+            try:
+                await gate.acquire()
+            except BaseException:
+                if limiter is not None:
+                    limiter.release()
+                raise
         except FleetError as error:
-            await send_error(send, error, route.entry)
+            record.status = error.status
+            await send_error(send, error, route.entry, record.request_id)
             return
         try:
-            await self._forward(scope, receive, send, route, forwarded, body)
+            await self._forward(scope, receive, send, route, forwarded, body, record)
         finally:
             gate.release()
-
-    async def _read_body(self, receive: Receive) -> bytes:
-        chunks = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > self.max_body:
-                    raise self._too_large()
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    def _too_large(self) -> FleetError:
-        return FleetError(
-            413,
-            "body-too-large",
-            f"request body is over {self.max_body} bytes (router.max_body_bytes); send a smaller prompt",
-        )
+            if limiter is not None:
+                limiter.release()
 
     async def _forward(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        route: Route,
-        forwarded: list[tuple[bytes, bytes]],
-        body: bytes,
-    ) -> None:
+        self, scope: Scope, receive: Receive, send: Send, route: Route, forwarded: list[tuple[bytes, bytes]],
+        body: bytes, record: RequestRecord,
+    ) -> None:  # fmt: skip
         """Send upstream and stream back; a client disconnect cancels this task and the upstream."""
         task = asyncio.current_task()
         assert task is not None
@@ -165,21 +217,23 @@ class Proxy:
 
         watcher = asyncio.create_task(watch_disconnect())
         try:
-            await self._exchange(scope, send, route, forwarded, body)
+            await self._exchange(scope, send, route, forwarded, body, record)
         except asyncio.CancelledError:
             if not watcher.done() or done:
                 raise  # cancelled by the server, not by the client leaving
             task.uncancel()
-            log.debug("client left %s %s (entry %s): upstream cancelled", scope["method"], scope["path"], route.entry)
+            record.status = CLIENT_LEFT
         finally:
             done = True
             watcher.cancel()
 
     async def _exchange(
-        self, scope: Scope, send: Send, route: Route, forwarded: list[tuple[bytes, bytes]], body: bytes
-    ) -> None:
+        self, scope: Scope, send: Send, route: Route, forwarded: list[tuple[bytes, bytes]], body: bytes,
+        record: RequestRecord,
+    ) -> None:  # fmt: skip
         started = False
         entry = route.entry
+        upstream_started = 0.0
         try:
             async with self.backends.lease(entry) as backend:
                 target = route.upstream_path
@@ -188,6 +242,7 @@ class Proxy:
                     target += "?" + query.decode("latin-1")
                 if backend.headers:
                     forwarded += backend.headers
+                upstream_started = time.perf_counter()
                 response = await self.pool.request(
                     self._origin(backend.base_url), scope["method"], target, forwarded, body,
                     first_byte_timeout=backend.first_byte_timeout, follow_redirects=backend.follow_redirects,
@@ -196,6 +251,8 @@ class Proxy:
                     headers = [(name, value) for name, value in response.headers if name not in NOT_RETURNED]
                     headers.append((b"x-fleet-entry", entry.encode()))
                     headers.append((b"x-fleet-route", route.reason.encode()))
+                    headers.append((b"x-request-id", record.request_id.encode()))
+                    record.status = response.status
                     await send({"type": "http.response.start", "status": response.status, "headers": headers})
                     started = True
                     more = True
@@ -207,15 +264,59 @@ class Proxy:
                     response.release()
         except FleetError as error:
             if not started:
-                await send_error(send, error, entry)
+                record.status = error.status
+                await send_error(send, error, entry, record.request_id)
         except UpstreamError as exc:
             if started:
                 # The backend failed mid-answer: end the stream cleanly; the client sees it stop.
-                log.warning("entry %s: upstream failed mid-response: %s", entry, exc)
+                self.observer.upstream_error(entry, "midstream")
+                log.warning("entry %s: upstream failed mid-response (id %s): %s", entry, record.request_id, exc)
                 with contextlib.suppress(Exception):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            await send_error(send, _upstream_error(entry, exc), entry)
+            error = _upstream_error(entry, exc)
+            self.observer.upstream_error(entry, "timeout" if error.status == 504 else "unreachable")
+            record.status = error.status
+            await send_error(send, error, entry, record.request_id)
+        finally:
+            if upstream_started:
+                record.upstream_seconds = time.perf_counter() - upstream_started
+
+
+def _check_head(state: ProxyState, raw_path: bytes, query: bytes, count: int, size: int) -> None:
+    if count > state.max_headers:
+        raise FleetError(431, "too-many-headers", f"{count} headers is over router.max_headers ({state.max_headers})")
+    if size > state.max_header_bytes:
+        raise FleetError(
+            431,
+            "headers-too-large",
+            f"headers total {size} bytes, over router.max_header_bytes ({state.max_header_bytes})",
+        )
+    if len(raw_path) + len(query) > state.max_url_bytes:
+        raise FleetError(414, "url-too-long", f"the URL is over router.max_url_bytes ({state.max_url_bytes}) bytes")
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(limit: int) -> FleetError:
+    return FleetError(
+        413, "body-too-large", f"request body is over {limit} bytes (router.max_body_bytes); send a smaller prompt"
+    )
 
 
 def _drop_connection_listed(headers: list[tuple[bytes, bytes]], connection: bytes) -> list[tuple[bytes, bytes]]:
@@ -228,9 +329,7 @@ def _drop_connection_listed(headers: list[tuple[bytes, bytes]], connection: byte
 
 def _upstream_error(entry: str, exc: UpstreamError) -> FleetError:
     if isinstance(exc, UpstreamTimeout):
-        return FleetError(
-            504, "backend-timeout", f"the backend for entry {entry!r} timed out: {exc} (router.read_timeout)"
-        )
+        return FleetError(504, "backend-timeout", f"the backend for entry {entry!r} timed out: {exc}")
     return FleetError(
         502,
         "backend-unreachable",
@@ -239,9 +338,11 @@ def _upstream_error(entry: str, exc: UpstreamError) -> FleetError:
     )
 
 
-async def send_error(send: Send, error: FleetError, entry: str | None = None) -> None:
+async def send_error(send: Send, error: FleetError, entry: str | None = None, request_id: str | None = None) -> None:
     headers = error.headers()
     if entry is not None:
         headers.append((b"x-fleet-entry", entry.encode()))
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id.encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": error.body(), "more_body": False})

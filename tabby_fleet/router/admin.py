@@ -1,0 +1,57 @@
+"""Who may see the fleet's configuration and usage: holders of an admin token.
+
+Admin tokens are stored as sha256 (``router.admin_token_sha256``) and compared in constant time, like
+team tokens. With no admin token configured, admin endpoints answer loopback clients only: a
+developer's local fleet works out of the box, a deployed router reveals nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from fastapi import Request
+
+from ..fleet.errors import FleetError
+from ..fleet.settings import FleetSettings
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class AdminAuth:
+    def __init__(self, settings: FleetSettings) -> None:
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: FleetSettings) -> None:
+        self._digests = tuple(bytes.fromhex(d) for d in settings.router.admin_token_sha256)
+
+    def allows(self, request: Request) -> bool:
+        try:
+            self.require(request)
+        except FleetError:
+            return False
+        return True
+
+    def require(self, request: Request) -> None:
+        """FastAPI dependency: return if the request may see admin endpoints, else raise 401/403."""
+        if not self._digests:
+            client = request.client.host if request.client else ""
+            if client in LOOPBACK:
+                return
+            raise FleetError(
+                403,
+                "admin-not-configured",
+                "admin endpoints answer only local clients until an admin token is set: run "
+                "`fleet token new --admin` and put its hash in router.admin_token_sha256",
+            )
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise FleetError(401, "admin-token-missing", "send 'Authorization: Bearer <admin token>'")
+        digest = hashlib.sha256(token.encode()).digest()
+        allowed = False
+        for known in self._digests:  # no early exit: the same work for every token
+            if hmac.compare_digest(digest, known):
+                allowed = True
+        if not allowed:
+            raise FleetError(403, "admin-token-invalid", "that token is not an admin token of this router")

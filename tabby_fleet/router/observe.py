@@ -1,0 +1,126 @@
+"""What the router records about each request: Prometheus metrics, one log line, a request id.
+
+Every request gets an id (the client's ``X-Request-Id`` when it is sane, else a new one), sent back
+and forwarded to the backend. When the request ends, :meth:`Observer.finish` counts it and, at INFO
+level, logs one line with team, entry, route, status, latency and id; never a token or a prompt.
+
+Gauges that describe state (in flight, queued, backend state and starts) are read when Prometheus
+scrapes, not updated per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+log = logging.getLogger("tabby_fleet.access")
+
+REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
+CLIENT_LEFT = 499  # nginx's code for "the client closed the request"; used in metrics and logs only
+
+# Buckets: the router's own overhead is sub-millisecond; the upstream is a model generating.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
+UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 150.0)
+
+
+def new_request_id() -> str:
+    return os.urandom(8).hex()
+
+
+class RequestRecord:
+    """One request's facts, filled in as the proxy learns them."""
+
+    __slots__ = ("entry", "method", "path", "reason", "request_id", "started", "status", "team", "upstream_seconds")
+
+    def __init__(self, request_id: str, method: str, path: str) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.started = time.perf_counter()
+        self.team = "-"
+        self.entry = "-"
+        self.reason = "-"
+        self.status = 0
+        self.upstream_seconds = 0.0
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "fleet_requests", "Requests by team, entry, route reason and status (499: client left)",
+            ["team", "entry", "route", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.overhead = Histogram(
+            "fleet_router_overhead_seconds", "Time in the router itself: total minus upstream",
+            ["entry"], buckets=OVERHEAD_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.upstream = Histogram(
+            "fleet_upstream_seconds", "Time from sending upstream to the end of the answer",
+            ["entry"], buckets=UPSTREAM_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            "fleet_upstream_errors", "Backend failures: unreachable, timeout, midstream",
+            ["entry", "kind"], registry=self.registry,
+        )  # fmt: skip
+        self.cancellations = Counter(
+            "fleet_client_cancellations", "Requests whose client left; their upstream was cancelled",
+            ["entry"], registry=self.registry,
+        )  # fmt: skip
+
+    def finish(self, record: RequestRecord) -> None:
+        total = time.perf_counter() - record.started
+        self.requests.labels(record.team, record.entry, record.reason, str(record.status)).inc()
+        if record.status == CLIENT_LEFT:
+            self.cancellations.labels(record.entry).inc()
+        if record.upstream_seconds:
+            self.upstream.labels(record.entry).observe(record.upstream_seconds)
+            self.overhead.labels(record.entry).observe(max(0.0, total - record.upstream_seconds))
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s status=%d team=%s entry=%s route=%s ms=%.1f upstream_ms=%.1f id=%s",
+                record.method, record.path, record.status, record.team, record.entry, record.reason,
+                total * 1000, record.upstream_seconds * 1000, record.request_id,
+            )  # fmt: skip
+
+    def upstream_error(self, entry: str, kind: str) -> None:
+        self.upstream_errors.labels(entry, kind).inc()
+
+    def watch_state(self, read: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        """Export per-entry state (in flight, queued, backend state, starts, stops) at scrape time."""
+        self.registry.register(_StateCollector(read))
+
+
+class _StateCollector:
+    def __init__(self, read: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily("fleet_in_flight", "Requests in flight per entry", labels=["entry"])
+        queued = GaugeMetricFamily("fleet_queued", "Requests waiting for a slot per entry", labels=["entry"])
+        up = GaugeMetricFamily(
+            "fleet_backend_state", "1 for the entry's current backend state", labels=["entry", "state"]
+        )
+        starts = CounterMetricFamily("fleet_backend_starts", "Backend starts per entry", labels=["entry"])
+        stops = CounterMetricFamily("fleet_backend_stops", "Backend stops (idle, reload, shutdown)", labels=["entry"])
+        start_seconds = CounterMetricFamily(
+            "fleet_backend_start_seconds", "Total seconds spent starting backends", labels=["entry"]
+        )
+        for entry, state in self._read().items():
+            in_flight.add_metric([entry], state.get("in_flight", 0))
+            queued.add_metric([entry], state.get("queued", 0))
+            up.add_metric([entry, str(state.get("state", "unknown"))], 1)
+            starts.add_metric([entry], state.get("starts", 0))
+            stops.add_metric([entry], state.get("stops", 0))
+            start_seconds.add_metric([entry], state.get("start_seconds", 0.0))
+        yield from (in_flight, queued, up, starts, stops, start_seconds)
+
+    def describe(self) -> list[Metric]:
+        return []
