@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 
 from fastapi import Request
 
 from ..fleet.errors import FleetError
 from ..fleet.settings import FleetSettings
-
-LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class AdminAuth:
@@ -35,8 +34,7 @@ class AdminAuth:
     def require(self, request: Request) -> None:
         """FastAPI dependency: return if the request may see admin endpoints, else raise 401/403."""
         if not self._digests:
-            client = request.client.host if request.client else ""
-            if client in LOOPBACK:
+            if _is_loopback(request.client.host if request.client else ""):
                 return
             raise FleetError(
                 403,
@@ -55,3 +53,10 @@ class AdminAuth:
                 allowed = True
         if not allowed:
             raise FleetError(403, "admin-token-invalid", "that token is not an admin token of this router")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
