@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
+
+Figure = Callable[[str, object], None]
 
 CONFIG = """
 [router]
@@ -81,7 +83,7 @@ def test_hanging_backend_gives_504_and_is_hung_up_on(fleet: RunningFleet) -> Non
     fleet.wait_for(lambda: fleet.backend_stats("hang")["cancelled"] > before, 3, "the backend to be hung up on")
 
 
-def test_events_are_forwarded_exactly_once_under_concurrency(fleet: RunningFleet) -> None:
+def test_events_are_forwarded_exactly_once_under_concurrency(fleet: RunningFleet, figure: Figure) -> None:
     with fleet.client() as client:
         client.get("/v1/health")
     before = fleet.backend_stats("steady")["events"].get("view", 0)
@@ -95,10 +97,12 @@ def test_events_are_forwarded_exactly_once_under_concurrency(fleet: RunningFleet
     with ThreadPoolExecutor(max_workers=32) as pool:
         statuses = list(pool.map(post, range(sent)))
     assert statuses == [200] * sent
-    assert fleet.backend_stats("steady")["events"]["view"] - before == sent
+    counted = fleet.backend_stats("steady")["events"]["view"] - before
+    assert counted == sent
+    figure("events sent / counted by the backend", f"{sent} / {counted}")
 
 
-def test_thousand_idle_keepalive_connections_leave_health_fast(fleet: RunningFleet) -> None:
+def test_thousand_idle_keepalive_connections_leave_health_fast(fleet: RunningFleet, figure: Figure) -> None:
     host, port = fleet.base_url.removeprefix("http://").split(":")
     idle: list[socket.socket] = []
     try:
@@ -119,6 +123,8 @@ def test_thousand_idle_keepalive_connections_leave_health_fast(fleet: RunningFle
         assert p99 < 0.050, f"/fleet/health p99 {p99 * 1000:.1f} ms with 1000 idle connections"
         alive = sum(1 for sock in idle if _still_open(sock))
         assert alive == 1000
+        figure("idle connections held", alive)
+        figure("/fleet/health p99 ms", round(p99 * 1000, 2))
     finally:
         for sock in idle:
             sock.close()
@@ -155,7 +161,7 @@ def _hammer(
                 results.append(("corrupt", (response.status_code, response.content[:200], repr(exc))))
 
 
-def test_router_restart_under_load_never_corrupts_a_response(tmp_path: Path) -> None:
+def test_router_restart_under_load_never_corrupts_a_response(tmp_path: Path, figure: Figure) -> None:
     backend_port, router_port = free_port(), free_port()
     config = tmp_path / "fleet.toml"
     config.write_text(
@@ -193,6 +199,8 @@ def test_router_restart_under_load_never_corrupts_a_response(tmp_path: Path) -> 
     assert all(status == 200 and "StarCoder-1B" in text for status, text in answered)  # type: ignore[misc]
     assert len(answered) > 50  # load ran before and after the restart
     assert "transport" in kinds  # and the restart was seen as refused connections, not as bad answers
+    refused = sum(1 for kind, _ in results if kind == "transport")
+    figure("answers / refused connections / corrupt", f"{len(answered)} / {refused} / 0")
 
 
 def _wait_port(port: int) -> None:
@@ -223,7 +231,7 @@ max_inputs = 32
 """
 
 
-def test_settings_reload_under_load_drops_nothing(tmp_path: Path) -> None:
+def test_settings_reload_under_load_drops_nothing(tmp_path: Path, figure: Figure) -> None:
     with run_fleet(tmp_path, RELOAD_BEFORE) as running:
         with running.client() as client:
             client.get("/models/new/v1/health")
@@ -259,6 +267,7 @@ def test_settings_reload_under_load_drops_nothing(tmp_path: Path) -> None:
     assert statuses == [200] * len(statuses)
     before = [value[1] for at, (_, value) in timed if at < reload_asked]  # type: ignore[index]
     after = [value[1] for at, (_, value) in timed if at > reload_done]  # type: ignore[index]
+    figure("requests during reload run / failed", f"{len(statuses)} / 0")
     assert before and all("StarCoder-1B" in text for text in before)  # the old default before ...
     assert after and all("StarCoder-7B" in text for text in after)  # ... the new one after
     assert bad.status_code == 200

@@ -204,9 +204,14 @@ def _split_path(path: str) -> _PathParts:
         model, rest = _take_segment(rest, len(MODEL_PREFIX), "model")
     if not rest.startswith(TABBY_API_PREFIXES):
         raise FleetError(404, "unknown-path", f"{path!r} is not a Tabby API path; use {PATH_HELP}")
-    if "/../" in rest or "/./" in rest or rest.endswith(("/..", "/.")) or "\\" in rest:
+    if has_dot_segments(rest):
         raise FleetError(400, "bad-path", f"{path!r} has dot segments or backslashes; send a normalised path")
     return _PathParts(team, model, rest)
+
+
+def has_dot_segments(path: str) -> bool:
+    """True for '.' or '..' segments and backslashes: a backend might normalise them out of /v1."""
+    return "/../" in path or "/./" in path or path.endswith(("/..", "/.")) or "\\" in path
 
 
 def _take_segment(path: str, start: int, what: str) -> tuple[str, str]:

@@ -32,6 +32,7 @@ from ..fleet.settings import FleetSettings, SettingsError
 from .admin import AdminAuth
 from .backends import Backends
 from .observe import Observer
+from .openapi import fleet_openapi
 from .proxy import Proxy
 
 log = logging.getLogger("tabby_fleet.router")
@@ -178,6 +179,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.proxy = proxy
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = fleet_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(FleetError)
     async def fleet_error(request: Request, exc: FleetError) -> JSONResponse:

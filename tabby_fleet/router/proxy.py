@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..fleet.errors import FleetError
-from ..fleet.routing import Route, RoutingTable
+from ..fleet.routing import Route, RoutingTable, has_dot_segments
 from ..fleet.settings import FleetSettings
 from .backends import Backends
 from .gate import EntryGate
@@ -166,6 +166,8 @@ class Proxy:
     ) -> None:  # fmt: skip
         try:
             _check_head(state, raw_path, scope.get("query_string", b""), header_count, header_bytes)
+            if has_dot_segments(scope["path"]):  # percent-encoded dots, decoded: %2e%2e is '..' too
+                raise FleetError(400, "bad-path", "the path has (encoded) dot segments; send a normalised path")
             route = state.table.route(raw_path.decode("latin-1"), authorization, team, model)
             record.team, record.entry, record.reason = route.team or "-", route.entry, route.reason
             if content_length > state.max_body:
