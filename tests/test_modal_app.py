@@ -218,3 +218,61 @@ def test_modal_accepts_the_extremes_settings_allow(tmp_path: Path) -> None:
     text = text.replace("max_inputs = 8\ntarget_inputs = 6", "max_inputs = 1\ntarget_inputs = 1")
     _, classes = build(settings_from(tmp_path, text))
     assert classes["TabbySmall"]["scaledown_window"] == 2 and classes["TabbySmall"]["gpu"] == ["B200+:8"]
+
+
+CONTAINER_IMPORT = """
+import importlib.abc, sys
+BLOCKED = set({blocked!r})
+class NotInThisImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not in this image)")
+        return None
+sys.meta_path.insert(0, NotInThisImage())
+import importlib.metadata as metadata
+real_version = metadata.version
+def version(distribution):
+    if distribution.replace("-", "_") in BLOCKED:
+        raise metadata.PackageNotFoundError(distribution)
+    return real_version(distribution)
+metadata.version = version
+import tabby_fleet.apps.modal_deploy as deployed
+{then}
+print("imported")
+"""
+
+
+def _import_like_a_container(tmp_path: Path, blocked: set[str], then: str = "") -> subprocess.CompletedProcess[str]:
+    settings = settings_from(tmp_path, THREE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "TABBY_FLEET"))}
+    env |= {FROZEN_SETTINGS_ENV: settings.model_dump_json(), "FLEET_CONFIG": "/nonexistent"}
+    code = CONTAINER_IMPORT.format(blocked=sorted(blocked), then=then)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_gpu_containers_need_only_the_settings_packages(tmp_path: Path) -> None:
+    # The GPU image installs pydantic and pydantic-settings (plus Modal's own client): nothing else.
+    result = _import_like_a_container(tmp_path, {"fastapi", "starlette", "httptools", "prometheus_client", "uvicorn"})
+    assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
+
+
+def test_router_container_has_what_the_router_imports(tmp_path: Path) -> None:
+    then = (
+        "from tabby_fleet.router.app import create_app\n"
+        "from tabby_fleet.apps.modal_backends import ModalBackends\n"
+        "from tabby_fleet.router.openapi import tabby_api\n"
+        "assert '/v1/completions' in tabby_api()['paths']\n"
+        "settings = deployed.current_settings()\n"
+        "create_app(settings, ModalBackends(settings, lookup=lambda e: 'http://x', headers=()))\n"
+    )
+    result = _import_like_a_container(tmp_path, {"uvicorn", "httpx", "uvloop"}, then)
+    assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
+
+
+def test_images_carry_the_packages_the_containers_import(declared: tuple[Any, dict]) -> None:
+    _, classes = declared
+    router_pip = next(c for c in classes["router"]["image"] if "pip install" in c and "pydantic" in c)
+    for package in ("fastapi==", "httptools==", "prometheus-client==", "pydantic-settings=="):
+        assert package in router_pip, package
+    gpu_pip = next(c for c in classes["TabbySmall"]["image"] if "pip install" in c and "pydantic" in c)
+    assert "pydantic-settings==" in gpu_pip and "fastapi" not in gpu_pip

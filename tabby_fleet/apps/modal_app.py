@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import modal
@@ -44,9 +44,23 @@ ROUTER_FUNCTION = "router"
 EMBEDDING_MODEL = "TabbyML/Nomic-Embed-Text"
 ROUTER_TIMEOUT = 600  # seconds one router request may run; Modal answers web requests over 150 s with a 303
 
-# What the containers import from this package, pinned to the versions tested locally.
-SETTINGS_REQUIREMENTS = [f"pydantic=={version('pydantic')}", f"pydantic-settings=={version('pydantic-settings')}"]
-ROUTER_REQUIREMENTS = [*SETTINGS_REQUIREMENTS, f"fastapi=={version('fastapi')}", f"httptools=={version('httptools')}"]
+# What the containers import from this package, pinned to the versions tested locally. The GPU
+# classes import only the settings; the router also the web stack. (Inside a container these lists
+# are only re-declared, never built, so a package missing there is simply left unpinned.)
+SETTINGS_PACKAGES = ("pydantic", "pydantic-settings")
+ROUTER_PACKAGES = (*SETTINGS_PACKAGES, "fastapi", "httptools", "prometheus-client")
+# Package files the containers need: the code, and its data (the router's copy of Tabby's OpenAPI).
+PACKAGE_FILES = ~modal.FilePatternMatcher("**/*.py", "**/*.json", "**/*.toml")
+
+
+def pinned(packages: tuple[str, ...]) -> list[str]:
+    requirements = []
+    for package in packages:
+        try:
+            requirements.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            requirements.append(package)
+    return requirements
 
 
 def current_settings() -> FleetSettings:
@@ -65,16 +79,16 @@ def tabby_image(settings: FleetSettings, entry: Entry) -> modal.Image:
         .dockerfile_commands("ENTRYPOINT []")
         .env({"TABBY_MODEL_CACHE_ROOT": MODEL_CACHE, "TABBY_DISABLE_USAGE_COLLECTION": "1"})
         .run_commands(*(" ".join(tabby_download_argv(model)) for model in models))
-        .pip_install(*SETTINGS_REQUIREMENTS)
-        .add_local_python_source("tabby_fleet")
+        .pip_install(*pinned(SETTINGS_PACKAGES))
+        .add_local_python_source("tabby_fleet", ignore=PACKAGE_FILES)
     )
 
 
 def router_image() -> modal.Image:
     return (
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
-        .pip_install(*ROUTER_REQUIREMENTS)
-        .add_local_python_source("tabby_fleet")
+        .pip_install(*pinned(ROUTER_PACKAGES))
+        .add_local_python_source("tabby_fleet", ignore=PACKAGE_FILES)
     )
 
 
