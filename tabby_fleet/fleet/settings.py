@@ -87,12 +87,7 @@ class Entry(BaseModel):
     @field_validator("name")
     @classmethod
     def _slug_name(cls, value: str) -> str:
-        if not SLUG_PATTERN.match(value):
-            raise ValueError(
-                f"entry name {value!r} is not a slug: use 1-32 characters of a-z, 0-9 and '-', "
-                f"starting and ending with a letter or digit (e.g. {_slugify(value)!r})"
-            )
-        return value
+        return _slug(value, "entry name")
 
     @field_validator("gpu")
     @classmethod
@@ -186,12 +181,7 @@ class Team(BaseModel):
     @field_validator("name")
     @classmethod
     def _slug_name(cls, value: str) -> str:
-        if not SLUG_PATTERN.match(value):
-            raise ValueError(
-                f"team name {value!r} is not a slug: use 1-32 characters of a-z, 0-9 and '-', "
-                f"starting and ending with a letter or digit (e.g. {_slugify(value)!r})"
-            )
-        return value
+        return _slug(value, "team name")
 
     @field_validator("token_sha256")
     @classmethod
@@ -487,6 +477,15 @@ def format_validation_error(exc: Any) -> list[str]:
             message = f"{message} (got {error.get('input')!r})"
         lines.append(f"{where}: {message}" if where else message)
     return lines
+
+
+def _slug(value: str, what: str) -> str:
+    if not SLUG_PATTERN.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a slug: use 1-32 characters of a-z, 0-9 and '-', "
+            f"starting and ending with a letter or digit (e.g. {_slugify(value)!r})"
+        )
+    return value
 
 
 def _slugify(value: str) -> str:
