@@ -273,3 +273,18 @@ def test_settings_reload_under_load_drops_nothing(tmp_path: Path, figure: Figure
     assert bad.status_code == 200
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid-settings"
     assert "StarCoder-7B" in after_refusal.text  # a bad file leaves the running settings alone
+
+
+def test_sighup_reloads_the_settings(tmp_path: Path) -> None:
+    with run_fleet(tmp_path, RELOAD_BEFORE) as running:
+        assert "StarCoder-1B" in httpx.post(f"{running.base_url}/v1/completions", json=COMPLETION, timeout=10).text
+        (tmp_path / "fleet.toml").write_text(RELOAD_BEFORE.replace('default_entry = "old"', 'default_entry = "new"'))
+        running.process.send_signal(signal.SIGHUP)
+        running.wait_for(
+            lambda: (
+                "StarCoder-7B" in httpx.post(f"{running.base_url}/v1/completions", json=COMPLETION, timeout=10).text
+            ),
+            10,
+            "SIGHUP to switch the default entry",
+        )
+        assert running.process.poll() is None  # reloaded, not stopped
