@@ -126,51 +126,21 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state  # this request's version of the settings, even if they are reloaded
-        authorization = team = model = connection = request_id = None
-        content_length = header_bytes = 0
-        forwarded: list[tuple[bytes, bytes]] = []
-        headers = scope["headers"]
-        for name, value in headers:
-            header_bytes += len(name) + len(value)
-            if name in NOT_FORWARDED:
-                if name == b"authorization":
-                    authorization = value.decode("latin-1")
-                elif name == b"x-tabby-team":
-                    team = value.decode("latin-1")
-                elif name == b"x-tabby-model":
-                    model = value.decode("latin-1")
-                elif name == b"content-length" and value.isdigit():
-                    content_length = int(value)
-                elif name == b"connection":
-                    connection = value
-                elif name == b"x-request-id" and REQUEST_ID.match(value):
-                    request_id = value.decode("ascii")
-                continue
-            forwarded.append((name, value))
-        if connection:
-            forwarded = _drop_connection_listed(forwarded, connection)
-        request_id = request_id or new_request_id()
-        forwarded.append((b"x-request-id", request_id.encode()))
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        record = RequestRecord(request_id, scope["method"], scope["path"])
+        head = RequestHead(scope)
+        record = RequestRecord(head.request_id, scope["method"], scope["path"])
         try:
-            await self._handle(scope, receive, send, state, record, raw_path, authorization, team, model,
-                               content_length, header_bytes, len(headers), forwarded)  # fmt: skip
+            await self._handle(scope, receive, send, state, head, record)
         finally:
             self.observer.finish(record)
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, state: ProxyState, record: RequestRecord, raw_path: bytes,
-        authorization: str | None, team: str | None, model: str | None, content_length: int, header_bytes: int,
-        header_count: int, forwarded: list[tuple[bytes, bytes]],
-    ) -> None:  # fmt: skip
+        self, scope: Scope, receive: Receive, send: Send, state: ProxyState, head: RequestHead, record: RequestRecord
+    ) -> None:
         try:
-            _check_head(state, raw_path, scope.get("query_string", b""), header_count, header_bytes)
-            if has_dot_segments(scope["path"]):  # percent-encoded dots, decoded: %2e%2e is '..' too
-                raise FleetError(400, "bad-path", "the path has (encoded) dot segments; send a normalised path")
-            route = state.table.route(raw_path.decode("latin-1"), authorization, team, model)
+            _check_head(state, scope, head)
+            route = state.table.route(head.raw_path.decode("latin-1"), head.authorization, head.team, head.model)
             record.team, record.entry, record.reason = route.team or "-", route.entry, route.reason
-            if content_length > state.max_body:
+            if head.content_length > state.max_body:
                 raise _too_large(state.max_body)
             body = await _read_body(receive, state.max_body)
         except FleetError as error:
@@ -196,7 +166,7 @@ class Proxy:
             await send_error(send, error, route.entry, record.request_id)
             return
         try:
-            await self._forward(scope, receive, send, route, forwarded, body, record)
+            await self._forward(scope, receive, send, route, head.forwarded, body, record)
         finally:
             gate.release()
             if limiter is not None:
@@ -285,17 +255,58 @@ class Proxy:
                 record.upstream_seconds = time.perf_counter() - upstream_started
 
 
-def _check_head(state: ProxyState, raw_path: bytes, query: bytes, count: int, size: int) -> None:
-    if count > state.max_headers:
-        raise FleetError(431, "too-many-headers", f"{count} headers is over router.max_headers ({state.max_headers})")
-    if size > state.max_header_bytes:
+class RequestHead:
+    """What the proxy needs from the request's headers, read in one pass over the raw pairs."""
+
+    __slots__ = ("authorization", "content_length", "count", "forwarded", "model", "raw_path", "request_id", "size",
+                 "team")  # fmt: skip
+
+    def __init__(self, scope: Scope) -> None:
+        self.authorization = self.team = self.model = None
+        self.content_length = self.size = 0
+        connection = request_id = None
+        forwarded: list[tuple[bytes, bytes]] = []
+        headers = scope["headers"]
+        for name, value in headers:
+            self.size += len(name) + len(value)
+            if name in NOT_FORWARDED:
+                if name == b"authorization":
+                    self.authorization = value.decode("latin-1")
+                elif name == b"x-tabby-team":
+                    self.team = value.decode("latin-1")
+                elif name == b"x-tabby-model":
+                    self.model = value.decode("latin-1")
+                elif name == b"content-length" and value.isdigit():
+                    self.content_length = int(value)
+                elif name == b"connection":
+                    connection = value
+                elif name == b"x-request-id" and REQUEST_ID.match(value):
+                    request_id = value.decode("ascii")
+                continue
+            forwarded.append((name, value))
+        if connection:
+            forwarded = _drop_connection_listed(forwarded, connection)
+        self.request_id: str = request_id or new_request_id()
+        forwarded.append((b"x-request-id", self.request_id.encode()))
+        self.forwarded = forwarded
+        self.count = len(headers)
+        self.raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+
+
+def _check_head(state: ProxyState, scope: Scope, head: RequestHead) -> None:
+    if head.count > state.max_headers:
         raise FleetError(
-            431,
-            "headers-too-large",
-            f"headers total {size} bytes, over router.max_header_bytes ({state.max_header_bytes})",
+            431, "too-many-headers", f"{head.count} headers is over router.max_headers ({state.max_headers})"
         )
-    if len(raw_path) + len(query) > state.max_url_bytes:
+    if head.size > state.max_header_bytes:
+        raise FleetError(
+            431, "headers-too-large",
+            f"headers total {head.size} bytes, over router.max_header_bytes ({state.max_header_bytes})",
+        )  # fmt: skip
+    if len(head.raw_path) + len(scope.get("query_string", b"")) > state.max_url_bytes:
         raise FleetError(414, "url-too-long", f"the URL is over router.max_url_bytes ({state.max_url_bytes}) bytes")
+    if has_dot_segments(scope["path"]):  # decoded, so percent-encoded dots count too: %2e%2e is '..'
+        raise FleetError(400, "bad-path", "the path has (encoded) dot segments; send a normalised path")
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
