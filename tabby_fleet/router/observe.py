@@ -74,15 +74,28 @@ class Observer:
             "fleet_client_cancellations", "Requests whose client left; their upstream was cancelled",
             ["entry"], registry=self.registry,
         )  # fmt: skip
+        # labels() costs a lock and a tuple build per call; the children are cached per label set.
+        # The sets are bounded: teams x entries x route reasons x status codes, all from settings.
+        self._request_counters: dict[tuple[str, str, str, int], Any] = {}
+        self._entry_histograms: dict[str, tuple[Any, Any]] = {}
 
     def finish(self, record: RequestRecord) -> None:
         total = time.perf_counter() - record.started
-        self.requests.labels(record.team, record.entry, record.reason, str(record.status)).inc()
+        key = (record.team, record.entry, record.reason, record.status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(*key[:3], str(record.status))
+        counter.inc()
         if record.status == CLIENT_LEFT:
             self.cancellations.labels(record.entry).inc()
         if record.upstream_seconds:
-            self.upstream.labels(record.entry).observe(record.upstream_seconds)
-            self.overhead.labels(record.entry).observe(max(0.0, total - record.upstream_seconds))
+            histograms = self._entry_histograms.get(record.entry)
+            if histograms is None:
+                histograms = self._entry_histograms[record.entry] = (
+                    self.upstream.labels(record.entry), self.overhead.labels(record.entry)
+                )  # fmt: skip
+            histograms[0].observe(record.upstream_seconds)
+            histograms[1].observe(max(0.0, total - record.upstream_seconds))
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "%s %s status=%d team=%s entry=%s route=%s ms=%.1f upstream_ms=%.1f id=%s",
