@@ -237,6 +237,12 @@ def up_banner(settings: FleetSettings, base_url: str, source: Path, tabby_bin: s
     if not settings.teams:
         parts.append(f'# ~/.tabby-client/agent/config.toml\n[server]\nendpoint = "{base_url}"\n')
     parts.append(f"Router endpoints: {base_url}/fleet/health, {base_url}/fleet/entries, {base_url}/fleet/docs")
+    if settings.router.admin_token_sha256:
+        parts.append("Admin endpoints (/fleet/entries, /fleet/reload, /metrics) need an admin token.")
+    else:
+        parts.append(
+            "Admin endpoints answer local clients only: set router.admin_token_sha256 (fleet token new --admin)."
+        )
     return "\n".join(parts)
 
 
