@@ -80,3 +80,19 @@ def test_up_refuses_missing_tabby_bin(tmp_path: Path) -> None:
         env={"FLEET_TABBY_BIN": str(tmp_path / "no-such-tabby"), "PATH": ""},
     )
     assert result.returncode == 1 and "FLEET_TABBY_BIN" in result.stderr
+
+
+def test_admin_token_new_prints_a_working_admin_hash(tmp_path: Path) -> None:
+    result = fleet("token", "new", "--admin", "--config", str(PACKAGED_EXAMPLE))
+    assert result.returncode == 0
+    token = re.search(r"^\s+(tfa_\S+)$", result.stdout, re.M)
+    line = re.search(r'^\s+(admin_token_sha256 = \["[0-9a-f]{64}"\])$', result.stdout, re.M)
+    assert token and line and hash_token(token.group(1)) in line.group(1)
+    config = PACKAGED_EXAMPLE.read_text().replace("[router]\n", f"[router]\n{line.group(1)}\n")
+    (tmp_path / "fleet.toml").write_text(config)
+    assert fleet("check", cwd=tmp_path).returncode == 0
+
+
+def test_token_new_needs_a_team_or_admin() -> None:
+    result = fleet("token", "new", "--config", str(PACKAGED_EXAMPLE))
+    assert result.returncode == 2 and "--team" in result.stderr and "--admin" in result.stderr
