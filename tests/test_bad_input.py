@@ -13,6 +13,7 @@ from .fleetproc import COMPLETION, RunningFleet, run_fleet
 CONFIG = """
 [router]
 default_entry = "small"
+body_timeout = 1
 
 [[entries]]
 name = "small"
@@ -130,3 +131,12 @@ def test_malformed_http_is_a_400_and_injects_nothing(fleet: RunningFleet, reques
 def test_router_still_serves_after_all_of_it(fleet: RunningFleet) -> None:
     response = httpx.post(f"{fleet.base_url}/v1/completions", json=COMPLETION)
     assert response.status_code == 200 and "StarCoder-1B" in response.text
+
+
+def test_stalled_body_is_408_not_a_held_connection(fleet: RunningFleet) -> None:
+    host, port = fleet.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n" + b'{"segments": ')  # fmt: skip
+        answer = sock.recv(65536)  # nothing more is sent: the router must give up after body_timeout
+    assert answer.startswith(b"HTTP/1.1 408") and b'"body-timeout"' in answer

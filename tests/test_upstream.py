@@ -192,3 +192,26 @@ def test_same_origin_303_is_followed_with_get_and_others_are_not() -> None:
         server.close()
 
     run(main())
+
+
+def test_idle_connection_closed_by_backend_leaves_the_pool_at_once() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(ok())
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()  # like a backend that stops (idle scale-down): its port is never used again
+
+    async def main() -> None:
+        server, origin, _ = await serve(handler)
+        pool = UpstreamPool(1, 5, 30)
+        assert await collect(pool, origin) == (200, b"ok")
+        assert pool.idle_connections() == 1 and pool.origins() == 1
+        for _ in range(50):
+            if pool.origins() == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert pool.idle_connections() == 0 and pool.origins() == 0  # nothing kept for a dead port
+        server.close()
+
+    run(main())

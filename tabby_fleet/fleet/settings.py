@@ -221,6 +221,9 @@ class RouterOptions(BaseModel):
     start_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
     # Seconds a request waits for a free slot when its entry is at capacity, before a 503.
     queue_timeout: Annotated[float, Field(ge=0, le=600)] = 10.0
+    # Seconds a client may take to send the rest of a request body once it started (408 after), so a
+    # slow or stalled client cannot hold a connection open forever.
+    body_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
     # Largest request body accepted. Tabby prompts are a few KB; 1 MiB leaves room for big contexts.
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     # Request head limits (431/414 above). The IDE agent sends about ten short headers.

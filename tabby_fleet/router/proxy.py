@@ -65,6 +65,7 @@ class ProxyState:
         self.settings = settings
         self.table = RoutingTable(settings)
         self.max_body = router.max_body_bytes
+        self.body_timeout = router.body_timeout
         self.max_headers = router.max_headers
         self.max_header_bytes = router.max_header_bytes
         self.max_url_bytes = router.max_url_bytes
@@ -142,7 +143,7 @@ class Proxy:
             record.team, record.entry, record.reason = route.team or "-", route.entry, route.reason
             if head.content_length > state.max_body:
                 raise _too_large(state.max_body)
-            body = await _read_body(receive, state.max_body)
+            body = await _read_body(receive, state.max_body, state.body_timeout)
         except FleetError as error:
             record.status = error.status
             await send_error(send, error, request_id=record.request_id)
@@ -309,11 +310,11 @@ def _check_head(state: ProxyState, scope: Scope, head: RequestHead) -> None:
         raise FleetError(400, "bad-path", "the path has (encoded) dot segments; send a normalised path")
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int, stall_seconds: float) -> bytes:
+    message = await receive()  # most bodies (a completion is a few KB) arrive in this one message
     chunks = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -324,6 +325,14 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+        try:
+            async with asyncio.timeout(stall_seconds):
+                message = await receive()
+        except TimeoutError:
+            raise FleetError(
+                408, "body-timeout",
+                f"the request body stalled for {stall_seconds:g}s (router.body_timeout); send it whole",
+            ) from None  # fmt: skip
 
 
 def _too_large(limit: int) -> FleetError:

@@ -17,10 +17,11 @@ proxy needs:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -83,11 +84,13 @@ class Origin:
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection to a backend, reused for one request at a time."""
 
-    def __init__(self, origin: Origin) -> None:
+    def __init__(self, origin: Origin, forget: Callable[[_Connection], None]) -> None:
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.idle = False  # in the pool, waiting for a request
         self.idle_since = 0.0
+        self._forget = forget
         self._reset()
 
     def _reset(self) -> None:
@@ -120,6 +123,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.idle:
+            self._forget(self)  # the backend closed an idle connection: drop it from the pool now
         if not self.complete and self.error is None:
             reason = f": {exc}" if exc else ""
             self.error = UpstreamError(
@@ -323,6 +328,7 @@ class UpstreamPool:
         now = time.monotonic()
         while idle:
             connection = idle.pop()  # most recently used: its peer is the least likely to have closed it
+            connection.idle = False
             if not connection.closed and now - connection.idle_since < self.keepalive_seconds:
                 connection._reset()
                 return connection, True
@@ -335,7 +341,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(origin), origin.host, origin.port, ssl=context,
+                    lambda: _Connection(origin, self._forget), origin.host, origin.port, ssl=context,
                     server_hostname=origin.host if context else None,
                 )  # fmt: skip
         except TimeoutError:
@@ -363,7 +369,22 @@ class UpstreamPool:
             connection.close()
             return
         connection.idle_since = time.monotonic()
+        connection.idle = True
         idle.append(connection)
+
+    def _forget(self, connection: _Connection) -> None:
+        """Drop a pooled connection the backend closed; forget its origin once none is left."""
+        connection.idle = False
+        idle = self._idle.get(connection.origin)
+        if idle is None:
+            return
+        with contextlib.suppress(ValueError):
+            idle.remove(connection)
+        if not idle:
+            del self._idle[connection.origin]  # local backends get a new port on every restart
+
+    def origins(self) -> int:
+        return len(self._idle)
 
     def idle_connections(self) -> int:
         return sum(len(idle) for idle in self._idle.values())
