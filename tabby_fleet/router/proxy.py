@@ -231,7 +231,7 @@ class Proxy:
                     more = True
                     async for chunk, more in response.body():
                         await send({"type": "http.response.body", "body": chunk, "more_body": more})
-                    if more:  # the body was empty, or its end came after its last chunk
+                    if more:  # the body was empty, or its end came after its last chunk (already released)
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                 finally:
                     response.release()

@@ -208,6 +208,7 @@ class UpstreamResponse:
         self._pool = pool
         self._connection = connection
         self._read_timeout = read_timeout
+        self._released = False
         self.status = connection.status
         self.headers = connection.headers
 
@@ -226,13 +227,22 @@ class UpstreamResponse:
             self.release()
 
     async def body(self) -> AsyncIterator[tuple[bytes, bool]]:
-        """Yield ``(chunk, more)`` as the body arrives; ``more`` is False on the response's last chunk."""
+        """Yield ``(chunk, more)`` as the body arrives; ``more`` is False on the response's last chunk.
+
+        Once the response is read whole, the connection goes back to the pool before the last chunk
+        is yielded: the client may send its next request the moment it sees that chunk, and that
+        request should find the connection idle rather than open a new one.
+        """
         connection = self._connection
         while True:
             if connection.buffer:
                 chunk = connection.take()
-                yield chunk, not (connection.complete and not connection.buffer)
+                last = connection.complete and not connection.buffer
+                if last:
+                    self.release()
+                yield chunk, not last
             elif connection.complete:
+                self.release()
                 return
             elif connection.error is not None:
                 raise connection.error
@@ -243,8 +253,10 @@ class UpstreamResponse:
                     raise UpstreamTimeout(f"backend sent nothing for {self._read_timeout:g}s") from None
 
     def release(self) -> None:
-        """Return the connection to the pool if the response was read whole, else close it."""
-        self._pool._release(self._connection)
+        """Return the connection to the pool if the response was read whole, else close it. Idempotent."""
+        if not self._released:
+            self._released = True
+            self._pool._release(self._connection)
 
 
 class UpstreamPool:
