@@ -96,3 +96,12 @@ def test_admin_token_new_prints_a_working_admin_hash(tmp_path: Path) -> None:
 def test_token_new_needs_a_team_or_admin() -> None:
     result = fleet("token", "new", "--config", str(PACKAGED_EXAMPLE))
     assert result.returncode == 2 and "--team" in result.stderr and "--admin" in result.stderr
+
+
+def test_deploy_refuses_invalid_settings_before_modal_is_involved(tmp_path: Path) -> None:
+    bad = PACKAGED_EXAMPLE.read_text().replace("scaledown_window = 120", "scaledown_window = 1")
+    (tmp_path / "fleet.toml").write_text(bad)
+    for verb in ("deploy", "serve"):
+        result = fleet(verb, "--config", str(tmp_path / "fleet.toml"))
+        assert result.returncode == 1 and "entries[0].scaledown_window" in result.stderr
+        assert "modal" not in result.stdout  # the modal CLI never ran
