@@ -215,3 +215,14 @@ def test_idle_connection_closed_by_backend_leaves_the_pool_at_once() -> None:
         server.close()
 
     run(main())
+
+
+def test_url_entries_keep_their_first_byte_timeout() -> None:
+    from tabby_fleet.fleet.settings import FleetSettings
+    from tabby_fleet.router.backends import StaticBackends
+
+    settings = FleetSettings(
+        entries=[{"name": "box", "model": "m", "url": "http://gpu-box:8080/", "first_byte_timeout": 7}]
+    )
+    upstream = StaticBackends(settings).upstream("box")
+    assert (upstream.base_url, upstream.first_byte_timeout) == ("http://gpu-box:8080", 7)

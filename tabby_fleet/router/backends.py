@@ -68,7 +68,11 @@ class StaticBackends:
         self._configure(settings)
 
     def _configure(self, settings: FleetSettings) -> None:
-        self._upstreams = {entry.name: Upstream(str(entry.url).rstrip("/")) for entry in settings.entries if entry.url}
+        self._upstreams = {
+            entry.name: Upstream(str(entry.url).rstrip("/"), first_byte_timeout=entry.first_byte_timeout)
+            for entry in settings.entries
+            if entry.url
+        }
 
     def __contains__(self, entry: str) -> bool:
         return entry in self._upstreams
