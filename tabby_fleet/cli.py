@@ -130,25 +130,30 @@ def cmd_route(args: argparse.Namespace) -> int:
 def cmd_token_new(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.admin:
-        token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
-        hashes = [*settings.router.admin_token_sha256, hash_token(token)]
-        print("New admin token (shown once; keep it in your password manager):\n")
-        print(f"  {token}\n")
-        print("Put its hash in the [router] table of your fleet.toml:\n")
-        print("  admin_token_sha256 = [" + ", ".join(f'"{h}"' for h in hashes) + "]")
+        _print_new_token(
+            ADMIN_TOKEN_PREFIX, settings.router.admin_token_sha256, "admin_token_sha256",
+            "New admin token (shown once; keep it in your password manager):",
+            "Put its hash in the [router] table of your fleet.toml:",
+        )  # fmt: skip
         return 0
     team = next((t for t in settings.teams if t.name == args.team), None)
     if team is None:
         names = ", ".join(t.name for t in settings.teams) or "(none)"
         print(f"fleet: no team {args.team!r} in the settings; teams: {names}", file=sys.stderr)
         return 1
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)  # 256 bits of randomness
-    hashes = [*team.token_sha256, hash_token(token)]
-    print(f"New token for team {team.name!r} (shown once; give it to the team, store it nowhere else):\n")
-    print(f"  {token}\n")
-    print(f"Add its hash to the [[teams]] table of {team.name!r} in your fleet.toml:\n")
-    print("  token_sha256 = [" + ", ".join(f'"{h}"' for h in hashes) + "]")
+    _print_new_token(
+        TOKEN_PREFIX, team.token_sha256, "token_sha256",
+        f"New token for team {team.name!r} (shown once; give it to the team, store it nowhere else):",
+        f"Add its hash to the [[teams]] table of {team.name!r} in your fleet.toml:",
+    )  # fmt: skip
     return 0
+
+
+def _print_new_token(prefix: str, existing: tuple[str, ...], field: str, heading: str, where: str) -> None:
+    token = prefix + secrets.token_urlsafe(32)  # 256 bits of randomness
+    hashes = [*existing, hash_token(token)]
+    print(f"{heading}\n\n  {token}\n\n{where}\n")
+    print(f"  {field} = [" + ", ".join(f'"{h}"' for h in hashes) + "]")
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -221,15 +221,14 @@ class LocalBackends:
     runtime = "local"
 
     def __init__(self, settings: FleetSettings) -> None:
-        self.settings = settings
         self.tabby_bin = find_tabby(settings)
-        self.static = StaticBackends(settings)
         self.backends: dict[str, LocalBackend] = {}
         self._retired: list[LocalBackend] = []  # removed by a reload, still serving in-flight requests
         self._reaper: asyncio.Task[None] | None = None
         self._configure(settings)
 
     def _configure(self, settings: FleetSettings) -> None:
+        """Match the backends to settings (at start and on reload); also sets settings and static."""
         for entry in settings.entries:
             if entry.url is not None:
                 continue

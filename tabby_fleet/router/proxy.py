@@ -103,7 +103,6 @@ class Proxy:
         self.backends = backends
         self.observer = observer or Observer()
         router = settings.router
-        self.read_timeout = router.read_timeout
         self.pool = UpstreamPool(router.connect_timeout, router.read_timeout, router.upstream_keepalive)
         self._origins: dict[str, Origin] = {}
 
@@ -113,6 +112,9 @@ class Proxy:
 
     def reconfigure(self, settings: FleetSettings) -> None:
         self.state = ProxyState(settings, self.state)
+        router = settings.router  # the pool's timeouts apply to requests that start from now on
+        self.pool.connect_timeout, self.pool.read_timeout = router.connect_timeout, router.read_timeout
+        self.pool.keepalive_seconds = router.upstream_keepalive
 
     async def close(self) -> None:
         await self.pool.close()
