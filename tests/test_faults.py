@@ -51,14 +51,20 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
         yield running
 
 
-def test_backend_crash_mid_stream_ends_cleanly_and_entry_restarts(fleet: RunningFleet) -> None:
+def test_backend_crash_mid_stream_aborts_the_client_and_entry_restarts(fleet: RunningFleet) -> None:
+    """Tabby's SSE has no end marker: a stream that ended cleanly after a crash would look complete.
+    The router aborts the client's connection instead, counts it and logs it with the request id."""
     with fleet.client() as client:
         client.get("/models/stream/v1/health")
         pid = fleet.entries()["stream"]["runtime"]["pid"]
         events = []
         request = {"messages": [{"role": "user", "content": "crash"}]}
-        with client.stream("POST", "/models/stream/v1/chat/completions", json=request) as response:
-            for line in response.iter_lines():  # ends without an exception: a clean end of stream
+        with (
+            pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"),
+            client.stream("POST", "/models/stream/v1/chat/completions", json=request) as response,
+        ):
+            request_id = response.headers["x-request-id"]
+            for line in response.iter_lines():
                 if line.startswith("data: "):
                     events.append(line)
                     if len(events) == 2:
@@ -69,6 +75,11 @@ def test_backend_crash_mid_stream_ends_cleanly_and_entry_restarts(fleet: Running
         again = client.post("/models/stream/v1/completions", json=COMPLETION)
         assert again.status_code == 200 and "StarCoder-3B" in again.text
         assert client.post("/v1/completions", json=COMPLETION).status_code == 200  # the rest kept serving
+        metrics = client.get("/metrics").text
+    assert 'fleet_upstream_errors_total{entry="stream",kind="midstream"} 1.0' in metrics
+    log = fleet.log_tail()
+    assert f"answer broken off, client connection aborted (id {request_id})" in log
+    assert "Exception in ASGI application" not in log  # the abort is ours, not a crash
 
 
 def test_hanging_backend_gives_504_and_is_hung_up_on(fleet: RunningFleet) -> None:

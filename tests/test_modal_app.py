@@ -272,7 +272,7 @@ def test_router_container_has_what_the_router_imports(tmp_path: Path) -> None:
 def test_images_carry_the_packages_the_containers_import(declared: tuple[Any, dict]) -> None:
     _, classes = declared
     router_pip = next(c for c in classes["router"]["image"] if "pip install" in c and "pydantic" in c)
-    for package in ("fastapi==", "httptools==", "prometheus-client==", "pydantic-settings=="):
+    for package in ("aiohttp==", "fastapi==", "prometheus-client==", "pydantic-settings=="):
         assert package in router_pip, package
     gpu_pip = next(c for c in classes["TabbySmall"]["image"] if "pip install" in c and "pydantic" in c)
     assert "pydantic-settings==" in gpu_pip and "fastapi" not in gpu_pip

@@ -48,7 +48,7 @@ ROUTER_TIMEOUT = 600  # seconds one router request may run; Modal answers web re
 # classes import only the settings; the router also the web stack. (Inside a container these lists
 # are only re-declared, never built, so a package missing there is simply left unpinned.)
 SETTINGS_PACKAGES = ("pydantic", "pydantic-settings")
-ROUTER_PACKAGES = (*SETTINGS_PACKAGES, "fastapi", "httptools", "prometheus-client")
+ROUTER_PACKAGES = (*SETTINGS_PACKAGES, "aiohttp", "fastapi", "prometheus-client")
 # Package files the containers need: the code, and its data (the router's copy of Tabby's OpenAPI).
 PACKAGE_FILES = ~modal.FilePatternMatcher("**/*.py", "**/*.json", "**/*.toml")
 

@@ -15,7 +15,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, HttpUrl, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -210,12 +210,16 @@ class RouterOptions(BaseModel):
     # Seconds to open a TCP connection to a running backend. Loopback and Modal's edge both answer
     # in milliseconds; a few seconds means the backend is gone, and the client should hear so.
     connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
-    # Seconds without a byte from the backend (first byte included). Tabby's own completion timeout
-    # is 30 s and its SSE keep-alive comes every 15 s, so 120 s (the IDE agent's own timeout) is slack.
+    # Seconds the backend may go silent: before its answer starts (unless the entry sets
+    # first_byte_timeout) and between two chunks of it. Tabby's own completion timeout is 30 s and its
+    # SSE keep-alive comes every 15 s, so 120 s (the IDE agent's own timeout) is slack.
     read_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
     # Seconds an idle pooled connection to a backend is kept for reuse. IDE requests come in bursts
-    # with pauses between; reusing a connection saves a TCP (on Modal, TLS) handshake.
+    # with pauses between; reusing a connection saves a TCP (on Modal, TLS) handshake. 0: no reuse.
     upstream_keepalive: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # A PEM file of CA certificates trusted for https backends, in addition to the system's store
+    # (for entries whose url is served with a certificate from a private CA).
+    upstream_ca_bundle: FilePath | None = None
     # Seconds a request waits for its backend to start (local runtime). A CPU tabby loading a 1B
     # model takes tens of seconds; the stand-in about half a second.
     start_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0

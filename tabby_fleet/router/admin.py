@@ -19,9 +19,6 @@ from ..fleet.settings import FleetSettings
 
 class AdminAuth:
     def __init__(self, settings: FleetSettings) -> None:
-        self.reconfigure(settings)
-
-    def reconfigure(self, settings: FleetSettings) -> None:
         self._digests = tuple(bytes.fromhex(d) for d in settings.router.admin_token_sha256)
 
     def allows(self, request: Request) -> bool:

@@ -29,11 +29,10 @@ from .. import __version__
 from ..fleet.errors import FleetError
 from ..fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX
 from ..fleet.settings import FleetSettings, SettingsError
-from .admin import AdminAuth
 from .backends import Backends
 from .observe import Observer
 from .openapi import fleet_openapi
-from .proxy import Proxy
+from .proxy import Proxy, ProxyState, RequestAborted
 
 log = logging.getLogger("tabby_fleet.router")
 
@@ -57,6 +56,10 @@ class ProxyDispatch:
             await self.proxy(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+def _not_request_aborted(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], RequestAborted))
 
 
 class EntryState(BaseModel):
@@ -116,7 +119,6 @@ def create_app(
     """The router for ``settings``; ``reload_settings`` (if given) re-reads them on /fleet/reload or SIGHUP."""
     observer = Observer()
     proxy = Proxy(settings, backends, observer)
-    admin = AdminAuth(settings)
     started = time.monotonic()
     reload_lock = asyncio.Lock()
 
@@ -140,15 +142,18 @@ def create_app(
                 new = await asyncio.to_thread(reload_settings)
             except SettingsError as exc:
                 raise FleetError(400, "invalid-settings", str(exc), exc.problems) from None
+            state = ProxyState(new, proxy.state)  # built aside: nothing in use changes yet
             await backends.reconfigure(new)  # may refuse (e.g. on Modal: redeploy instead)
-            proxy.reconfigure(new)
-            admin.reconfigure(new)
+            proxy.swap(state)
         log.info("settings reloaded: %d entries, %d teams", len(new.entries), len(new.teams))
         return ReloadResult(status="reloaded", entries=[e.name for e in new.entries], teams=[t.name for t in new.teams])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await backends.start()
+        # A broken-off answer is logged by the proxy (with its request id); the ASGI server's own
+        # traceback for the exception that aborts the client's connection would only be noise.
+        logging.getLogger("uvicorn.error").addFilter(_not_request_aborted)
         loop = asyncio.get_running_loop()
         if reload_settings is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not in the main thread
@@ -207,12 +212,15 @@ def create_app(
             error = FleetError(exc.status_code, "http-error", str(exc.detail))
         return JSONResponse(error.payload(), status_code=error.status, headers=dict(exc.headers or {}))
 
-    admin_only = [Depends(admin.require)]
+    def require_admin(request: Request) -> None:
+        proxy.state.admin.require(request)
+
+    admin_only = [Depends(require_admin)]
 
     @app.get("/fleet/health", response_model=FleetHealth, response_model_exclude_none=True, tags=["fleet"])
     async def fleet_health(request: Request) -> FleetHealth:
         """Liveness and each entry's state (cold, starting, ready, failed); load and errors for admins."""
-        detailed = admin.allows(request)
+        detailed = proxy.state.admin.allows(request)
         entries = {}
         for name, status in entry_status().items():
             if detailed:
@@ -274,7 +282,7 @@ def create_app(
     async def metrics(request: Request) -> Response:
         """Prometheus metrics (admin, unless router.metrics_public)."""
         if not proxy.state.settings.router.metrics_public:
-            admin.require(request)
+            require_admin(request)
         return Response(generate_latest(observer.registry), media_type=CONTENT_TYPE_LATEST)
 
     return ProxyDispatch(app, proxy)

@@ -3,6 +3,9 @@
 Capacity is the entry's ``max_containers x max_inputs``, the same on every runtime. A request over
 capacity waits (first come, first served) up to ``router.queue_timeout`` seconds; when ``max_queue``
 requests already wait, or the wait runs out, it gets 503 with ``Retry-After``.
+
+A reload gives a surviving gate new :class:`GateLimits` in one assignment (:meth:`EntryGate.resize`);
+raised capacity admits queued requests at once, lowered capacity lets the surplus finish.
 """
 
 from __future__ import annotations
@@ -10,18 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from dataclasses import dataclass
 
 from ..fleet.errors import FleetError
 
 RETRY_AFTER_SECONDS = 1  # a slot frees as soon as one completion ends: completions take ~100 ms
 
 
+@dataclass(frozen=True, slots=True)
+class GateLimits:
+    capacity: int
+    max_queue: int
+    queue_timeout: float
+
+
 class EntryGate:
-    def __init__(self, entry: str, capacity: int, max_queue: int, queue_timeout: float) -> None:
+    def __init__(self, entry: str, limits: GateLimits) -> None:
         self.entry = entry
-        self.capacity = capacity
-        self.max_queue = max_queue
-        self.queue_timeout = queue_timeout
+        self.limits = limits
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -29,17 +38,27 @@ class EntryGate:
     def queued(self) -> int:
         return len(self._waiters)
 
+    def resize(self, limits: GateLimits) -> None:
+        """Adopt new limits; queued requests that now fit are admitted before this returns."""
+        self.limits = limits
+        while self._waiters and self.in_flight < limits.capacity:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
     async def acquire(self) -> None:
-        if self.in_flight < self.capacity and not self._waiters:
+        limits = self.limits
+        if self.in_flight < limits.capacity and not self._waiters:
             self.in_flight += 1
             return
-        if len(self._waiters) >= self.max_queue or self.queue_timeout <= 0:
+        if len(self._waiters) >= limits.max_queue or limits.queue_timeout <= 0:
             raise self._busy(f"{self.in_flight} requests are in flight and {self.queued} already wait")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(self.queue_timeout):
-                await waiter  # release() hands its slot over: in_flight stays counted
+            async with asyncio.timeout(limits.queue_timeout):
+                await waiter  # the slot is counted in in_flight by whoever admitted us
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # the slot arrived as we gave up: pass it on
@@ -48,22 +67,24 @@ class EntryGate:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
-                raise self._busy(f"no slot freed within {self.queue_timeout:g}s") from None
+                raise self._busy(f"no slot freed within {limits.queue_timeout:g}s") from None
             raise
 
     def release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        """Give a slot back: to the first waiter if capacity allows, else to the pool of free slots."""
+        if self.in_flight <= self.limits.capacity:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the slot passes on: in_flight stays as it is
+                    return
         self.in_flight -= 1
 
     def _busy(self, detail: str) -> FleetError:
         return FleetError(
             503,
             "entry-busy",
-            f"entry {self.entry!r} is at capacity ({self.capacity} concurrent requests): {detail}; "
+            f"entry {self.entry!r} is at capacity ({self.limits.capacity} concurrent requests): {detail}; "
             f"retry shortly, or ask your fleet admin to raise max_containers or max_inputs",
             retry_after=RETRY_AFTER_SECONDS,
         )

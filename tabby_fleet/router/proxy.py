@@ -2,13 +2,14 @@
 
 For each request: check the request head's limits, route it (pure, :mod:`tabby_fleet.fleet.routing`),
 read its body (bounded), take the team's and the entry's slots, lease the entry's backend, forward
-method, path, query, body and end-to-end headers over the pooled :class:`UpstreamPool`, and stream
-the answer back chunk by chunk (SSE event by event). When the client disconnects, the upstream
-request is cancelled at once: its connection is closed, so the backend stops generating (the IDE
-agent aborts on every keystroke).
+method, path, query, body and end-to-end headers with the :class:`UpstreamClient` (aiohttp), and
+stream the answer back chunk by chunk (SSE event by event). When the client disconnects, the
+upstream request is cancelled at once: its connection is closed, so the backend stops generating
+(the IDE agent aborts on every keystroke). When the backend breaks off an answer already under way,
+the client's connection is aborted (:class:`RequestAborted`), so a truncated answer never looks whole.
 
 Settings can be reloaded while requests run: a request keeps the routing table, gate and limiter it
-started with; the next request uses the new ones (:meth:`Proxy.reconfigure`).
+started with; the next request uses the new ones (:meth:`Proxy.swap`).
 
 This is plain ASGI rather than a FastAPI route, and headers stay byte pairs: the router's hot path
 skips request parsing, dependency injection and response classes. docs/PERFORMANCE.md has the
@@ -18,7 +19,6 @@ measurements.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -27,11 +27,12 @@ from typing import Any
 from ..fleet.errors import FleetError
 from ..fleet.routing import Route, RoutingTable, has_dot_segments
 from ..fleet.settings import FleetSettings
+from .admin import AdminAuth
 from .backends import Backends
-from .gate import EntryGate
+from .gate import EntryGate, GateLimits
 from .observe import CLIENT_LEFT, REQUEST_ID, Observer, RequestRecord, new_request_id
 from .team_limits import TeamLimiter
-from .upstream import Origin, UpstreamError, UpstreamPool, UpstreamTimeout
+from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger("tabby_fleet.proxy")
 
@@ -46,86 +47,82 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
      b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )  # fmt: skip
+# Expect: the router has read the whole body already; a 100 Continue from the backend means nothing
+# to anyone (uvicorn answered the client's own Expect).
 NOT_FORWARDED = HOP_BY_HOP | {
-    b"authorization", b"host", b"content-length", b"x-tabby-team", b"x-tabby-model", b"x-request-id"
+    b"authorization", b"host", b"content-length", b"expect", b"x-tabby-team", b"x-tabby-model", b"x-request-id"
 }  # fmt: skip
 NOT_RETURNED = HOP_BY_HOP | {b"server", b"date"}  # uvicorn writes its own date and server
-MAX_CACHED_ORIGINS = 1024  # parsed backend URLs; local backends get a new port on every restart
 
 
 class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
 
+class RequestAborted(Exception):
+    """The backend broke off an answer already under way. Raised to the ASGI server, which then
+    closes the client's connection: the client sees an incomplete response, never a clean end."""
+
+
 class ProxyState:
-    """Everything derived from one version of the settings; replaced whole on reload."""
+    """Everything derived from one version of the settings. A reload builds a new one (touching
+    nothing in use) and :meth:`Proxy.swap` puts it in place in one step; a request keeps the state
+    it started with."""
 
     def __init__(self, settings: FleetSettings, previous: ProxyState | None = None) -> None:
         router = settings.router
         self.settings = settings
         self.table = RoutingTable(settings)
+        self.admin = AdminAuth(settings)
         self.max_body = router.max_body_bytes
         self.body_timeout = router.body_timeout
         self.max_headers = router.max_headers
         self.max_header_bytes = router.max_header_bytes
         self.max_url_bytes = router.max_url_bytes
+        # Gates and limiters of surviving entries and teams are the same objects (their counts of
+        # requests in flight stay true); their new limits are applied by the swap.
         old_gates = previous.gates if previous else {}
-        self.gates: dict[str, EntryGate] = {}
-        for entry in settings.entries:
-            gate = old_gates.get(entry.name)  # keep the object: its in-flight count stays true
-            if gate is None:
-                gate = EntryGate(entry.name, entry.capacity, entry.max_queue, router.queue_timeout)
-            else:
-                gate.capacity, gate.max_queue, gate.queue_timeout = (
-                    entry.capacity,
-                    entry.max_queue,
-                    router.queue_timeout,
-                )
-            self.gates[entry.name] = gate
+        self.gate_limits = {
+            entry.name: GateLimits(entry.capacity, entry.max_queue, router.queue_timeout) for entry in settings.entries
+        }
+        self.gates = {name: old_gates.get(name) or EntryGate(name, limits) for name, limits in self.gate_limits.items()}
         old_limiters = previous.limiters if previous else {}
-        self.limiters: dict[str, TeamLimiter] = {}
-        for team in settings.teams:
-            if team.max_concurrent is None and team.requests_per_minute is None:
-                continue
-            limiter = old_limiters.get(team.name)
-            if limiter is None:
-                limiter = TeamLimiter(team)
-            else:
-                limiter.max_concurrent, limiter.per_minute = team.max_concurrent, team.requests_per_minute
-            self.limiters[team.name] = limiter
+        self.teams = {team.name: team for team in settings.teams if team.max_concurrent or team.requests_per_minute}
+        self.limiters = {name: old_limiters.get(name) or TeamLimiter(team) for name, team in self.teams.items()}
 
 
 class Proxy:
-    """Forwards requests; holds the current ProxyState, the backends, the pool and the observer."""
+    """Forwards requests; holds the current ProxyState, the backends, the client and the observer."""
 
     def __init__(self, settings: FleetSettings, backends: Backends, observer: Observer | None = None) -> None:
         self.state = ProxyState(settings)
         self.backends = backends
         self.observer = observer or Observer()
         router = settings.router
-        self.pool = UpstreamPool(router.connect_timeout, router.read_timeout, router.upstream_keepalive)
-        self._origins: dict[str, Origin] = {}
+        self.client = UpstreamClient(
+            connect_timeout=router.connect_timeout, read_timeout=router.read_timeout,
+            keepalive=router.upstream_keepalive, ca_bundle=router.upstream_ca_bundle,
+        )  # fmt: skip
 
     @property
     def gates(self) -> dict[str, EntryGate]:
         return self.state.gates
 
-    def reconfigure(self, settings: FleetSettings) -> None:
-        self.state = ProxyState(settings, self.state)
-        router = settings.router  # the pool's timeouts apply to requests that start from now on
-        self.pool.connect_timeout, self.pool.read_timeout = router.connect_timeout, router.read_timeout
-        self.pool.keepalive_seconds = router.upstream_keepalive
+    def swap(self, state: ProxyState) -> None:
+        """Make ``state`` current. All in one step of the event loop: no request sees half of it."""
+        self.state = state
+        for name, gate in state.gates.items():
+            gate.resize(state.gate_limits[name])  # admits queued requests when capacity rose
+        for name, limiter in state.limiters.items():
+            limiter.resize(state.teams[name])
+        router = state.settings.router
+        self.client.configure(
+            connect_timeout=router.connect_timeout, read_timeout=router.read_timeout,
+            keepalive=router.upstream_keepalive, ca_bundle=router.upstream_ca_bundle,
+        )  # fmt: skip
 
     async def close(self) -> None:
-        await self.pool.close()
-
-    def _origin(self, base_url: str) -> Origin:
-        origin = self._origins.get(base_url)
-        if origin is None:
-            if len(self._origins) >= MAX_CACHED_ORIGINS:
-                self._origins.clear()
-            origin = self._origins[base_url] = Origin.parse(base_url)
-        return origin
+        await self.client.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state  # this request's version of the settings, even if they are reloaded
@@ -206,7 +203,6 @@ class Proxy:
         self, scope: Scope, send: Send, route: Route, forwarded: list[tuple[bytes, bytes]], body: bytes,
         record: RequestRecord,
     ) -> None:  # fmt: skip
-        started = False
         entry = route.entry
         upstream_started = 0.0
         try:
@@ -215,40 +211,16 @@ class Proxy:
                 query = scope.get("query_string")
                 if query:
                     target += "?" + query.decode("latin-1")
-                if backend.headers:
-                    forwarded += backend.headers
                 upstream_started = time.perf_counter()
-                response = await self.pool.request(
-                    self._origin(backend.base_url), scope["method"], target, forwarded, body,
-                    first_byte_timeout=backend.first_byte_timeout, follow_redirects=backend.follow_redirects,
-                )  # fmt: skip
+                response = await self.client.request(backend, scope["method"], target, forwarded, body)
                 try:
-                    headers = [(name, value) for name, value in response.headers if name not in NOT_RETURNED]
-                    headers.append((b"x-fleet-entry", entry.encode()))
-                    headers.append((b"x-fleet-route", route.reason.encode()))
-                    headers.append((b"x-request-id", record.request_id.encode()))
-                    record.status = response.status
-                    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-                    started = True
-                    more = True
-                    async for chunk, more in response.body():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": more})
-                    if more:  # the body was empty, or its end came after its last chunk (already released)
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await self._stream_back(send, response, route, record)
                 finally:
-                    response.release()
+                    response.close()
         except FleetError as error:
-            if not started:
-                record.status = error.status
-                await send_error(send, error, entry, record.request_id)
+            record.status = error.status
+            await send_error(send, error, entry, record.request_id)
         except UpstreamError as exc:
-            if started:
-                # The backend failed mid-answer: end the stream cleanly; the client sees it stop.
-                self.observer.upstream_error(entry, "midstream")
-                log.warning("entry %s: upstream failed mid-response (id %s): %s", entry, record.request_id, exc)
-                with contextlib.suppress(Exception):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
             error = _upstream_error(entry, exc)
             self.observer.upstream_error(entry, "timeout" if error.status == 504 else "unreachable")
             record.status = error.status
@@ -256,6 +228,28 @@ class Proxy:
         finally:
             if upstream_started:
                 record.upstream_seconds = time.perf_counter() - upstream_started
+
+    async def _stream_back(self, send: Send, response: UpstreamResponse, route: Route, record: RequestRecord) -> None:
+        """The response head as soon as it is here, then each chunk as it arrives (SSE event by event)."""
+        headers = [(name.lower(), value) for name, value in response.raw_headers]
+        headers = [(name, value) for name, value in headers if name not in NOT_RETURNED]
+        headers.append((b"x-fleet-entry", route.entry.encode()))
+        headers.append((b"x-fleet-route", route.reason.encode()))
+        headers.append((b"x-request-id", record.request_id.encode()))
+        record.status = response.status
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        more = True
+        try:
+            async for chunk, more in response.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+        except UpstreamError as exc:
+            kind = "midstream-timeout" if isinstance(exc, UpstreamTimeout) else "midstream"
+            self.observer.upstream_error(route.entry, kind)
+            log.warning("entry %s: answer broken off, client connection aborted (id %s): %s",
+                        route.entry, record.request_id, exc)  # fmt: skip
+            raise RequestAborted(str(exc)) from None
+        if more:  # the body was empty, or its end came after its last chunk
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class RequestHead:
@@ -312,29 +306,29 @@ def _check_head(state: ProxyState, scope: Scope, head: RequestHead) -> None:
         raise FleetError(400, "bad-path", "the path has (encoded) dot segments; send a normalised path")
 
 
-async def _read_body(receive: Receive, limit: int, stall_seconds: float) -> bytes:
-    message = await receive()  # most bodies (a completion is a few KB) arrive in this one message
+async def _read_body(receive: Receive, limit: int, seconds: float) -> bytes:
+    """The whole request body, which must arrive within ``seconds`` of asking for it (408 after)."""
     chunks = []
     size = 0
-    while True:
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-        try:
-            async with asyncio.timeout(stall_seconds):
-                message = await receive()
-        except TimeoutError:
-            raise FleetError(
-                408, "body-timeout",
-                f"the request body stalled for {stall_seconds:g}s (router.body_timeout); send it whole",
-            ) from None  # fmt: skip
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await receive()  # most bodies (a completion is a few KB) arrive in one message
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(limit)
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise FleetError(
+            408, "body-timeout",
+            f"the request body did not arrive whole within {seconds:g}s (router.body_timeout); send it whole",
+        ) from None  # fmt: skip
 
 
 def _too_large(limit: int) -> FleetError:

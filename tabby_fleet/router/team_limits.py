@@ -23,6 +23,10 @@ class TeamLimiter:
         self._tokens = float(team.requests_per_minute or 0)
         self._refilled = time.monotonic()
 
+    def resize(self, team: Team) -> None:
+        """Adopt reloaded limits; requests in flight and the tokens left stay counted."""
+        self.max_concurrent, self.per_minute = team.max_concurrent, team.requests_per_minute
+
     def acquire(self) -> None:
         """Count one request in, or raise 429. Pair every successful call with release()."""
         if self.max_concurrent is not None and self.in_flight >= self.max_concurrent:

@@ -1,418 +1,212 @@
-"""A lean pooled HTTP/1.1 client for the proxy's upstream requests: asyncio protocols and httptools.
+"""The router's upstream HTTP client: one aiohttp ``ClientSession`` per router process.
 
-Why not aiohttp or httpx: the router forwards every keystroke's completion, and a general-purpose
-client's per-request work (header multidicts, cookie and proxy handling, response objects) was most
-of the router's CPU; docs/PERFORMANCE.md has the measurements. This client does only what the
-proxy needs:
+The HTTP protocol is aiohttp's: connection pools per origin with keep-alive, interim (1xx) responses
+skipped, HEAD / 204 / 304 known to have no body, close-delimited and chunked bodies, response-head
+size limits, TLS. What is ours is what the proxy needs on top:
 
-- one idle-connection pool per (scheme, host, port), most recently used first, bounded;
-- the request written in one ``write`` (head and body; the proxy has the whole body);
-- the response head, then its body as it arrives (chunked transfer decoded, SSE unbuffered), with
-  backpressure: reading pauses while too much waits for the client;
-- a connection goes back to the pool only after a complete, keep-alive response; cancelling a
-  request closes its connection, so the backend sees the client leave at once;
-- timeouts: connect, and read (no byte for ``read_timeout`` seconds, first byte included).
+- timeouts: connect, first byte (the response head; per entry, a cold Modal GPU takes minutes), and
+  the idle gap between two body chunks (``router.read_timeout``);
+- one retry, and only when the request provably never left: the connection could not be opened.
+  aiohttp itself re-sends an *idempotent* request (GET, HEAD, ...) once when a pooled connection turns
+  out closed (RFC 9112 9.3.1); a POST is never sent twice;
+- same-origin 303s followed with a GET (Modal's answer to a web request that runs past 150 s);
+- errors the proxy can act on: :class:`UpstreamError` before the answer started (the client gets a
+  JSON 502/504), and the same raised from :meth:`UpstreamResponse.chunks` once it started (the proxy
+  then aborts the client's connection rather than end a truncated answer cleanly).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-import httptools
+import aiohttp
+from yarl import URL
 
-MAX_IDLE_PER_ORIGIN = 256  # idle connections kept per backend; more are closed when released
-PAUSE_READING_BYTES = 256 * 1024  # stop reading from a backend while this much waits for the client
+from .backends import Upstream
+
 MAX_REDIRECTS = 5  # Modal 303s a web request every 150 s; five hops outlast any IDE's patience
+# aiohttp adds these unless told not to; a proxy forwards the client's own or none.
+SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+# Response head limits (aiohttp's defaults, named here because they are a promise to the operator):
+# a line of at most 8190 bytes, at most 128 header fields.
+MAX_HEAD_LINE = 8190
+MAX_HEAD_FIELDS = 128
 
 
 class UpstreamError(Exception):
-    """The backend could not be reached or broke the response.
-
-    ``before_response``: it failed before a single response byte arrived (connect refused, or a
-    pooled connection the backend had already closed), so the request may be sent again.
-    """
-
-    def __init__(self, message: str, *, before_response: bool = False) -> None:
-        super().__init__(message)
-        self.before_response = before_response
+    """The backend could not be reached, or broke or stalled its answer."""
 
 
 class UpstreamTimeout(UpstreamError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a base URL points: parsed once per backend, not per request."""
-
-    scheme: str
-    host: str
-    port: int
-    host_header: bytes
-    path_prefix: str
-
-    @classmethod
-    def parse(cls, base_url: str) -> Origin:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        default_port = (parts.scheme == "https" and port == 443) or (parts.scheme == "http" and port == 80)
-        host_header = parts.hostname if default_port else f"{parts.hostname}:{port}"
-        return cls(parts.scheme, parts.hostname, port, host_header.encode(), parts.path.rstrip("/"))
-
-    def target_of(self, location: str) -> str | None:
-        """The request target for a Location on this origin (absolute or relative), else None."""
-        parts = urlsplit(location)
-        if parts.scheme or parts.netloc:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            if (parts.scheme, parts.hostname, port) != (self.scheme, self.host, self.port):
-                return None
-        if not parts.path.startswith("/"):
-            return None
-        path = parts.path.removeprefix(self.path_prefix) if self.path_prefix else parts.path
-        return path + (f"?{parts.query}" if parts.query else "")
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """The system's trust store, plus ``ca_bundle`` (a PEM file) when given."""
+    context = ssl.create_default_context()
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    return context
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection to a backend, reused for one request at a time."""
+class UpstreamClient:
+    """The pooled client. One per router; :meth:`request` is the whole API."""
 
-    def __init__(self, origin: Origin, forget: Callable[[_Connection], None]) -> None:
-        self.origin = origin
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.idle = False  # in the pool, waiting for a request
-        self.idle_since = 0.0
-        self._forget = forget
-        self._reset()
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, keepalive: float, ca_bundle: Path | None = None
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive = keepalive
+        self.ca_bundle = ca_bundle
+        self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
 
-    def _reset(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_done = False
-        self.complete = False
-        self.keep_alive = False
-        self.received_any = False
-        self.buffer: deque[bytes] = deque()
-        self.buffered = 0
-        self.paused = False
-        self.error: UpstreamError | None = None
-        self.waiter: asyncio.Future[None] | None = None
+    def configure(
+        self, *, connect_timeout: float, read_timeout: float, keepalive: float, ca_bundle: Path | None
+    ) -> None:
+        """Adopt reloaded settings. A new pool (keep-alive, trust) serves new requests; the old one
+        finishes its answers in flight and is closed with the router."""
+        if (keepalive, ca_bundle) != (self.keepalive, self.ca_bundle) and self._session is not None:
+            self._retired.append(self._session)
+            self._session = None
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.keepalive, self.ca_bundle = keepalive, ca_bundle
 
-    # -- asyncio.Protocol ---------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.received_any = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:  # pragma: no cover - the proxy never asks to upgrade
-            self._fail(UpstreamError("backend switched protocols"))
-        except httptools.HttpParserError as exc:
-            self._fail(UpstreamError(f"backend sent malformed HTTP: {exc}"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.idle:
-            self._forget(self)  # the backend closed an idle connection: drop it from the pool now
-        if not self.complete and self.error is None:
-            reason = f": {exc}" if exc else ""
-            self.error = UpstreamError(
-                f"backend closed the connection before the response was complete{reason}",
-                before_response=not self.received_any,
+    def session(self) -> aiohttp.ClientSession:
+        """The session, made on first use (it binds to the running event loop)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=0,  # the entry gates bound requests in flight; a second cap here would only queue them
+                keepalive_timeout=self.keepalive if self.keepalive > 0 else None,
+                force_close=self.keepalive <= 0,
+                ssl=tls_context(self.ca_bundle),
             )
-        self._wake()
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
+                auto_decompress=False,  # bytes pass through as the backend encoded them
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                max_line_size=MAX_HEAD_LINE,
+                max_field_size=MAX_HEAD_LINE,
+                max_headers=MAX_HEAD_FIELDS,
+            )
+        return self._session
 
-    # -- httptools callbacks ------------------------------------------------------------------
+    async def close(self) -> None:
+        for session in (*self._retired, self._session):
+            if session is not None:
+                await session.close()
+        self._session = None
+        self._retired.clear()
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+    async def request(
+        self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> UpstreamResponse:
+        """Send the request and wait for the response head (at most the first-byte timeout)."""
+        first_byte = upstream.first_byte_timeout or self.read_timeout
+        pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+        pairs += [(name.decode("latin-1"), value.decode("latin-1")) for name, value in upstream.headers]
+        url = URL(upstream.base_url + target, encoded=True)
+        response = await self._send(method, url, pairs, body, first_byte)
+        for _ in range(MAX_REDIRECTS):
+            if not (upstream.follow_redirects and response.status == 303):
+                break
+            location = _same_origin(url, response.headers.get("location"))
+            if location is None:
+                break  # another origin: not ours to follow; the proxy passes the 303 on
+            response.close()
+            without_body = [(n, v) for n, v in pairs if n.lower() not in ("content-type", "content-encoding")]
+            url = location
+            response = await self._send("GET", url, without_body, b"", first_byte)
+        return UpstreamResponse(response, self.read_timeout)
 
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.head_done = True
-        self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        self.buffer.append(body)
-        self.buffered += len(body)
-        if self.buffered > PAUSE_READING_BYTES and not self.paused and self.transport is not None:
-            self.transport.pause_reading()
-            self.paused = True
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-        self.keep_alive = self.parser.should_keep_alive()
-        self._wake()
-
-    # -- used by UpstreamPool ---------------------------------------------------------------------
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _fail(self, error: UpstreamError) -> None:
-        self.error = error
-        self.close()
-        self._wake()
-
-    async def wait(self, seconds: float) -> None:
-        """Wait until the parser makes progress, at most ``seconds`` (call_later: cheaper than asyncio.timeout)."""
-        loop = asyncio.get_running_loop()
-        waiter = self.waiter = loop.create_future()
-        timer = loop.call_later(seconds, _expire, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self.waiter = None
-
-    def take(self) -> bytes:
-        chunk = self.buffer.popleft()
-        self.buffered -= len(chunk)
-        if self.paused and self.buffered < PAUSE_READING_BYTES // 2 and self.transport is not None:
-            self.transport.resume_reading()
-            self.paused = False
-        return chunk
-
-    def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed and self.error is None
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+    async def _send(
+        self, method: str, url: URL, headers: list[tuple[str, str]], body: bytes, first_byte: float
+    ) -> aiohttp.ClientResponse:
+        session = self.session()
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(first_byte):
+                    return await session.request(method, url, headers=headers, data=body or None, allow_redirects=False)
+            except TimeoutError:
+                raise UpstreamTimeout(f"backend sent no answer within {first_byte:g}s") from None
+            except aiohttp.ClientSSLError as exc:
+                raise UpstreamError(
+                    f"TLS with {url.host}:{url.port} failed ({exc}); if the backend's certificate is signed by "
+                    f"a private CA, set router.upstream_ca_bundle to that CA's PEM file"
+                ) from None
+            except aiohttp.ClientConnectorError as exc:
+                if attempt == 1:
+                    continue  # the connection was never opened: nothing was sent, try once more
+                raise UpstreamError(f"could not connect to {url.host}:{url.port}: {exc.os_error}") from None
+            except aiohttp.ServerTimeoutError:  # connect timeout (aiohttp's ConnectionTimeoutError)
+                raise UpstreamError(
+                    f"could not connect to {url.host}:{url.port} within {self.connect_timeout:g}s"
+                ) from None
+            except aiohttp.ServerDisconnectedError:
+                raise UpstreamError("backend closed the connection before answering") from None
+            except aiohttp.ClientResponseError as exc:
+                raise UpstreamError(f"backend sent a malformed or oversized response head: {exc.message}") from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"backend failed before answering: {exc}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class UpstreamResponse:
-    """A response whose head has arrived; iterate ``body()`` for the rest, then ``release()``."""
+    """A response whose head has arrived. Read :meth:`chunks`, then :meth:`close` (always)."""
 
-    def __init__(self, pool: UpstreamPool, connection: _Connection, read_timeout: float) -> None:
-        self._pool = pool
-        self._connection = connection
-        self._read_timeout = read_timeout
-        self._released = False
-        self.status = connection.status
-        self.headers = connection.headers
+    __slots__ = ("_idle", "_response", "headers", "raw_headers", "status")
 
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+        self._response = response
+        self._idle = idle_timeout
+        self.status = response.status
+        self.headers = response.headers
+        self.raw_headers = response.raw_headers
 
-    async def drain(self) -> None:
-        """Read and drop the rest of the body, then give the connection back."""
-        try:
-            async for _ in self.body():
-                pass
-        finally:
-            self.release()
+    async def chunks(self) -> AsyncIterator[tuple[bytes, bool]]:
+        """Yield ``(chunk, more)`` as the body arrives; ``more`` is False on the last chunk.
 
-    async def body(self) -> AsyncIterator[tuple[bytes, bool]]:
-        """Yield ``(chunk, more)`` as the body arrives; ``more`` is False on the response's last chunk.
-
-        Once the response is read whole, the connection goes back to the pool before the last chunk
-        is yielded: the client may send its next request the moment it sees that chunk, and that
-        request should find the connection idle rather than open a new one.
+        Raises :class:`UpstreamError` if the backend breaks the body off (closes early, sends a
+        malformed chunk) or sends nothing for the idle timeout. The connection goes back to the pool
+        as soon as the body is complete, before the last chunk is yielded.
         """
-        connection = self._connection
-        while True:
-            if connection.buffer:
-                chunk = connection.take()
-                last = connection.complete and not connection.buffer
-                if last:
-                    self.release()
-                yield chunk, not last
-            elif connection.complete:
-                self.release()
-                return
-            elif connection.error is not None:
-                raise connection.error
-            else:
-                try:
-                    await connection.wait(self._read_timeout)
-                except TimeoutError:
-                    raise UpstreamTimeout(f"backend sent nothing for {self._read_timeout:g}s") from None
-
-    def release(self) -> None:
-        """Return the connection to the pool if the response was read whole, else close it. Idempotent."""
-        if not self._released:
-            self._released = True
-            self._pool._release(self._connection)
-
-
-class UpstreamPool:
-    """The pool. One per router; ``request()`` is the whole API."""
-
-    def __init__(self, connect_timeout: float, read_timeout: float, keepalive_seconds: float) -> None:
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.keepalive_seconds = keepalive_seconds
-        self._idle: dict[Origin, deque[_Connection]] = {}
-        self._ssl: ssl.SSLContext | None = None
-        self._closed = False
-
-    async def request(
-        self,
-        origin: Origin,
-        method: str,
-        target: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        *,
-        first_byte_timeout: float | None = None,
-        follow_redirects: bool = False,
-    ) -> UpstreamResponse:
-        """Send the request and wait for the response head.
-
-        ``first_byte_timeout`` bounds the wait for the head (default: the read timeout).
-        ``follow_redirects``: answer a same-origin 303 with a GET to its Location, as a browser
-        would; Modal answers web requests that run past 150 s that way.
-        """
-        wait = first_byte_timeout or self.read_timeout
-        response = await self._send(origin, method, target, headers, body, wait)
-        for _ in range(MAX_REDIRECTS):
-            if not (follow_redirects and response.status == 303):
-                break
-            location = response.header(b"location")
-            next_target = origin.target_of(location.decode("latin-1")) if location else None
-            if next_target is None:
-                break  # another origin: not ours to follow; the proxy passes the 303 on
-            await response.drain()
-            without_body = [(n, v) for n, v in headers if n not in (b"content-type", b"content-encoding")]
-            response = await self._send(origin, "GET", next_target, without_body, b"", wait)
-        return response
-
-    async def _send(
-        self, origin: Origin, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes, wait: float
-    ) -> UpstreamResponse:
-        """One exchange up to the response head. Retries once if nothing reached the backend."""
-        head = _request_head(origin, method, target, headers, len(body))
-        payload = head + body if body else head
-        for attempt in (1, 2):
-            try:
-                connection, reused = await self._checkout(origin)
-            except UpstreamError:
-                if attempt == 1:
-                    continue  # connection refused or timed out: nothing was sent, try once more
-                raise
-            connection.transport.write(payload)  # type: ignore[union-attr]
-            try:
-                while not connection.head_done:
-                    if connection.error is not None:
-                        raise connection.error
-                    await connection.wait(wait)
-            except TimeoutError:
-                connection.close()
-                raise UpstreamTimeout(f"backend sent no answer within {wait:g}s") from None
-            except UpstreamError as error:
-                connection.close()
-                # A pooled connection the backend closed while idle: the request never reached it.
-                if attempt == 1 and reused and error.before_response:
-                    continue
-                raise
-            except BaseException:
-                connection.close()
-                raise
-            return UpstreamResponse(self, connection, self.read_timeout)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _checkout(self, origin: Origin) -> tuple[_Connection, bool]:
-        idle = self._idle.get(origin)
-        now = time.monotonic()
-        while idle:
-            connection = idle.pop()  # most recently used: its peer is the least likely to have closed it
-            connection.idle = False
-            if not connection.closed and now - connection.idle_since < self.keepalive_seconds:
-                connection._reset()
-                return connection, True
-            connection.close()
-        return await self._connect(origin), False
-
-    async def _connect(self, origin: Origin) -> _Connection:
-        loop = asyncio.get_running_loop()
-        context = self._ssl_context() if origin.scheme == "https" else None
+        content = self._response.content
+        idle = self._idle
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(origin, self._forget), origin.host, origin.port, ssl=context,
-                    server_hostname=origin.host if context else None,
-                )  # fmt: skip
+            while True:
+                chunk = content.read_nowait()  # most answers are here already: no timer needed
+                if not chunk:
+                    if content.at_eof():
+                        return
+                    async with asyncio.timeout(idle):
+                        chunk = await content.readany()
+                    if not chunk:
+                        return
+                yield chunk, not content.at_eof()
         except TimeoutError:
-            raise UpstreamError(
-                f"could not connect to {origin.host}:{origin.port} within {self.connect_timeout:g}s",
-                before_response=True,
-            ) from None
-        except OSError as exc:
-            raise UpstreamError(
-                f"could not connect to {origin.host}:{origin.port}: {exc.strerror or exc}", before_response=True
-            ) from None
-        return connection
+            raise UpstreamTimeout(f"backend sent nothing for {idle:g}s in the middle of its answer") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"backend broke off its answer: {exc}") from None
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            self._ssl = ssl.create_default_context()  # made once: building one costs milliseconds
-        return self._ssl
-
-    def _release(self, connection: _Connection) -> None:
-        if self._closed or not connection.reusable():
-            connection.close()
-            return
-        idle = self._idle.setdefault(connection.origin, deque())
-        if len(idle) >= MAX_IDLE_PER_ORIGIN:
-            connection.close()
-            return
-        connection.idle_since = time.monotonic()
-        connection.idle = True
-        idle.append(connection)
-
-    def _forget(self, connection: _Connection) -> None:
-        """Drop a pooled connection the backend closed; forget its origin once none is left."""
-        connection.idle = False
-        idle = self._idle.get(connection.origin)
-        if idle is None:
-            return
-        with contextlib.suppress(ValueError):
-            idle.remove(connection)
-        if not idle:
-            del self._idle[connection.origin]  # local backends get a new port on every restart
-
-    def origins(self) -> int:
-        return len(self._idle)
-
-    def idle_connections(self) -> int:
-        return sum(len(idle) for idle in self._idle.values())
-
-    async def close(self) -> None:
-        self._closed = True
-        for idle in self._idle.values():
-            for connection in idle:
-                connection.close()
-        self._idle.clear()
-        await asyncio.sleep(0)  # let the transports run their close callbacks
+    def close(self) -> None:
+        """Close the connection unless the body was read whole (then it is back in the pool already)."""
+        self._response.close()
 
 
-def _request_head(origin: Origin, method: str, target: str, headers: list[tuple[bytes, bytes]], length: int) -> bytes:
-    lines = [f"{method} {origin.path_prefix}{target} HTTP/1.1".encode(), b"host: " + origin.host_header]
-    lines += [name + b": " + value for name, value in headers]
-    if length or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
-        lines.append(b"content-length: " + str(length).encode())
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+def _same_origin(base: URL, location: str | None) -> URL | None:
+    """``location`` resolved against ``base`` if it stays on base's scheme, host and port, else None."""
+    if not location:
+        return None
+    try:
+        target = base.join(URL(location))
+    except ValueError:
+        return None
+    if (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
+        return None
+    return target
