@@ -299,3 +299,40 @@ def test_sighup_reloads_the_settings(tmp_path: Path) -> None:
             "SIGHUP to switch the default entry",
         )
         assert running.process.poll() is None  # reloaded, not stopped
+
+
+QUEUED_BEFORE = """
+[router]
+queue_timeout = 30
+
+[[entries]]
+name = "slow"
+model = "TabbyML/StarCoder-1B"
+max_inputs = 1
+standin = { completion_delay = 6 }
+"""
+
+
+def test_reload_raising_capacity_admits_a_queued_request_at_once(tmp_path: Path) -> None:
+    """Capacity 1: B waits behind A. A reload to capacity 2 lets B in then, not when A ends."""
+    with run_fleet(tmp_path, QUEUED_BEFORE) as running:
+        ended: dict[str, float] = {}
+
+        def complete(name: str) -> None:
+            response = httpx.post(f"{running.base_url}/v1/completions", json=COMPLETION, timeout=60)
+            assert response.status_code == 200
+            ended[name] = time.monotonic()
+
+        first = threading.Thread(target=complete, args=("a",))
+        first.start()
+        running.wait_for(lambda: running.health()["entries"]["slow"]["in_flight"] == 1, 10, "A in flight")
+        second = threading.Thread(target=complete, args=("b",))
+        second.start()
+        running.wait_for(lambda: running.health()["entries"]["slow"]["queued"] == 1, 10, "B queued")
+        (tmp_path / "fleet.toml").write_text(QUEUED_BEFORE.replace("max_inputs = 1", "max_inputs = 2"))
+        assert httpx.post(f"{running.base_url}/fleet/reload", timeout=10).status_code == 200
+        assert running.health()["entries"]["slow"]["queued"] == 0
+        first.join(30)
+        second.join(30)
+    # Admitted at the reload, B ends about 1.5 s after A; had it waited for A's slot, 6 s after.
+    assert ended["b"] - ended["a"] < 4.0, ended
