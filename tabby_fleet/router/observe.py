@@ -67,7 +67,8 @@ class Observer:
             ["entry"], buckets=UPSTREAM_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.upstream_errors = Counter(
-            "fleet_upstream_errors", "Backend failures: unreachable, timeout, midstream",
+            "fleet_upstream_errors",
+            "Backend failures: unreachable, timeout, bad-response; midstream(-timeout) after the answer started",
             ["entry", "kind"], registry=self.registry,
         )  # fmt: skip
         self.cancellations = Counter(

@@ -222,7 +222,9 @@ class Proxy:
             await send_error(send, error, entry, record.request_id)
         except UpstreamError as exc:
             error = _upstream_error(entry, exc)
-            self.observer.upstream_error(entry, "timeout" if error.status == 504 else "unreachable")
+            self.observer.upstream_error(entry, exc.code.removeprefix("backend-"))
+            log.warning("entry %s: %s (id %s): %s%s", entry, exc.code, record.request_id, exc,
+                        f" [{exc.detail}]" if exc.detail else "")  # fmt: skip
             record.status = error.status
             await send_error(send, error, entry, record.request_id)
         finally:
@@ -231,8 +233,11 @@ class Proxy:
 
     async def _stream_back(self, send: Send, response: UpstreamResponse, route: Route, record: RequestRecord) -> None:
         """The response head as soon as it is here, then each chunk as it arrives (SSE event by event)."""
-        headers = [(name.lower(), value) for name, value in response.raw_headers]
-        headers = [(name, value) for name, value in headers if name not in NOT_RETURNED]
+        headers = []
+        for raw_name, value in response.raw_headers:
+            name = raw_name.lower()  # ASGI's spelling; aiohttp keeps the backend's
+            if name not in NOT_RETURNED:
+                headers.append((name, value))
         headers.append((b"x-fleet-entry", route.entry.encode()))
         headers.append((b"x-fleet-route", route.reason.encode()))
         headers.append((b"x-request-id", record.request_id.encode()))
@@ -245,8 +250,8 @@ class Proxy:
         except UpstreamError as exc:
             kind = "midstream-timeout" if isinstance(exc, UpstreamTimeout) else "midstream"
             self.observer.upstream_error(route.entry, kind)
-            log.warning("entry %s: answer broken off, client connection aborted (id %s): %s",
-                        route.entry, record.request_id, exc)  # fmt: skip
+            log.warning("entry %s: answer broken off, client connection aborted (id %s): %s%s",
+                        route.entry, record.request_id, exc, f" [{exc.detail}]" if exc.detail else "")  # fmt: skip
             raise RequestAborted(str(exc)) from None
         if more:  # the body was empty, or its end came after its last chunk
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -347,12 +352,9 @@ def _drop_connection_listed(headers: list[tuple[bytes, bytes]], connection: byte
 
 def _upstream_error(entry: str, exc: UpstreamError) -> FleetError:
     if isinstance(exc, UpstreamTimeout):
-        return FleetError(504, "backend-timeout", f"the backend for entry {entry!r} timed out: {exc}")
+        return FleetError(504, exc.code, f"the backend for entry {entry!r} timed out: {exc}")
     return FleetError(
-        502,
-        "backend-unreachable",
-        f"the backend for entry {entry!r} failed: {exc}; retry, and check /fleet/health",
-        retry_after=1,
+        502, exc.code, f"the backend for entry {entry!r} failed: {exc}; retry, and check /fleet/health", retry_after=1
     )
 
 

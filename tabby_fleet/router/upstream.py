@@ -37,11 +37,27 @@ MAX_HEAD_FIELDS = 128
 
 
 class UpstreamError(Exception):
-    """The backend could not be reached, or broke or stalled its answer."""
+    """The backend could not be reached, or broke or stalled its answer.
+
+    ``code`` names what happened for the client's JSON error and the metrics; the message is safe to
+    show a client (no bytes of the backend's answer); ``detail`` is for the router's log only.
+    """
+
+    code = "backend-unreachable"
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class UpstreamTimeout(UpstreamError):
-    pass
+    code = "backend-timeout"
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The backend was reached but its answer was not HTTP we accept (dropped, malformed, too large)."""
+
+    code = "backend-bad-response"
 
 
 def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -137,8 +153,9 @@ class UpstreamClient:
                 raise UpstreamTimeout(f"backend sent no answer within {first_byte:g}s") from None
             except aiohttp.ClientSSLError as exc:
                 raise UpstreamError(
-                    f"TLS with {url.host}:{url.port} failed ({exc}); if the backend's certificate is signed by "
-                    f"a private CA, set router.upstream_ca_bundle to that CA's PEM file"
+                    f"TLS with {url.host}:{url.port} failed; if the backend's certificate is signed by a private "
+                    f"CA, set router.upstream_ca_bundle to that CA's PEM file",
+                    str(exc),
                 ) from None
             except aiohttp.ClientConnectorError as exc:
                 if attempt == 1:
@@ -149,11 +166,15 @@ class UpstreamClient:
                     f"could not connect to {url.host}:{url.port} within {self.connect_timeout:g}s"
                 ) from None
             except aiohttp.ServerDisconnectedError:
-                raise UpstreamError("backend closed the connection before answering") from None
+                raise UpstreamBadResponse("backend closed the connection before answering") from None
             except aiohttp.ClientResponseError as exc:
-                raise UpstreamError(f"backend sent a malformed or oversized response head: {exc.message}") from None
+                raise UpstreamBadResponse(
+                    f"backend sent a malformed or oversized response head (accepted: lines of at most "
+                    f"{MAX_HEAD_LINE} bytes, at most {MAX_HEAD_FIELDS} header fields)",
+                    str(exc.message),
+                ) from None
             except aiohttp.ClientError as exc:
-                raise UpstreamError(f"backend failed before answering: {exc}") from None
+                raise UpstreamBadResponse("backend failed before answering", repr(exc)) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -192,7 +213,7 @@ class UpstreamResponse:
         except TimeoutError:
             raise UpstreamTimeout(f"backend sent nothing for {idle:g}s in the middle of its answer") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"backend broke off its answer: {exc}") from None
+            raise UpstreamBadResponse("backend broke off its answer", repr(exc)) from None
 
     def close(self) -> None:
         """Close the connection unless the body was read whole (then it is back in the pool already)."""
