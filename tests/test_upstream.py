@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -175,12 +176,33 @@ def test_a_stall_between_chunks_is_a_timeout_and_closes_the_connection() -> None
         backend, client = await serve(handler), new_client(read_timeout=0.3)
         response = await client.request(Upstream(backend.url, first_byte_timeout=10), "POST", "/", [], b"{}")
         chunks = []
+        started = time.monotonic()
         with pytest.raises(UpstreamTimeout, match=r"nothing for 0\.3s"):
             async for chunk, _ in response.chunks():
                 chunks.append(chunk)
         response.close()
         assert chunks == [b"hello"]
+        assert time.monotonic() - started < 3  # the read timeout, not the first-byte timeout (10 s)
         await asyncio.wait_for(closed.wait(), 5)
+        await client.close()
+        backend.server.close()
+
+    run(main())
+
+
+def test_after_the_head_gaps_are_bounded_by_the_read_timeout_not_the_first_byte_timeout() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, backend: Backend) -> None:
+        await backend.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.8)  # longer than the first-byte timeout, shorter than the read timeout
+        writer.write(b"6\r\n world\r\n0\r\n\r\n")
+
+    async def main() -> None:
+        backend, client = await serve(handler), new_client(read_timeout=5)
+        response = await client.request(Upstream(backend.url, first_byte_timeout=0.3), "POST", "/", [], b"{}")
+        assert b"".join([chunk async for chunk, _ in response.chunks()]) == b"hello world"
+        response.close()
         await client.close()
         backend.server.close()
 

@@ -17,7 +17,6 @@ size limits, TLS. What is ours is what the proxy needs on top:
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,6 +79,7 @@ class UpstreamClient:
         self.ca_bundle = ca_bundle
         self._session: aiohttp.ClientSession | None = None
         self._retired: list[aiohttp.ClientSession] = []
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # one per first-byte timeout in use
 
     def configure(
         self, *, connect_timeout: float, read_timeout: float, keepalive: float, ca_bundle: Path | None
@@ -113,6 +113,14 @@ class UpstreamClient:
             )
         return self._session
 
+    def _timeout(self, first_byte: float) -> aiohttp.ClientTimeout:
+        """Connect within connect_timeout, then the head within ``first_byte`` (aiohttp's sock_read)."""
+        timeout = self._timeouts.get(first_byte)
+        if timeout is None or timeout.sock_connect != self.connect_timeout:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=first_byte)
+            self._timeouts[first_byte] = timeout
+        return timeout
+
     async def close(self) -> None:
         for session in (*self._retired, self._session):
             if session is not None:
@@ -139,17 +147,25 @@ class UpstreamClient:
             without_body = [(n, v) for n, v in pairs if n.lower() not in ("content-type", "content-encoding")]
             url = location
             response = await self._send("GET", url, without_body, b"", first_byte)
+        connection = response.connection  # None when the body came whole with the head
+        if connection is not None and connection.protocol is not None:
+            # From the head on, the backend may be silent for read_timeout between chunks (aiohttp's
+            # sock_read, restarted now; it was the first-byte timeout until here).
+            connection.protocol.read_timeout = self.read_timeout
+            connection.protocol.start_timeout()
         return UpstreamResponse(response, self.read_timeout)
 
     async def _send(
         self, method: str, url: URL, headers: list[tuple[str, str]], body: bytes, first_byte: float
     ) -> aiohttp.ClientResponse:
         session = self.session()
+        timeout = self._timeout(first_byte)
         for attempt in (1, 2):
             try:
-                async with asyncio.timeout(first_byte):
-                    return await session.request(method, url, headers=headers, data=body or None, allow_redirects=False)
-            except TimeoutError:
+                return await session.request(
+                    method, url, headers=headers, data=body or None, allow_redirects=False, timeout=timeout
+                )
+            except aiohttp.SocketTimeoutError:  # no byte of the head within first_byte (aiohttp's sock_read)
                 raise UpstreamTimeout(f"backend sent no answer within {first_byte:g}s") from None
             except aiohttp.ClientSSLError as exc:
                 raise UpstreamError(
@@ -201,16 +217,11 @@ class UpstreamResponse:
         idle = self._idle
         try:
             while True:
-                chunk = content.read_nowait()  # most answers are here already: no timer needed
+                chunk = await content.readany()
                 if not chunk:
-                    if content.at_eof():
-                        return
-                    async with asyncio.timeout(idle):
-                        chunk = await content.readany()
-                    if not chunk:
-                        return
+                    return
                 yield chunk, not content.at_eof()
-        except TimeoutError:
+        except aiohttp.SocketTimeoutError:
             raise UpstreamTimeout(f"backend sent nothing for {idle:g}s in the middle of its answer") from None
         except aiohttp.ClientError as exc:
             raise UpstreamBadResponse("backend broke off its answer", repr(exc)) from None
