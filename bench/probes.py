@@ -9,6 +9,7 @@ import re
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,13 @@ def wrk_script(folder: Path, entry: str) -> Path:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(url: str, connections: int, seconds: float, script: Path) -> dict[str, float]:
+def run_wrk(
+    url: str, connections: int, seconds: float, script: Path, cpus: Iterable[int] | None = None
+) -> dict[str, float]:
+    """wrk's figures; ``cpus``: the cores wrk runs on (``taskset -c``), default any."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url]
+    if cpus is not None:
+        argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)

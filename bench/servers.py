@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 BENCH_TOKEN = "tft_bench-token"  # the router runs with team tokens on: auth is part of its cost
+REPO = Path(__file__).resolve().parent.parent
+# The router's command-line module, by the file that defines it: the package may be renamed, and a
+# baseline revision runs whichever layout it has.
+CLI_MODULES = {"tabby_fleet/cli.py": "tabby_fleet.cli", "apps/cli.py": "apps.cli"}
+TOP_PACKAGES = ("tabby_fleet", "apps", "fleet", "router")  # each one a tree has must import from it
 
 
 @dataclass
@@ -20,10 +28,16 @@ class Server:
     name: str
     url: str
     process: subprocess.Popen[bytes]
+    cpu_of_children: bool = False  # nginx: the master only waits; its worker does the work
 
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
+
+    def cpu_seconds(self) -> float:
+        """utime + stime so far: of the process (all its threads), or of its children (nginx)."""
+        pids = process_tree(self.process.pid)[1:] if self.cpu_of_children else [self.process.pid]
+        return sum(cpu_seconds(pid) for pid in pids)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -66,11 +80,17 @@ def fast_backend(name: str, log_dir: Path, *, completion_delay: float = 0.0, chu
     port = free_port()
     argv = [sys.executable, "-m", "bench.fast_backend", "--port", str(port),
             "--completion-delay", str(completion_delay), "--chunk-delay", str(chunk_delay)]  # fmt: skip
-    return _spawn(f"backend-{name}", argv, port, log_dir, cwd=Path(__file__).resolve().parent.parent)
+    return _spawn(f"backend-{name}", argv, port, log_dir, cwd=REPO)
 
 
-def router(backends: dict[str, Server], log_dir: Path, local_entry: bool = False) -> Server:
-    """`fleet up` with one url entry per backend and one token team (routing and auth on)."""
+def router(
+    backends: dict[str, Server], log_dir: Path, local_entry: bool = False, source: Path = REPO, name: str = "router"
+) -> Server:
+    """`fleet up` with one url entry per backend and one token team (routing and auth on).
+
+    ``source``: the tree whose code runs (a git worktree of an older revision, or this checkout); it
+    goes first on PYTHONPATH, and where the router's packages import from is checked before start.
+    """
     digest = hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()
     lines = []
     for name, backend in backends.items():
@@ -82,20 +102,58 @@ def router(backends: dict[str, Server], log_dir: Path, local_entry: bool = False
     workdir = log_dir / f"router-{time.monotonic_ns()}"
     workdir.mkdir()
     (workdir / "fleet.toml").write_text("\n".join(lines))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")} | {"PYTHONPATH": str(source)}
+    check_imports_from(source, env, workdir)
     port = free_port()
-    argv = [sys.executable, "-m", "tabby_fleet.cli", "up", "--port", str(port), "--log-level", "warning"]
-    env_free = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    log = (log_dir / "router.log").open("ab")
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env_free)
-    wait_port(port, process, "router")
-    return Server("router", f"http://127.0.0.1:{port}", process)
+    argv = [sys.executable, "-m", cli_module(source), "up", "--port", str(port), "--log-level", "warning"]
+    log = (log_dir / f"{name.replace('@', '-')}.log").open("ab")
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+    wait_port(port, process, name)
+    return Server(name, f"http://127.0.0.1:{port}", process)
+
+
+def cli_module(tree: Path) -> str:
+    for path, module in CLI_MODULES.items():
+        if (tree / path).is_file():
+            return module
+    raise RuntimeError(f"no router command-line module in {tree} (looked for {', '.join(CLI_MODULES)})")
+
+
+def check_imports_from(tree: Path, env: dict[str, str], cwd: Path) -> None:
+    """Fail loudly unless the router's packages, imported as the router will, come from ``tree``."""
+    packages = [p for p in TOP_PACKAGES if (tree / p / "__init__.py").is_file()]
+    code = "import importlib\n" + "".join(f"print(importlib.import_module({p!r}).__file__)\n" for p in packages)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, check=True)
+    for package, file in zip(packages, out.stdout.split(), strict=True):
+        if not Path(file).resolve().is_relative_to(tree.resolve()):
+            raise RuntimeError(
+                f"{package} imports from {file}, not from {tree}: the bench would measure the wrong code"
+            )
+        print(f"bench: {package} from {file}", flush=True)
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[tuple[Path, str]]:
+    """A detached git worktree of ``rev`` (and its short hash), removed again on the way out."""
+    found = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", f"{rev}^{{commit}}"],
+                           capture_output=True, text=True)  # fmt: skip
+    if found.returncode != 0:
+        raise SystemExit(f"bench: --baseline-ref {rev}: not a commit here ({found.stderr.strip()})")
+    short = found.stdout.strip()
+    path = Path(tempfile.mkdtemp(prefix=f"fleet-bench-{short}-"))
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--quiet", "--detach", str(path), short], check=True)
+    try:
+        yield path, short
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def asgi_proxy_lib(backends: dict[str, Server], log_dir: Path) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "bench.asgi_proxy_baseline", "--port", str(port)]
     argv += [f"{name}={backend.url}" for name, backend in backends.items()]
-    return _spawn("asgi-proxy-lib", argv, port, log_dir, cwd=Path(__file__).resolve().parent.parent)
+    return _spawn("asgi-proxy-lib", argv, port, log_dir, cwd=REPO)
 
 
 NGINX_CONF = """
@@ -138,7 +196,9 @@ def nginx(backends: dict[str, Server], log_dir: Path) -> Server | None:
         mapping=" ".join(f"{name} {name};" for name in backends),
     )  # fmt: skip
     (folder / "nginx.conf").write_text(conf)
-    return _spawn("nginx", [binary, "-c", str(folder / "nginx.conf"), "-p", str(folder)], port, log_dir)
+    server = _spawn("nginx", [binary, "-c", str(folder / "nginx.conf"), "-p", str(folder)], port, log_dir)
+    server.cpu_of_children = True
+    return server
 
 
 def rss_kib(pid: int) -> int:
@@ -150,3 +210,39 @@ def rss_kib(pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (which may hold spaces): fields 3 onwards."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, its threads included (fields 14 and 15 of /proc/<pid>/stat)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants, parents first."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                parents.setdefault(int(_stat_fields(int(entry))[1]), []).append(int(entry))
+    tree = [pid]
+    for p in tree:
+        tree += parents.get(p, [])
+    return tree
+
+
+def pin(pid: int, cpus: Iterable[int]) -> None:
+    """Every thread of the process and of its descendants onto ``cpus`` (like ``taskset -a -p``)."""
+    for process in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{process}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task), set(cpus))
