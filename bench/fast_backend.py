@@ -1,6 +1,6 @@
 """A fast Tabby-shaped backend for the benchmark: uvloop + httptools, canned answers.
 
-The stand-in (tabby_fleet/apps/standin.py) is faithful but runs on aiohttp's server, which
+The stand-in (apps/standin.py) is faithful but runs on aiohttp's server, which
 saturates near 4-5k requests/s on one core here; measured against it, any proxy looks closer to
 direct than it is. This server answers in a few microseconds, so the proxy is what gets measured.
 

@@ -81,7 +81,7 @@ def run_fleet(workdir: Path, config: str, env: dict[str, str] | None = None) -> 
     child_env.update(env or {})
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tabby_fleet.cli", "up", "--config", str(config_path), "--port", str(port)],
+            [sys.executable, "-m", "apps.cli", "up", "--config", str(config_path), "--port", str(port)],
             cwd=workdir,
             env=child_env,
             stdout=log_file,
@@ -140,7 +140,7 @@ def serve_process(argv: list[str], port: int, env: dict[str, str] | None = None)
 
 
 def standin_argv(port: int, *extra: str, model: str = "TabbyML/StarCoder-1B") -> list[str]:
-    return [sys.executable, "-m", "tabby_fleet.apps.standin", "--model", model, "--port", str(port), *extra]
+    return [sys.executable, "-m", "apps.standin", "--model", model, "--port", str(port), *extra]
 
 
 def _path_without_tabby(path: str) -> str:

@@ -13,9 +13,9 @@ import json
 
 import uvicorn
 
-from tabby_fleet.apps.modal_backends import ModalBackends
-from tabby_fleet.fleet.settings import Entry, load_settings
-from tabby_fleet.router.app import create_app
+from apps.modal_backends import ModalBackends
+from fleet.settings import Entry, load_settings
+from router.app import create_app
 
 
 def main() -> None:

@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tabby_fleet.fleet.routing import hash_token
-from tabby_fleet.fleet.settings import PACKAGED_EXAMPLE
+from fleet.routing import hash_token
+from fleet.settings import PACKAGED_EXAMPLE
 
 
 def fleet(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tabby_fleet.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=60
+        [sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=60
     )
 
 
@@ -73,7 +73,7 @@ def test_token_new_unknown_team() -> None:
 
 def test_up_refuses_missing_tabby_bin(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tabby_fleet.cli", "up", "--config", str(PACKAGED_EXAMPLE), "--port", "1"],
+        [sys.executable, "-m", "apps.cli", "up", "--config", str(PACKAGED_EXAMPLE), "--port", "1"],
         capture_output=True,
         text=True,
         timeout=60,

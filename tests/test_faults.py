@@ -178,7 +178,7 @@ def test_router_restart_under_load_never_corrupts_a_response(tmp_path: Path, fig
     config.write_text(
         f'[[entries]]\nname = "remote"\nmodel = "TabbyML/StarCoder-1B"\nurl = "http://127.0.0.1:{backend_port}"\n'
     )
-    router_argv = [sys.executable, "-m", "tabby_fleet.cli", "up", "--config", str(config), "--port", str(router_port),
+    router_argv = [sys.executable, "-m", "apps.cli", "up", "--config", str(config), "--port", str(router_port),
                    "--log-level", "warning"]  # fmt: skip
     with serve_process(standin_argv(backend_port), backend_port):
         first = subprocess.Popen(router_argv, cwd=tmp_path)

@@ -7,8 +7,8 @@ from collections.abc import Awaitable
 
 import pytest
 
-from tabby_fleet.fleet.errors import FleetError
-from tabby_fleet.router.gate import EntryGate, GateLimits
+from fleet.errors import FleetError
+from router.gate import EntryGate, GateLimits
 
 
 def run(coro: Awaitable[None]) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tabby_fleet.apps.modal_app import DATA_MOUNT, FROZEN_SETTINGS_ENV, build_fleet_app, current_settings
-from tabby_fleet.apps.modal_inspect import describe_app
-from tabby_fleet.fleet.settings import FleetSettings, load_settings
+from apps.modal_app import DATA_MOUNT, FROZEN_SETTINGS_ENV, build_fleet_app, current_settings
+from apps.modal_inspect import describe_app
+from fleet.settings import FleetSettings, load_settings
 
 THREE = """
 [modal]
@@ -65,7 +65,7 @@ def settings_from(tmp_path: Path, text: str) -> FleetSettings:
 
 
 def build(settings: FleetSettings) -> tuple[Any, dict[str, dict[str, Any]]]:
-    fleet = build_fleet_app(settings, {"__name__": "tabby_fleet.apps.modal_deploy"})
+    fleet = build_fleet_app(settings, {"__name__": "apps.modal_deploy"})
     return fleet, describe_app(fleet.app)
 
 
@@ -179,7 +179,7 @@ def test_url_entries_deploy_nothing(tmp_path: Path) -> None:
 
 def _class_names_in_fresh_process(env: dict[str, str]) -> list[str]:
     code = (
-        "import json; from tabby_fleet.apps import modal_deploy as d; "
+        "import json; from apps import modal_deploy as d; "
         "print(json.dumps(sorted(k for k in vars(d) if k.startswith('Tabby'))))"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "TABBY_FLEET"))}
@@ -236,7 +236,7 @@ def version(distribution):
         raise metadata.PackageNotFoundError(distribution)
     return real_version(distribution)
 metadata.version = version
-import tabby_fleet.apps.modal_deploy as deployed
+import apps.modal_deploy as deployed
 {then}
 print("imported")
 """
@@ -258,9 +258,9 @@ def test_gpu_containers_need_only_the_settings_packages(tmp_path: Path) -> None:
 
 def test_router_container_has_what_the_router_imports(tmp_path: Path) -> None:
     then = (
-        "from tabby_fleet.router.app import create_app\n"
-        "from tabby_fleet.apps.modal_backends import ModalBackends\n"
-        "from tabby_fleet.router.openapi import tabby_api\n"
+        "from router.app import create_app\n"
+        "from apps.modal_backends import ModalBackends\n"
+        "from router.openapi import tabby_api\n"
         "assert '/v1/completions' in tabby_api()['paths']\n"
         "settings = deployed.current_settings()\n"
         "create_app(settings, ModalBackends(settings, lookup=lambda e: 'http://x', headers=()))\n"

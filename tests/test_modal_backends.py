@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tabby_fleet.apps.modal_backends import proxy_auth_headers
-from tabby_fleet.fleet.errors import FleetError
+from apps.modal_backends import proxy_auth_headers
+from fleet.errors import FleetError
 
 from .fleetproc import COMPLETION, free_port, serve_process, standin_argv
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tabby_fleet.fleet.errors import FleetError
-from tabby_fleet.fleet.routing import RoutingTable, hash_token
-from tabby_fleet.fleet.settings import Entry, FleetSettings, Team
+from fleet.errors import FleetError
+from fleet.routing import RoutingTable, hash_token
+from fleet.settings import Entry, FleetSettings, Team
 
 ENTRIES = (
     Entry(name="small", model="TabbyML/StarCoder-1B", aliases=("starcoder-1b",)),

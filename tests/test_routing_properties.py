@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tabby_fleet.fleet.errors import FleetError
-from tabby_fleet.fleet.routing import Route, RoutingTable, hash_token
-from tabby_fleet.fleet.settings import Entry, FleetSettings, Team
+from fleet.errors import FleetError
+from fleet.routing import Route, RoutingTable, hash_token
+from fleet.settings import Entry, FleetSettings, Team
 
 TOKEN = "tft_property-token"
 ENTRIES = (

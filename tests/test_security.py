@@ -11,9 +11,9 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from tabby_fleet.fleet.errors import FleetError
-from tabby_fleet.fleet.settings import FleetSettings
-from tabby_fleet.router.admin import AdminAuth
+from fleet.errors import FleetError
+from fleet.settings import FleetSettings
+from router.admin import AdminAuth
 
 from .fleetproc import COMPLETION, RunningFleet, run_fleet
 

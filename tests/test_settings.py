@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tabby_fleet.fleet.settings import PACKAGED_EXAMPLE, SettingsError, load_settings, resolve_config_path
+from fleet.settings import PACKAGED_EXAMPLE, SettingsError, load_settings, resolve_config_path
 
 HASH = hashlib.sha256(b"secret").hexdigest()
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tabby_fleet.router.backends import Upstream
-from tabby_fleet.router.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
+from router.backends import Upstream
+from router.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Backend"], Awaitable[None]]
 
@@ -278,8 +278,8 @@ def test_idle_connection_closed_by_backend_is_not_used_again() -> None:
 
 
 def test_url_entries_keep_their_first_byte_timeout() -> None:
-    from tabby_fleet.fleet.settings import FleetSettings
-    from tabby_fleet.router.backends import StaticBackends
+    from fleet.settings import FleetSettings
+    from router.backends import StaticBackends
 
     settings = FleetSettings(
         entries=[{"name": "box", "model": "m", "url": "http://gpu-box:8080/", "first_byte_timeout": 7}]

@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from .backends import Upstream
+from router.backends import Upstream
 
 MAX_REDIRECTS = 5  # Modal 303s a web request every 150 s; five hops outlast any IDE's patience
 # aiohttp adds these unless told not to; a proxy forwards the client's own or none.

@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from ..fleet.errors import FleetError
-from ..fleet.settings import Entry, FleetSettings
-from ..router.backends import StaticBackends, Upstream
-from .tabby_cmd import standin_argv, tabby_env, tabby_serve_argv
+from apps.tabby_cmd import standin_argv, tabby_env, tabby_serve_argv
+from fleet.errors import FleetError
+from fleet.settings import Entry, FleetSettings
+from router.backends import StaticBackends, Upstream
 
 log = logging.getLogger("tabby_fleet.local")
 

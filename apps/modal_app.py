@@ -1,6 +1,6 @@
 """The fleet on Modal: one GPU class per entry and the router beside them, all from FleetSettings.
 
-This module declares; :mod:`tabby_fleet.apps.modal_deploy` is what ``fleet deploy`` hands to
+This module declares; :mod:`apps.modal_deploy` is what ``fleet deploy`` hands to
 ``modal deploy -m``. Per entry it declares:
 
 - a class named after the entry (``small`` -> ``TabbySmall``), a module-level global so the container
@@ -30,8 +30,8 @@ from typing import Any
 
 import modal
 
-from ..fleet.settings import Entry, FleetSettings, load_settings
-from .tabby_cmd import IMAGE_TABBY_BIN, tabby_download_argv, tabby_env, tabby_serve_argv
+from apps.tabby_cmd import IMAGE_TABBY_BIN, tabby_download_argv, tabby_env, tabby_serve_argv
+from fleet.settings import Entry, FleetSettings, load_settings
 
 TABBY_PORT = 8080  # where tabby serve listens inside its container
 DATA_MOUNT = "/data"  # the shared Volume; each entry's TABBY_ROOT is DATA_MOUNT/<entry>
@@ -49,7 +49,9 @@ ROUTER_TIMEOUT = 600  # seconds one router request may run; Modal answers web re
 # are only re-declared, never built, so a package missing there is simply left unpinned.)
 SETTINGS_PACKAGES = ("pydantic", "pydantic-settings")
 ROUTER_PACKAGES = (*SETTINGS_PACKAGES, "aiohttp", "fastapi", "prometheus-client")
-# Package files the containers need: the code, and its data (the router's copy of Tabby's OpenAPI).
+# This project's packages, shipped to every container, and the files of them they need: the code,
+# and its data (the router's copy of Tabby's OpenAPI, the example settings).
+FLEET_PACKAGES = ("fleet", "apps", "router")
 PACKAGE_FILES = ~modal.FilePatternMatcher("**/*.py", "**/*.json", "**/*.toml")
 
 
@@ -80,7 +82,7 @@ def tabby_image(settings: FleetSettings, entry: Entry) -> modal.Image:
         .env({"TABBY_MODEL_CACHE_ROOT": MODEL_CACHE, "TABBY_DISABLE_USAGE_COLLECTION": "1"})
         .run_commands(*(" ".join(tabby_download_argv(model)) for model in models))
         .pip_install(*pinned(SETTINGS_PACKAGES))
-        .add_local_python_source("tabby_fleet", ignore=PACKAGE_FILES)
+        .add_local_python_source(*FLEET_PACKAGES, ignore=PACKAGE_FILES)
     )
 
 
@@ -88,7 +90,7 @@ def router_image() -> modal.Image:
     return (
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
         .pip_install(*pinned(ROUTER_PACKAGES))
-        .add_local_python_source("tabby_fleet", ignore=PACKAGE_FILES)
+        .add_local_python_source(*FLEET_PACKAGES, ignore=PACKAGE_FILES)
     )
 
 
@@ -146,8 +148,8 @@ def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> Fleet
         classes[entry.name] = deployed
 
     def router() -> Any:
-        from ..router.app import create_app
-        from .modal_backends import ModalBackends
+        from apps.modal_backends import ModalBackends
+        from router.app import create_app
 
         fleet = current_settings()
         return create_app(fleet, ModalBackends(fleet))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import time
 
-from ..fleet.errors import FleetError
-from ..fleet.settings import Team
+from fleet.errors import FleetError
+from fleet.settings import Team
 
 
 class TeamLimiter:

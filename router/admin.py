@@ -13,8 +13,8 @@ import ipaddress
 
 from fastapi import Request
 
-from ..fleet.errors import FleetError
-from ..fleet.settings import FleetSettings
+from fleet.errors import FleetError
+from fleet.settings import FleetSettings
 
 
 class AdminAuth:

@@ -1,6 +1,6 @@
 """The streaming proxy: a raw ASGI handler for Tabby's API paths.
 
-For each request: check the request head's limits, route it (pure, :mod:`tabby_fleet.fleet.routing`),
+For each request: check the request head's limits, route it (pure, :mod:`fleet.routing`),
 read its body (bounded), take the team's and the entry's slots, lease the entry's backend, forward
 method, path, query, body and end-to-end headers with the :class:`UpstreamClient` (aiohttp), and
 stream the answer back chunk by chunk (SSE event by event). When the client disconnects, the
@@ -24,15 +24,15 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..fleet.errors import FleetError
-from ..fleet.routing import Route, RoutingTable, has_dot_segments
-from ..fleet.settings import FleetSettings
-from .admin import AdminAuth
-from .backends import Backends
-from .gate import EntryGate, GateLimits
-from .observe import CLIENT_LEFT, REQUEST_ID, Observer, RequestRecord, new_request_id
-from .team_limits import TeamLimiter
-from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
+from fleet.errors import FleetError
+from fleet.routing import Route, RoutingTable, has_dot_segments
+from fleet.settings import FleetSettings
+from router.admin import AdminAuth
+from router.backends import Backends
+from router.gate import EntryGate, GateLimits
+from router.observe import CLIENT_LEFT, REQUEST_ID, Observer, RequestRecord, new_request_id
+from router.team_limits import TeamLimiter
+from router.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger("tabby_fleet.proxy")
 

@@ -25,16 +25,16 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from .. import __version__
-from ..fleet.errors import FleetError
-from ..fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX
-from ..fleet.settings import FleetSettings, SettingsError
-from .backends import Backends
-from .observe import Observer
-from .openapi import fleet_openapi
-from .proxy import Proxy, ProxyState, RequestAborted
+from fleet import __version__
+from fleet.errors import FleetError
+from fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX
+from fleet.settings import FleetSettings, SettingsError
+from router.backends import Backends
+from router.observe import Observer
+from router.openapi import fleet_openapi
+from router.proxy import Proxy, ProxyState, RequestAborted
 
-log = logging.getLogger("tabby_fleet.router")
+log = logging.getLogger("router")
 
 PROXIED_PREFIXES = (*TABBY_API_PREFIXES, TEAM_PREFIX, MODEL_PREFIX)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..fleet.settings import Entry
+from fleet.settings import Entry
 
 # Tabby's Docker image keeps its binary here; the Modal image uses it.
 IMAGE_TABBY_BIN = "/opt/tabby/bin/tabby"
@@ -39,7 +39,7 @@ def tabby_env(root: Path | str) -> dict[str, str]:
 
 def standin_argv(entry: Entry, *, port: int, host: str = "127.0.0.1") -> list[str]:
     """The built-in stand-in, for machines without a tabby binary (and for tests)."""
-    argv = [sys.executable, "-m", "tabby_fleet.apps.standin", "--model", entry.model]
+    argv = [sys.executable, "-m", "apps.standin", "--model", entry.model]
     if entry.chat_model:
         argv += ["--chat-model", entry.chat_model]
     options = entry.standin

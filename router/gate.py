@@ -15,7 +15,7 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass
 
-from ..fleet.errors import FleetError
+from fleet.errors import FleetError
 
 RETRY_AFTER_SECONDS = 1  # a slot frees as soon as one completion ends: completions take ~100 ms
 

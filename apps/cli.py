@@ -9,9 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .fleet.errors import FleetError
-from .fleet.routing import RoutingTable, hash_token
-from .fleet.settings import FleetSettings, SettingsError, load_settings, resolve_config_path
+from fleet.errors import FleetError
+from fleet.routing import RoutingTable, hash_token
+from fleet.settings import FleetSettings, SettingsError, load_settings, resolve_config_path
 
 TOKEN_PREFIX = "tft_"  # makes a leaked token easy to recognise (and to grep for) as a fleet token
 ADMIN_TOKEN_PREFIX = "tfa_"
@@ -90,7 +90,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     print(plan_table(settings))
     if not args.local_only:
-        from .apps.modal_plan import modal_plan
+        from apps.modal_plan import modal_plan
 
         print()
         print(modal_plan(settings))
@@ -105,7 +105,7 @@ def cmd_modal(args: argparse.Namespace) -> int:
     source = resolve_config_path(args.config).resolve()
     load_settings(source)
     extra = [a for a in args.modal_args if a != "--"]
-    argv = [sys.executable, "-m", "modal", args.verb, *extra, "-m", "tabby_fleet.apps.modal_deploy"]
+    argv = [sys.executable, "-m", "modal", args.verb, *extra, "-m", "apps.modal_deploy"]
     print(f"fleet: {' '.join(argv[2:])}  (settings: {source})", flush=True)
     return subprocess.call(argv, env={**os.environ, "FLEET_CONFIG": str(source)})
 
@@ -161,8 +161,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .apps.local import LocalBackends
-    from .router.app import create_app
+    from apps.local import LocalBackends
+    from router.app import create_app
 
     settings = load_settings(args.config)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")

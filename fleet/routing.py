@@ -15,8 +15,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from .errors import FleetError
-from .settings import FleetSettings, Team
+from fleet.errors import FleetError
+from fleet.settings import FleetSettings, Team
 
 TABBY_API_PREFIXES = ("/v1/", "/v1beta/")
 TEAM_PREFIX = "/teams/"

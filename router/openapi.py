@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ..fleet.routing import MODEL_PREFIX, TEAM_PREFIX
+from fleet.routing import MODEL_PREFIX, TEAM_PREFIX
 
 ROUTING_HEADERS = [
     {"name": "X-Tabby-Team", "in": "header", "required": False, "schema": {"type": "string"},
@@ -42,7 +42,7 @@ ROUTER_ANSWERS = {
 
 
 def tabby_api() -> dict[str, Any]:
-    text = resources.files("tabby_fleet.router").joinpath("tabby_openapi.json").read_text(encoding="utf-8")
+    text = resources.files("router").joinpath("tabby_openapi.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

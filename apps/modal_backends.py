@@ -22,9 +22,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ..fleet.errors import FleetError
-from ..fleet.settings import Entry, FleetSettings
-from ..router.backends import StaticBackends, Upstream
+from fleet.errors import FleetError
+from fleet.settings import Entry, FleetSettings
+from router.backends import StaticBackends, Upstream
 
 log = logging.getLogger("tabby_fleet.modal")
 

@@ -37,7 +37,7 @@ MAX_GPUS_PER_CONTAINER = 8  # Modal's limit (A10: 4)
 # Modal's own bounds for scaledown_window, enforced by its client at decoration time.
 SCALEDOWN_MIN, SCALEDOWN_MAX = 2, 3600
 
-PACKAGED_EXAMPLE = Path(__file__).resolve().parent.parent / "fleet.example.toml"
+PACKAGED_EXAMPLE = Path(__file__).resolve().parent / "fleet.example.toml"
 
 _config_path: ContextVar[Path | None] = ContextVar("fleet_config_path", default=None)
 

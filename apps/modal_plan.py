@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ..fleet.settings import FleetSettings
-from .modal_app import DATA_MOUNT, build_fleet_app
-from .modal_inspect import describe_app
+from apps.modal_app import DATA_MOUNT, build_fleet_app
+from apps.modal_inspect import describe_app
+from fleet.settings import FleetSettings
 
 
 def modal_plan(settings: FleetSettings) -> str:
-    fleet = build_fleet_app(settings, {"__name__": "tabby_fleet.apps.modal_deploy"})
+    fleet = build_fleet_app(settings, {"__name__": "apps.modal_deploy"})
     declared = describe_app(fleet.app)
     options = settings.modal
     lines = [

@@ -1,3 +1,0 @@
-"""tabby-fleet: many Tabby servers, one router."""
-
-__version__ = "0.1.0"
