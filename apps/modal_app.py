@@ -9,8 +9,10 @@ This module declares; :mod:`apps.modal_deploy` is what ``fleet deploy`` hands to
   downloaded at build time into ``/models`` (outside the Volume mount, so a cold start downloads
   nothing);
 - its GPU, idle window, container limits and concurrency, from the entry's settings;
-- ``tabby serve --no-webserver`` as a ``web_server`` behind Modal proxy auth, with
-  ``TABBY_ROOT=/data/<entry>`` on the one shared Volume.
+- ``tabby serve --no-webserver`` as a ``web_server`` behind Modal proxy auth, supervised (the
+  container ends when Tabby does), with ``TABBY_ROOT=/data/<entry>/<container's task id>`` on the
+  one shared Volume (one root per container: Tabby's event log is appended, and on a Volume the
+  last commit of a file wins).
 
 The router is an ``asgi_app`` function in the same app. It finds each class's URL at start-up and
 holds the proxy token (a Modal Secret) that the classes require.
@@ -22,19 +24,19 @@ container builds exactly the fleet that was deployed.
 
 from __future__ import annotations
 
+import json
 import os
-import subprocess
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import modal
 
-from apps.tabby_cmd import IMAGE_TABBY_BIN, tabby_download_argv, tabby_env, tabby_serve_argv
+from apps.tabby_cmd import IMAGE_TABBY_BIN, container_root, supervise, tabby_download_argv, tabby_env, tabby_serve_argv
 from fleet.settings import Entry, FleetSettings, load_settings
 
 TABBY_PORT = 8080  # where tabby serve listens inside its container
-DATA_MOUNT = "/data"  # the shared Volume; each entry's TABBY_ROOT is DATA_MOUNT/<entry>
+DATA_MOUNT = "/data"  # the shared Volume; each container's TABBY_ROOT is DATA_MOUNT/<entry>/<task id>
 MODEL_CACHE = "/models"  # baked model weights, outside the Volume mount so it cannot hide them
 PYTHON_VERSION = "3.11"
 FROZEN_SETTINGS_ENV = "TABBY_FLEET_SETTINGS_JSON"
@@ -73,17 +75,44 @@ def current_settings() -> FleetSettings:
     return load_settings()
 
 
-def tabby_image(settings: FleetSettings, entry: Entry) -> modal.Image:
-    """Tabby's image with Python, no entrypoint, and this entry's models baked in."""
-    models = [entry.model, *([entry.chat_model] if entry.chat_model else []), EMBEDDING_MODEL]
+def tabby_base_image(settings: FleetSettings) -> modal.Image:
+    """The layers every entry shares, built and stored once: Tabby's image with Python, no
+    entrypoint, the embedding model every Tabby 0.32 loads, and the settings packages."""
     return (
         modal.Image.from_registry(settings.modal.tabby_image, add_python=PYTHON_VERSION)
         .dockerfile_commands("ENTRYPOINT []")
         .env({"TABBY_MODEL_CACHE_ROOT": MODEL_CACHE, "TABBY_DISABLE_USAGE_COLLECTION": "1"})
-        .run_commands(*(" ".join(tabby_download_argv(model)) for model in models))
+        .run_commands(" ".join(tabby_download_argv(EMBEDDING_MODEL)))
         .pip_install(*pinned(SETTINGS_PACKAGES))
+    )
+
+
+def tabby_image(settings: FleetSettings, entry: Entry) -> modal.Image:
+    """The shared layers, then this entry's own models baked in."""
+    models = [entry.model, *([entry.chat_model] if entry.chat_model else [])]
+    return (
+        tabby_base_image(settings)
+        .run_commands(*(" ".join(tabby_download_argv(model)) for model in models))
         .add_local_python_source(*FLEET_PACKAGES, ignore=PACKAGE_FILES)
     )
+
+
+# What a GPU container's frozen settings keep of the modal options: what names the app and builds
+# its image and volume. The router_* options stay out, so changing them replaces no GPU container.
+GPU_MODAL_OPTIONS = frozenset({"app_name", "volume", "tabby_image", "proxy_auth_secret"})
+
+
+def entry_settings_json(settings: FleetSettings, entry: Entry) -> str:
+    """The frozen settings of one entry's containers: that entry and the image and volume options.
+
+    A class's definition then depends on nothing else: a change to a team, a router option or
+    another entry leaves its (slow to start) containers alone.
+    """
+    frozen = {
+        "entries": [entry.model_dump(mode="json")],
+        "modal": settings.modal.model_dump(mode="json", include=set(GPU_MODAL_OPTIONS)),
+    }
+    return json.dumps(frozen, sort_keys=True)
 
 
 def router_image() -> modal.Image:
@@ -117,14 +146,14 @@ def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> Fleet
     # The router gets every setting. The GPU classes only need what names and shapes them, so a
     # change to teams or router options does not replace their (slow to start) containers.
     frozen_all = {FROZEN_SETTINGS_ENV: settings.model_dump_json()}
-    frozen_entries = {FROZEN_SETTINGS_ENV: settings.model_dump_json(include={"entries", "modal"})}
     proxy_auth = modal.Secret.from_name(settings.modal.proxy_auth_secret)
     classes = {}
     user_classes = {}
     for entry in settings.entries:
         if entry.url is not None:
             continue  # an external Tabby server: nothing to deploy
-        user_cls = user_classes[entry.name] = _tabby_class(entry, module)
+        frozen_entry = entry_settings_json(settings, entry)
+        user_cls = user_classes[entry.name] = _tabby_class(entry, module, frozen_entry)
         concurrency = {"max_inputs": entry.max_inputs}
         if entry.target_inputs is not None:
             concurrency["target_inputs"] = entry.target_inputs
@@ -141,7 +170,7 @@ def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> Fleet
             timeout=entry.timeout,
             startup_timeout=entry.startup_timeout,
             volumes={DATA_MOUNT: volume},
-            env=frozen_entries,
+            env={FROZEN_SETTINGS_ENV: frozen_entry},
             **options,
         )(user_cls)
         namespace[entry.class_name] = deployed
@@ -171,16 +200,19 @@ def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> Fleet
     return FleetApp(app, classes, user_classes, router_function, volume)
 
 
-def _tabby_class(entry: Entry, module: str) -> type:
+def _tabby_class(entry: Entry, module: str, frozen_settings: str) -> type:
     """A plain class for one entry, with its own web_server (each needs its own startup_timeout)."""
     argv = tabby_serve_argv(
         entry, binary=IMAGE_TABBY_BIN, port=TABBY_PORT, device="cuda", parallelism=entry.decoding_slots
     )
-    environment = tabby_env(f"{DATA_MOUNT}/{entry.name}") | {"TABBY_MODEL_CACHE_ROOT": MODEL_CACHE}
+    environment = {"TABBY_DISABLE_USAGE_COLLECTION": "1", "TABBY_MODEL_CACHE_ROOT": MODEL_CACHE}
 
     def serve(self: Any) -> None:
-        # Tabby opens its port only once the model is loaded; Modal waits for the port.
-        subprocess.Popen(argv, env={**os.environ, **environment})
+        root = container_root(DATA_MOUNT, entry, os.environ.get("MODAL_TASK_ID"))
+        os.makedirs(root, exist_ok=True)
+        # Tabby opens its port only once the model is loaded; Modal waits for the port. If Tabby
+        # exits first, the watchdog ends the container so that Modal replaces it at once.
+        supervise(argv, {**os.environ, **environment, **tabby_env(root)}, name=f"entry {entry.name!r}")
 
     serve.__qualname__ = f"{entry.class_name}.serve"
     serve.__module__ = module
@@ -188,8 +220,10 @@ def _tabby_class(entry: Entry, module: str) -> type:
         "__module__": module,
         "__doc__": f"Tabby serving {entry.model} for fleet entry {entry.name!r}.",
         "ENTRY": entry.name,
-        "SERVE_ARGV": tuple(argv),  # what the container runs, kept visible for `fleet plan` and tests
+        # What the container runs and is given, kept visible for `fleet plan` and the tests.
+        "SERVE_ARGV": tuple(argv),
         "SERVE_ENV": dict(environment),
+        "FROZEN_SETTINGS": frozen_settings,
         "serve": modal.web_server(TABBY_PORT, startup_timeout=entry.startup_timeout, requires_proxy_auth=True)(serve),
     }
     return type(entry.class_name, (), attributes)

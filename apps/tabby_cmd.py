@@ -1,12 +1,18 @@
-"""The one place that knows how to start a Tabby server: its argv and its environment.
+"""The one place that knows how to start a Tabby server: its argv, its environment, its root folder,
+and (on Modal) how to supervise it.
 
 Shared by the local runtime (``--device cpu``, loopback) and the Modal app (``--device cuda``).
-Facts: shared/reference/tabby-protocol.md section 5 (CLI flags, environment, TABBY_ROOT layout).
+Facts: shared/reference/tabby-protocol.md sections 5 and 9 (CLI flags, environment, TABBY_ROOT).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import threading
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from fleet.settings import Entry
@@ -47,3 +53,40 @@ def standin_argv(entry: Entry, *, port: int, host: str = "127.0.0.1") -> list[st
     argv += ["--start-delay", str(options.start_delay), "--chunk-delay", str(options.chunk_delay)]
     argv += ["--completion-delay", str(options.completion_delay)]
     return argv
+
+
+def container_root(data_mount: str, entry: Entry, task_id: str | None) -> str:
+    """One TABBY_ROOT per container, below the entry's folder: ``/data/<entry>/<task id>``.
+
+    Tabby appends its event log to ``TABBY_ROOT/events/<date>.json``; on a Modal Volume the last
+    commit of a file wins, so two containers sharing one root would lose each other's events.
+    """
+    return f"{data_mount}/{entry.name}/{task_id or 'no-task-id'}"
+
+
+LAST_LINES = 40  # lines of Tabby's output kept to explain an exit
+
+
+def supervise(
+    argv: list[str], env: dict[str, str], *, name: str, on_exit: Callable[[int], None] = os._exit
+) -> subprocess.Popen[bytes]:
+    """Start Tabby and watch it: its output passes through, and when it exits, its exit code and
+    last lines are printed and ``on_exit(1)`` ends this process (on Modal: the container, which Modal
+    then replaces, instead of waiting up to startup_timeout for a port that will never open)."""
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def watch() -> None:
+        last: deque[str] = deque(maxlen=LAST_LINES)
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            last.append(line)
+            print(line, flush=True)
+        code = process.wait()
+        tail = "\n".join(f"  | {line}" for line in last) or "  | (no output)"
+        print(f"tabby-fleet: tabby serve for {name} exited with code {code}; its last lines:\n{tail}\n"
+              f"tabby-fleet: ending this container so that it is replaced", file=sys.stderr, flush=True)  # fmt: skip
+        on_exit(1)
+
+    threading.Thread(target=watch, name=f"tabby-watchdog-{name}", daemon=True).start()
+    return process

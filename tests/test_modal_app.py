@@ -13,7 +13,8 @@ import pytest
 
 from apps.modal_app import DATA_MOUNT, FROZEN_SETTINGS_ENV, build_fleet_app, current_settings
 from apps.modal_inspect import describe_app
-from fleet.settings import FleetSettings, load_settings
+from apps.tabby_cmd import container_root
+from fleet.settings import Entry, FleetSettings, load_settings
 
 THREE = """
 [modal]
@@ -104,12 +105,14 @@ def test_web_server_port_startup_and_proxy_auth(declared: tuple[Any, dict], cls:
     assert classes[cls]["web"] == {"serve": {"port": 8080, "startup_timeout": startup, "requires_proxy_auth": True}}
 
 
-def test_one_shared_volume_and_a_data_folder_per_entry(declared: tuple[Any, dict]) -> None:
+def test_one_shared_volume_and_a_data_folder_per_container(declared: tuple[Any, dict]) -> None:
     fleet, classes = declared
     for name in ("TabbySmall", "TabbyMedium", "TabbyLarge7b"):
         assert classes[name]["volumes"] == {DATA_MOUNT: "fleet-test-data"}
-    roots = {entry: cls.SERVE_ENV["TABBY_ROOT"] for entry, cls in fleet.user_classes.items()}
-    assert roots == {"small": "/data/small", "medium": "/data/medium", "large-7b": "/data/large-7b"}
+    small = Entry(name="small", model="TabbyML/StarCoder-1B")
+    assert container_root(DATA_MOUNT, small, "ta-01J") == "/data/small/ta-01J"  # Modal's MODAL_TASK_ID
+    assert container_root(DATA_MOUNT, small, None) == "/data/small/no-task-id"
+    assert all("TABBY_ROOT" not in cls.SERVE_ENV for cls in fleet.user_classes.values())  # set per container
     assert all(cls.SERVE_ENV["TABBY_MODEL_CACHE_ROOT"] == "/models" for cls in fleet.user_classes.values())
 
 
@@ -119,18 +122,45 @@ def test_images_bake_exactly_their_entry_models(declared: tuple[Any, dict]) -> N
     def downloads(cls: str) -> list[str]:
         return [c.split("--model ")[1] for c in classes[cls]["image"] if "tabby download" in c]
 
-    assert downloads("TabbySmall") == [
-        "TabbyML/StarCoder-1B",
-        "TabbyML/Qwen2-1.5B-Instruct",
-        "TabbyML/Nomic-Embed-Text",
-    ]
-    assert downloads("TabbyMedium") == ["TabbyML/StarCoder-3B", "TabbyML/Nomic-Embed-Text"]
-    assert downloads("TabbyLarge7b") == ["TabbyML/StarCoder-7B", "TabbyML/Nomic-Embed-Text"]
+    embedding = "TabbyML/Nomic-Embed-Text"
+    assert downloads("TabbySmall") == [embedding, "TabbyML/StarCoder-1B", "TabbyML/Qwen2-1.5B-Instruct"]
+    assert downloads("TabbyMedium") == [embedding, "TabbyML/StarCoder-3B"]
+    assert downloads("TabbyLarge7b") == [embedding, "TabbyML/StarCoder-7B"]
     image = classes["TabbySmall"]["image"]
     assert image.index("ENTRYPOINT []") < image.index("ENV TABBY_MODEL_CACHE_ROOT=/models")
     assert image.index("ENV TABBY_MODEL_CACHE_ROOT=/models") < next(
         i for i, c in enumerate(image) if "tabby download" in c
     )  # the weights land in /models, outside the /data mount
+
+
+def test_the_embedding_model_is_in_layers_every_entry_shares(declared: tuple[Any, dict]) -> None:
+    """Modal builds and stores a layer once for every image that has the same layers before it."""
+    _, classes = declared
+    images = [classes[name]["image"] for name in ("TabbySmall", "TabbyMedium", "TabbyLarge7b")]
+    shared = 0
+    while all(len(image) > shared for image in images) and len({image[shared] for image in images}) == 1:
+        shared += 1
+    common = images[0][:shared]
+    assert any("download --model TabbyML/Nomic-Embed-Text" in c for c in common)
+    assert any("pip install" in c for c in common)
+    assert not any("StarCoder" in c for c in common)
+
+
+def test_a_gpu_class_depends_only_on_its_entry_and_the_image_settings(tmp_path: Path) -> None:
+    """Changing a router option, a team or another entry must not redefine (and so restart) a GPU class."""
+    changed = THREE.replace("router_max_inputs = 300", "router_max_inputs = 50\nrouter_max_containers = 2")
+    changed = changed.replace('model = "TabbyML/StarCoder-3B"', 'model = "TabbyML/StarCoder-3B"\naliases = ["m"]')
+    changed += '\n[router]\nread_timeout = 60\n\n[[teams]]\nname = "web"\nentry = "small"\n'
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    before_fleet, before = build(settings_from(tmp_path / "a", THREE))
+    after_fleet, after = build(settings_from(tmp_path / "b", changed))
+    for entry, name in (("small", "TabbySmall"), ("large-7b", "TabbyLarge7b")):
+        assert after[name] == before[name], name
+        assert after_fleet.user_classes[entry].FROZEN_SETTINGS == before_fleet.user_classes[entry].FROZEN_SETTINGS
+    assert after_fleet.user_classes["medium"].FROZEN_SETTINGS != before_fleet.user_classes["medium"].FROZEN_SETTINGS
+    frozen = json.loads(before_fleet.user_classes["small"].FROZEN_SETTINGS)
+    assert [e["name"] for e in frozen["entries"]] == ["small"] and "teams" not in frozen
+    assert not any(key.startswith("router") for key in frozen["modal"])
 
 
 def test_serve_command(declared: tuple[Any, dict]) -> None:
