@@ -203,3 +203,50 @@ def rude_backend(handler: Handler, ssl_context: ssl.SSLContext | None = None) ->
         yield backend
     finally:
         backend.stop()
+
+
+# --- appended for tests/test_upstream_attacks.py ----------------------------------------------------
+
+
+async def read_body(reader: asyncio.StreamReader, request: Request) -> bytes:
+    """Read ``request``'s body (Content-Length or chunked) from ``reader``: for :class:`LazyBodyBackend` handlers."""
+    return await _read_body(reader, request)
+
+
+class LazyBodyBackend(RudeBackend):
+    """A :class:`RudeBackend` that calls the handler as soon as a request's head is here, its body unread
+    (``request.body`` stays b""). The handler reads the body with :func:`read_body` (late, or never:
+    an answer before the body, a backend whose receive window fills), else the connection is out of step.
+    Expect: 100-continue is answered as :class:`RudeBackend` does."""
+
+    async def _read_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
+    ) -> Request | None:
+        async with asyncio.timeout(IDLE_SECONDS):
+            try:
+                raw = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                if not exc.partial:
+                    return None
+                raise
+        lines = raw.decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        pairs = (line.split(":", 1) for line in lines[1:] if line)
+        headers = [(name.strip().lower(), value.strip()) for name, value in pairs]
+        request = Request(method, target, headers, conn.id, conn.requests)
+        conn.requests += 1
+        self.requests.append(request)
+        if (request.header("expect") or "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return request
+
+
+@contextlib.contextmanager
+def lazy_body_backend(handler: Handler) -> Iterator[LazyBodyBackend]:
+    """Run a :class:`LazyBodyBackend` on a free loopback port until the block ends."""
+    backend = LazyBodyBackend(handler)
+    backend.start()
+    try:
+        yield backend
+    finally:
+        backend.stop()
