@@ -35,7 +35,7 @@ def modal_plan(settings: FleetSettings) -> str:
             f"{'required' if web['requires_proxy_auth'] else 'OFF'}",
             f"    image downloads at build: {', '.join(downloads)}",
             f"    runs: {' '.join(fleet.user_classes[entry.name].SERVE_ARGV)}",  # type: ignore[attr-defined]
-            f"    TABBY_ROOT={fleet.user_classes[entry.name].SERVE_ENV['TABBY_ROOT']} "  # type: ignore[attr-defined]
+            f"    TABBY_ROOT={DATA_MOUNT}/{entry.name}/<container's task id> (one per container) "
             f"on volume {', '.join(sorted(set(cls['volumes'].values())))}",
         ]
     router = declared["router"]
@@ -44,5 +44,18 @@ def modal_plan(settings: FleetSettings) -> str:
         f"  function router (asgi_app, label {label}): containers "
         f"{router['min_containers']}..{router['max_containers']}, max_inputs={router['max_inputs']}, "
         f"secret {options.proxy_auth_secret!r}",
+        f"  fleet deploy / serve: {deploy_readiness(settings)}",
     ]
     return "\n".join(lines)
+
+
+def deploy_readiness(settings: FleetSettings) -> str:
+    """What `fleet deploy` will ask for before it exposes this fleet (apps/cli.py deploy_refusals)."""
+    needs = []
+    if settings.auth_mode == "open":
+        needs.append("--public (the fleet is open: no team tokens)")
+    if not settings.router.admin_token_digests:
+        needs.append("--no-admin (no admin token: /metrics and /fleet/* would answer nobody)")
+    if needs:
+        return "refused unless given " + " and ".join(needs)
+    return "ready (team tokens and an admin token are set)"

@@ -94,8 +94,8 @@ def router(
     digest = hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()
     lines = []
     for name, backend in backends.items():
-        lines += ["[[entries]]", f'name = "{name}"', f'model = "bench/{name}"', f'url = "{backend.url}"',
-                  "max_containers = 64", "max_inputs = 64", ""]  # fmt: skip
+        lines += ["[[entries]]", f'name = "{name}"', f'model = "bench/{name}"', f'chat_model = "bench/chat-{name}"',
+                  f'url = "{backend.url}"', "max_containers = 64", "max_inputs = 64", ""]  # fmt: skip
     if local_entry:  # a stand-in the router starts itself, for the cold-start probe
         lines += ["[[entries]]", 'name = "cold"', 'model = "bench/cold"', ""]
     lines += ["[[teams]]", 'name = "bench"', f'token_sha256 = ["{digest}"]', ""]

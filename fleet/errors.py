@@ -2,6 +2,11 @@
 
 ``{"error": {"code": "...", "message": "...", "choices": [...]}}``: ``code`` is stable and
 machine-readable, ``message`` is advice for a person, ``choices`` lists valid values where that helps.
+docs/ERRORS.md has every code with what the IDE shows for it.
+
+``team`` and ``entry`` are context for the router's logs and metrics, never sent: the team the refusal
+identified (a name from the settings, never the client's unchecked words) and, where one was named
+and exists, the entry.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ class FleetError(Exception):
         message: str,
         choices: tuple[str, ...] | list[str] = (),
         retry_after: int | None = None,
+        *,
+        team: str | None = None,
+        entry: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -26,6 +34,8 @@ class FleetError(Exception):
         self.message = message
         self.choices = tuple(choices)
         self.retry_after = retry_after
+        self.team = team
+        self.entry = entry
 
     def payload(self) -> dict[str, object]:
         error: dict[str, object] = {"code": self.code, "message": self.message}

@@ -6,7 +6,10 @@ raw path (which may start with ``/teams/<team>/`` and/or ``/models/<entry>/``). 
 load, by :class:`RoutingTable`.
 
 Team: the token's team (sha256 match) when any team has tokens, else the team header or path.
-Entry: model header > model path > the team's entry > ``router.default_entry``.
+Entry: model header > model path > (for chat) the team's chat entry > the team's entry >
+``router.default_entry``.
+
+:meth:`RoutingTable.whoami` explains the same decision to a developer (``GET /fleet/whoami``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from fleet.errors import FleetError
-from fleet.settings import FleetSettings, Team
+from fleet.settings import (
+    CHAT_FROM_CHAT_ENTRY,
+    CHAT_FROM_ENTRY,
+    CHAT_FROM_FIRST_ALLOWED,
+    FleetSettings,
+    Team,
+    resolve_chat_entry,
+)
 
 TABBY_API_PREFIXES = ("/v1/", "/v1beta/")
 TEAM_PREFIX = "/teams/"
@@ -29,20 +40,42 @@ TEAM_TOKEN = "team-token"
 TEAM_HEADER = "team-header"
 TEAM_PATH = "team-path"
 DEFAULT_ENTRY = "default-entry"
+CHAT_ENTRY = "chat-entry"  # a chat path: the team's chat entry (resolve_chat_entry)
+EXPLICIT = (MODEL_HEADER, MODEL_PATH)
 
+# What a Tabby path asks for, where the router treats it differently (Route.kind; None for the rest).
+HEALTH = "health"  # the IDE's connection check: no gate slot, no team limit; chat_model advertised
+SERVER_SETTING = "server-setting"  # fetched on connect: no gate slot, no team limit
+CHAT = "chat"  # to the team's chat entry; refused (501) where there is no chat model
+PATH_KINDS = {
+    "/v1/health": HEALTH,
+    "/v1beta/server_setting": SERVER_SETTING,
+    "/v1/chat/completions": CHAT,
+    "/v1beta/chat/completions": CHAT,
+}
+WHOAMI_PATH = "/fleet/whoami"  # also under the routing prefixes: <endpoint>/fleet/whoami
 PATH_HELP = "/v1/..., /teams/<team>/v1/..., /models/<entry>/v1/... or /teams/<team>/models/<entry>/v1/..."
+WHOAMI_HINT = "GET <your endpoint>/fleet/whoami (with your token) shows what your requests select"
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):  # a tuple: built per request, and a frozen dataclass costs 3x as much to build
     entry: str
     team: str | None
     reason: str
     upstream_path: str  # the raw path with the routing prefixes removed, query not included
+    kind: str | None = None  # HEALTH, SERVER_SETTING, CHAT or None (PATH_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
-class _PathParts:
+class ChatAdvert:
+    """What a health answer should say about chat, when the team's chat entry is not the entry that
+    answers health: the chat entry's model (the IDE enables chat only when health names one)."""
+
+    chat_model: str
+    entry: str
+
+
+class _PathParts(NamedTuple):
     team: str | None
     model: str | None
     rest: str
@@ -57,9 +90,9 @@ class RoutingTable:
         # A fleet of one entry needs no default_entry: that entry is the only possible answer.
         only = self.entry_names[0] if len(self.entry_names) == 1 else None
         self.default_entry = settings.router.default_entry or only
-        self.tokens_required = settings.any_team_has_tokens
+        self.tokens_required = settings.auth_mode == "tokens"
         self._token_teams: tuple[tuple[bytes, str], ...] = tuple(
-            (bytes.fromhex(digest), team.name) for team in settings.teams for digest in team.token_sha256
+            (bytes.fromhex(digest), team.name) for team in settings.teams for digest in team.token_digests
         )
         # X-Tabby-Model accepts an entry's name, one of its aliases, or its model id.
         selectors: dict[str, str] = {}
@@ -75,6 +108,18 @@ class RoutingTable:
                 selectors[alias] = entry.name
             selectors[entry.name] = entry.name
         self._selectors = selectors
+        self.entry_models = {entry.name: entry.model for entry in settings.entries}
+        self.chat_models = {entry.name: entry.chat_model for entry in settings.entries if entry.chat_model}
+        # Chat and health per team (None: requests without a team), decided once.
+        self._chat: dict[str | None, tuple[str | None, str]] = {
+            key: resolve_chat_entry(settings, self.teams[key] if key else None) for key in (None, *self.teams)
+        }
+        self._adverts: dict[str | None, ChatAdvert] = {}
+        for key, (chat_entry, _) in self._chat.items():
+            team = self.teams[key] if key else None
+            entry = (team.entry if team else None) or self.default_entry
+            if chat_entry is not None and entry is not None and chat_entry != entry:
+                self._adverts[key] = ChatAdvert(self.chat_models[chat_entry], chat_entry)
 
     # -- the decision ---------------------------------------------------------------------------
 
@@ -88,12 +133,24 @@ class RoutingTable:
         parts = _split_path(path)
         token_team = self._authenticate(authorization)
         team, team_reason = self._team(token_team, _clean(team_header), parts.team)
+        try:
+            return self._route(parts, team, team_reason, _clean(model_header))
+        except FleetError as error:
+            if team is not None:
+                error.team = team.name  # for the router's log and metrics
+            raise
 
-        model_header = _clean(model_header)
+    def _route(self, parts: _PathParts, team: Team | None, team_reason: str, model_header: str | None) -> Route:
+        kind = PATH_KINDS.get(parts.rest)
         if model_header:
             entry, reason = self._select(model_header, team, "X-Tabby-Model header"), MODEL_HEADER
         elif parts.model:
             entry, reason = self._select(parts.model, team, "/models/<entry> path"), MODEL_PATH
+        elif kind is CHAT:
+            chat_entry = self._chat[team.name if team else None][0]
+            if chat_entry is None:
+                raise self._no_chat(team, None)
+            return Route(chat_entry, team.name if team else None, CHAT_ENTRY, parts.rest, kind)
         elif team is not None and team.entry is not None:
             entry, reason = team.entry, team_reason
         elif self.default_entry is not None:
@@ -103,17 +160,34 @@ class RoutingTable:
                 400,
                 "no-entry-selected",
                 "nothing selects a fleet entry for this request: send an X-Tabby-Model header, use a "
-                "/models/<entry>/ or /teams/<team>/ path prefix, or set router.default_entry",
+                "/models/<entry>/ or /teams/<team>/ path prefix, or ask your fleet admin to set "
+                "router.default_entry",
                 self._allowed(team),
             )
         if team is not None and team.allowed_entries and entry not in team.allowed_entries:
+            # 404, not 403: tabby-agent takes 401 and 403 for a bad token and asks for a new one
+            # (docs/ERRORS.md); the token is fine, the entry is the thing to fix.
             raise FleetError(
-                403,
+                404,
                 "entry-not-allowed",
-                f"team {team.name!r} may not use entry {entry!r}; use one of its allowed entries",
+                f"team {team.name!r} may not use entry {entry!r}; name one of its allowed entries in "
+                f"X-Tabby-Model or /models/<entry>/, or name none to use the team's own; {WHOAMI_HINT}",
                 team.allowed_entries,
+                entry=entry,
             )
-        return Route(entry, team.name if team else None, reason, parts.rest)
+        if kind is CHAT and entry not in self.chat_models:
+            raise self._no_chat(team, entry)
+        return Route(entry, team.name if team else None, reason, parts.rest, kind)
+
+    def health_advert(self, route: Route) -> ChatAdvert | None:
+        """For a health answer: the chat model to advertise when the route's chat goes elsewhere."""
+        if route.reason in EXPLICIT:
+            return None  # a named entry: its chat is its own, and its health says so
+        return self._adverts.get(route.team)
+
+    def chat_entry(self, team: str | None) -> tuple[str | None, str]:
+        """The team's chat entry and how it was chosen (fleet.settings.resolve_chat_entry)."""
+        return self._chat[team]
 
     # -- the steps --------------------------------------------------------------------------------
 
@@ -154,11 +228,13 @@ class RoutingTable:
         claimed = header_team or path_team
         if token_team is not None:
             if claimed and claimed != token_team:
+                # 404 like entry-not-allowed: a 401/403 would have the IDE ask for another token.
                 raise FleetError(
-                    403,
+                    404,
                     "team-mismatch",
                     f"your token belongs to team {token_team!r}, so it cannot act for team {claimed!r}; "
-                    f"drop the team header or path, or use that team's token",
+                    f"drop the team header or path (the token names the team), or use that team's token",
+                    team=token_team,
                 )
             return self.teams[token_team], TEAM_TOKEN
         if not claimed:
@@ -188,10 +264,75 @@ class RoutingTable:
             self._allowed(team),
         )
 
+    def _no_chat(self, team: Team | None, entry: str | None) -> FleetError:
+        usable = tuple(name for name in self.chat_models if name in self._allowed(team))
+        if entry is not None:
+            where = "X-Tabby-Model or /models/<entry>/"
+            advice = f"send chat to one that has ({where}: {', '.join(usable)})" if usable else (
+                "ask your fleet admin to set chat_model on an entry you may use"
+            )  # fmt: skip
+            message = f"entry {entry!r} has no chat model; {advice}"
+        else:
+            who = f"team {team.name!r}" if team is not None else "a request without a team"
+            message = (
+                f"{who} has no chat: no entry it may use has a chat model; ask your fleet admin to set "
+                f"chat_model on one of its entries (fleet check warns about this)"
+            )
+        return FleetError(501, "no-chat-model", message, usable, entry=entry)
+
     def _allowed(self, team: Team | None) -> tuple[str, ...]:
         if team is not None and team.allowed_entries:
             return team.allowed_entries
         return self.entry_names
+
+    # -- the explanation ----------------------------------------------------------------------------
+
+    def whoami(
+        self,
+        path: str,
+        authorization: str | None = None,
+        team_header: str | None = None,
+        model_header: str | None = None,
+    ) -> dict[str, Any]:
+        """What a developer's requests select, and why: ``path`` is ``[/teams/<t>][/models/<e>]/fleet/whoami``.
+
+        Refusals are the ones the proxy gives a completion with the same token, headers and prefixes.
+        Only the caller's own team is described.
+        """
+        prefix = path.removesuffix(WHOAMI_PATH)
+        if _split_path(prefix + "/v1/completions").rest != "/v1/completions":  # only routing prefixes before it
+            raise FleetError(404, "unknown-path", f"{path!r} is not served here; use <endpoint>{WHOAMI_PATH}")
+        route = self.route(prefix + "/v1/completions", authorization, team_header, model_header)
+        team = self.teams[route.team] if route.team else None
+        team_from = None
+        if team is not None:
+            team_from = TEAM_TOKEN if self.tokens_required else (TEAM_HEADER if _clean(team_header) else TEAM_PATH)
+        answer: dict[str, Any] = {
+            "team": route.team,
+            "team_from": team_from,
+            "entry": route.entry,
+            "model": self.entry_models[route.entry],
+            "entry_from": route.reason,
+            "allowed_entries": list(self._allowed(team)),
+            "allowed_from": "team" if team is not None and team.allowed_entries else "all-entries",
+        }
+        # Chat: named entry (header or path), else the team's chat entry; refused where there is none.
+        chat_from = route.reason if route.reason in EXPLICIT else self._chat[route.team][1]
+        try:
+            chat_entry: str | None = self.route(
+                prefix + "/v1/chat/completions", authorization, team_header, model_header
+            ).entry
+            chat_error = None
+        except FleetError as error:  # no-chat-model: everything else was checked by the route above
+            chat_entry, chat_error = None, error.payload()["error"]
+        answer |= {
+            "chat_entry": chat_entry,
+            "chat_model": self.chat_models.get(chat_entry) if chat_entry else None,
+            "chat_from": chat_from,
+            "chat_error": chat_error,
+        }
+        answer["explain"] = _explain(answer)
+        return answer
 
 
 def _split_path(path: str) -> _PathParts:
@@ -207,6 +348,48 @@ def _split_path(path: str) -> _PathParts:
     if has_dot_segments(rest):
         raise FleetError(400, "bad-path", f"{path!r} has dot segments or backslashes; send a normalised path")
     return _PathParts(team, model, rest)
+
+
+_TEAM_FROM = {
+    TEAM_TOKEN: "Your token belongs to team {team!r}",
+    TEAM_HEADER: "The X-Tabby-Team header names team {team!r}",
+    TEAM_PATH: "The /teams/{team}/ path names team {team!r}",
+}
+_ENTRY_FROM = {
+    MODEL_HEADER: "the X-Tabby-Model header names it",
+    MODEL_PATH: "the /models/<entry>/ path names it",
+    TEAM_TOKEN: "it is your team's entry",
+    TEAM_HEADER: "it is your team's entry",
+    TEAM_PATH: "it is your team's entry",
+    DEFAULT_ENTRY: "it is the fleet's default entry",
+}
+_CHAT_FROM = {
+    MODEL_HEADER: "the X-Tabby-Model header names the entry",
+    MODEL_PATH: "the /models/<entry>/ path names the entry",
+    CHAT_FROM_CHAT_ENTRY: "it is your team's chat_entry",
+    CHAT_FROM_ENTRY: "your entry has a chat model",
+    CHAT_FROM_FIRST_ALLOWED: "your entry has no chat model; it is the first entry you may use that has one",
+}
+
+
+def _explain(answer: dict[str, Any]) -> list[str]:
+    """The whoami answer as sentences a developer reads."""
+    lines = []
+    team = answer["team"]
+    lines.append(_TEAM_FROM[answer["team_from"]].format(team=team) + "." if team else "No team: none is named.")
+    why = _ENTRY_FROM[answer["entry_from"]]
+    lines.append(f"Completions go to entry {answer['entry']!r} ({answer['model']}): {why}.")
+    if answer["allowed_from"] == "team":
+        lines.append(f"Your team may use: {', '.join(answer['allowed_entries'])}.")
+    else:
+        lines.append(f"Every entry may be used: {', '.join(answer['allowed_entries'])}.")
+    if answer["chat_entry"]:
+        lines.append(
+            f"Chat goes to entry {answer['chat_entry']!r} ({answer['chat_model']}): {_CHAT_FROM[answer['chat_from']]}."
+        )
+    else:
+        lines.append(f"No chat: {answer['chat_error']['message']}.")
+    return lines
 
 
 def has_dot_segments(path: str) -> bool:

@@ -8,20 +8,33 @@ I/O is checked here, at load, with a message that names the field, the bad value
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from contextvars import ContextVar
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, HttpUrl, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceParseError
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -40,6 +53,16 @@ SCALEDOWN_MIN, SCALEDOWN_MAX = 2, 3600
 PACKAGED_EXAMPLE = Path(__file__).resolve().parent / "fleet.example.toml"
 
 _config_path: ContextVar[Path | None] = ContextVar("fleet_config_path", default=None)
+# Set by load_settings: the merged raw input is captured (so problems can name entries and teams, and
+# the cross-field rules can run on the parts that validated), and the cross-field rules are run by
+# load_settings itself rather than by the model validator, so field errors and cross-references come
+# out together.
+_raw_capture: ContextVar[list[Any] | None] = ContextVar("fleet_raw_capture", default=None)
+
+AuthMode = Literal["tokens", "open"]
+ENV_PREFIX = "FLEET_"
+ENV_DELIMITER = "__"
+KNOWN_OTHER_ENV = ("FLEET_CONFIG",)  # read by resolve_config_path, not a setting
 
 
 class StandInOptions(BaseModel):
@@ -164,6 +187,35 @@ class Entry(BaseModel):
         return "Tabby" + "".join(part.capitalize() for part in self.name.split("-"))
 
 
+class TokenRef(BaseModel):
+    """One token: who or what holds it (``label``) and its sha256. The token itself is never stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str
+    sha256: str
+
+    @field_validator("label")
+    @classmethod
+    def _slug_label(cls, value: str) -> str:
+        return _slug(value, "token label")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        return _sha256_hexes((value,), "sha256", "fleet token new")[0]
+
+
+LEGACY_LABEL = "token-{}"  # the label of the n-th (1-based) hash of a legacy token_sha256 list
+
+
+def _labelled(tokens: tuple[TokenRef, ...], legacy: tuple[str, ...]) -> tuple[TokenRef, ...]:
+    """Labelled tokens first, then the legacy bare hashes labelled token-1, token-2, ... in list order."""
+    return tokens + tuple(
+        TokenRef.model_construct(label=LEGACY_LABEL.format(n), sha256=digest) for n, digest in enumerate(legacy, 1)
+    )
+
+
 class Team(BaseModel):
     """A group of developers: a default entry, the entries it may use, and its tokens' hashes."""
 
@@ -172,7 +224,12 @@ class Team(BaseModel):
     name: str
     entry: str | None = None
     allowed_entries: tuple[str, ...] = ()
+    # Where the team's chat goes (an entry with a chat_model); unset: resolve_chat_entry() decides.
+    chat_entry: str | None = None
+    # Legacy form of tokens: bare hashes, labelled token-1, token-2, ... in list order.
     token_sha256: tuple[str, ...] = ()
+    # The team's tokens, each with a label (`fleet token new --team T --label L`).
+    tokens: tuple[TokenRef, ...] = ()
     # Requests the team may have in flight at once, across all entries (429 above); unset: no limit.
     max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None
     # Requests the team may start per minute, with a burst of the same size (429 above); unset: no limit.
@@ -187,6 +244,16 @@ class Team(BaseModel):
     @classmethod
     def _hex_hashes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _sha256_hexes(value, "token_sha256", "fleet token new --team <name>")
+
+    @property
+    def labelled_tokens(self) -> tuple[TokenRef, ...]:
+        """Every token of the team, legacy hashes included (as token-1, token-2, ...)."""
+        return _labelled(self.tokens, self.token_sha256)
+
+    @property
+    def token_digests(self) -> tuple[str, ...]:
+        """The sha256 (hex) of every token of the team: what routing compares a bearer token with."""
+        return tuple(token.sha256 for token in self.labelled_tokens)
 
 
 def _sha256_hexes(value: tuple[str, ...], field: str, command: str) -> tuple[str, ...]:
@@ -234,8 +301,14 @@ class RouterOptions(BaseModel):
     max_headers: Annotated[int, Field(ge=8, le=1000)] = 100
     max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
     max_url_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 8 * 1024
-    # sha256 of admin tokens (`fleet token new --admin`). They guard /fleet/* (but the liveness
+    # How a request's team is known. "tokens": every team has tokens and every request needs one.
+    # "open": no team has tokens; the team comes from X-Tabby-Team or /teams/<team>/. Unset: inferred
+    # when the teams agree (all have tokens, or none has); a mix is refused at load.
+    auth: AuthMode | None = None
+    # Admin tokens (`fleet token new --admin --label L`). They guard /fleet/* (but the liveness
     # answer of /fleet/health) and /metrics. With none, those answer loopback clients only.
+    admin_tokens: tuple[TokenRef, ...] = ()
+    # Legacy form of admin_tokens: bare hashes, labelled token-1, token-2, ... in list order.
     admin_token_sha256: tuple[str, ...] = ()
     # Serve /metrics without an admin token (e.g. to a scraper on a private network).
     metrics_public: bool = False
@@ -244,6 +317,16 @@ class RouterOptions(BaseModel):
     @classmethod
     def _admin_hexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _sha256_hexes(value, "admin_token_sha256", "fleet token new --admin")
+
+    @property
+    def labelled_admin_tokens(self) -> tuple[TokenRef, ...]:
+        """Every admin token, legacy hashes included (as token-1, token-2, ...)."""
+        return _labelled(self.admin_tokens, self.admin_token_sha256)
+
+    @property
+    def admin_token_digests(self) -> tuple[str, ...]:
+        """The sha256 (hex) of every admin token: what AdminAuth compares a bearer token with."""
+        return tuple(token.sha256 for token in self.labelled_admin_tokens)
 
 
 class ModalOptions(BaseModel):
@@ -303,9 +386,19 @@ class FleetSettings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _capture_raw(cls, data: Any) -> Any:
+        box = _raw_capture.get()
+        if box is not None:  # load_settings: keep the merged input of every source for its report
+            box.append(data)
+        return data
+
     @model_validator(mode="after")
     def _cross_references(self) -> FleetSettings:
-        problems = _fleet_problems(self)
+        if _raw_capture.get() is not None:
+            return self  # load_settings runs these itself, together with the field errors
+        problems = all_cross_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -317,8 +410,16 @@ class FleetSettings(BaseSettings):
         raise KeyError(name)
 
     @property
+    def auth_mode(self) -> AuthMode:
+        """router.auth, or what the teams agree on: "tokens" when they have tokens, else "open"."""
+        if self.router.auth is not None:
+            return self.router.auth
+        return "tokens" if any(team.token_digests for team in self.teams) else "open"
+
+    @property
     def any_team_has_tokens(self) -> bool:
-        return any(team.token_sha256 for team in self.teams)
+        """True in token mode (every request needs a team token). Kept for its readers in router/."""
+        return self.auth_mode == "tokens"
 
 
 def _fleet_problems(settings: FleetSettings) -> list[str]:
@@ -332,8 +433,8 @@ def _fleet_problems(settings: FleetSettings) -> list[str]:
     for index, name in enumerate(entry_names):
         if name in seen:
             problems.append(
-                f"entries[{index}].name: duplicate entry name {name!r} (also entries[{seen[name]}]); "
-                f"give each entry a unique name"
+                f"entries[{index}].name: duplicate entry name {name!r} (also the name of entries[{seen[name]}], "
+                f"counting from 0); give each entry a unique name"
             )
         seen.setdefault(name, index)
 
@@ -342,8 +443,8 @@ def _fleet_problems(settings: FleetSettings) -> list[str]:
         key = entry.class_name.lower()  # Modal's web URLs are lower-case, so compare that way
         if key in class_names and class_names[key] != entry.name:
             problems.append(
-                f"entries {class_names[key]!r} and {entry.name!r} would get the same Modal class name "
-                f"{entry.class_name!r}; rename one of them"
+                f'entries["{entry.name}"].name: entries {class_names[key]!r} and {entry.name!r} would get the '
+                f"same Modal class name {entry.class_name!r}; rename one of them"
             )
         class_names.setdefault(key, entry.name)
 
@@ -354,15 +455,16 @@ def _fleet_problems(settings: FleetSettings) -> list[str]:
             owner = selectors.get(alias)
             if owner is not None and owner != entry.name:
                 problems.append(
-                    f"entry {entry.name!r}: alias {alias!r} already selects entry {owner!r}; pick another alias"
+                    f'entries["{entry.name}"].aliases: alias {alias!r} already selects entry {owner!r}; '
+                    f"pick another alias"
                 )
             elif owner == entry.name and alias != entry.name:
-                problems.append(f"entry {entry.name!r}: alias {alias!r} is listed twice; list it once")
+                problems.append(f'entries["{entry.name}"].aliases: alias {alias!r} is listed twice; list it once')
             selectors[alias] = entry.name
         for other in settings.entries:
             if other.name != entry.name and other.model.lower() in entry.aliases:
                 problems.append(
-                    f"entry {entry.name!r}: alias {other.model.lower()!r} is the model id of entry "
+                    f'entries["{entry.name}"].aliases: alias {other.model.lower()!r} is the model id of entry '
                     f"{other.name!r}; pick another alias"
                 )
 
@@ -371,9 +473,8 @@ def _fleet_problems(settings: FleetSettings) -> list[str]:
         problems.append(f"router.default_entry: unknown entry {default!r}; choose one of: {choices}")
 
     team_seen: set[str] = set()
-    token_owner: dict[str, str] = {}
-    for index, team in enumerate(settings.teams):
-        where = f"teams[{index}] ({team.name!r})"
+    for team in settings.teams:
+        where = f'teams["{team.name}"]'
         if team.name in team_seen:
             problems.append(f"{where}.name: duplicate team name {team.name!r}; give each team a unique name")
         team_seen.add(team.name)
@@ -393,21 +494,148 @@ def _fleet_problems(settings: FleetSettings) -> list[str]:
                 f"{where}: has no entry and router.default_entry {default!r} is outside its "
                 f"allowed_entries ({', '.join(team.allowed_entries)}); set the team's entry"
             )
-        for digest in team.token_sha256:
-            owner = token_owner.get(digest)
+        problems += _chat_entry_problems(settings, team, where, known)
+    return problems
+
+
+# How a team's chat entry was chosen (resolve_chat_entry), as /fleet/whoami reports it.
+CHAT_FROM_CHAT_ENTRY = "team-chat-entry"  # the team's chat_entry
+CHAT_FROM_ENTRY = "entry"  # the team's entry (else router.default_entry, or the only entry) has a chat_model
+CHAT_FROM_FIRST_ALLOWED = "first-allowed-with-chat"  # the first of the team's allowed entries with a chat_model
+CHAT_FROM_NONE = "none"  # no entry the team may use has a chat_model
+
+
+def _chat_entry_problems(settings: FleetSettings, team: Team, where: str, known: set[str]) -> list[str]:
+    chat_entry = team.chat_entry
+    if chat_entry is None:
+        return []
+    with_chat = [e.name for e in settings.entries if e.chat_model]
+    usable = [name for name in with_chat if not team.allowed_entries or name in team.allowed_entries]
+    pick = f"choose one of: {', '.join(usable)}" if usable else "(no entry it may use has a chat_model yet)"
+    if chat_entry not in known:
+        return [f"{where}.chat_entry: unknown entry {chat_entry!r}; {pick}"]
+    if team.allowed_entries and chat_entry not in team.allowed_entries:
+        return [
+            f"{where}.chat_entry: {chat_entry!r} is not in its allowed_entries ({', '.join(team.allowed_entries)}); "
+            f"add it there{', or ' + pick if usable else ''}"
+        ]
+    if chat_entry not in with_chat:
+        return [
+            f"{where}.chat_entry: entry {chat_entry!r} has no chat_model, so it cannot answer chat; set "
+            f'entries["{chat_entry}"].chat_model{", or " + pick if usable else ""}'
+        ]
+    return []
+
+
+def resolve_chat_entry(settings: FleetSettings, team: Team | None) -> tuple[str | None, str]:
+    """Where a team's chat goes when the request names no entry: (entry or None, how it was chosen).
+
+    The team's ``chat_entry``; else its entry (else ``router.default_entry``, or the only entry) when
+    that has a ``chat_model``; else the first of its ``allowed_entries`` (in their order; all entries,
+    in settings order, when it has none) that has one; else None: the team has no chat. ``team=None``
+    (a request without a team) follows the same rules with every entry allowed.
+    """
+    if team is not None and team.chat_entry is not None:
+        return team.chat_entry, CHAT_FROM_CHAT_ENTRY
+    chat_models = {entry.name: entry.chat_model for entry in settings.entries}
+    only = settings.entries[0].name if len(settings.entries) == 1 else None
+    entry = (team.entry if team is not None else None) or settings.router.default_entry or only
+    if entry is not None and chat_models.get(entry):
+        return entry, CHAT_FROM_ENTRY
+    allowed = team.allowed_entries if team is not None and team.allowed_entries else tuple(chat_models)
+    for name in allowed:
+        if chat_models.get(name):
+            return name, CHAT_FROM_FIRST_ALLOWED
+    return None, CHAT_FROM_NONE
+
+
+def settings_warnings(settings: FleetSettings) -> list[str]:
+    """Valid but probably unintended: one line of advice each (`fleet check` prints them)."""
+    warnings = []
+    for team in settings.teams:
+        if resolve_chat_entry(settings, team)[0] is None:
+            scope = f"its allowed_entries ({', '.join(team.allowed_entries)})" if team.allowed_entries else "the fleet"
+            warnings.append(
+                f'teams["{team.name}"]: no chat: no entry of {scope} has a chat_model, so its IDEs offer no chat '
+                f"and chat requests get 501 no-chat-model; set chat_model on one of them, or allow the team an "
+                f"entry that has one"
+            )
+    return warnings
+
+
+def all_cross_problems(settings: FleetSettings) -> list[str]:
+    """Every rule across fields: references between entries and teams, tokens, the auth mode."""
+    return _fleet_problems(settings) + _token_problems(settings) + _auth_problems(settings)
+
+
+def _token_problems(settings: FleetSettings) -> list[str]:
+    """Labels unique within a team (and among admin tokens); a hash belongs to one holder only."""
+    problems: list[str] = []
+    owner_of: dict[str, str] = {}
+    router = settings.router
+    holders = [
+        (f'teams["{team.name}"]', f"team {team.name!r}", "tokens", "token_sha256", team.tokens, team.token_sha256)
+        for team in settings.teams
+    ]
+    admin = ("router", "the admin tokens", "admin_tokens", "admin_token_sha256")
+    holders.append((*admin, router.admin_tokens, router.admin_token_sha256))
+    for where, who, field, legacy_field, tokens, legacy in holders:
+        labels: set[str] = set()
+        for index, token in enumerate(_labelled(tokens, legacy)):
+            here = f"{where}.{legacy_field if index >= len(tokens) else field}"
+            if token.label in labels:
+                problems.append(
+                    f"{here}: label {token.label!r} is used twice in {who}; give each token its own label "
+                    f"(token-1, token-2, ... name the hashes of the legacy {legacy_field} list)"
+                )
+            labels.add(token.label)
+            owner = owner_of.get(token.sha256)
             if owner is not None:
                 problems.append(
-                    f"{where}.token_sha256: hash {digest[:12]}... is also listed for team {owner!r}; "
-                    f"a token belongs to one team, so issue a new one with `fleet token new`"
+                    f"{here}: the hash {token.sha256[:12]}... of {token.label!r} is also a token of {owner}; "
+                    f"a token belongs to one holder, so issue a new one with `fleet token new`"
                 )
-            token_owner[digest] = team.name
-    for digest in settings.router.admin_token_sha256:
-        if digest in token_owner:
-            problems.append(
-                f"router.admin_token_sha256: hash {digest[:12]}... is also a token of team {token_owner[digest]!r}; "
-                f"an admin token must be its own (`fleet token new --admin`)"
-            )
+            else:
+                owner_of[token.sha256] = f"{who} (label {token.label!r})"
     return problems
+
+
+def _auth_problems(settings: FleetSettings) -> list[str]:
+    """router.auth against the teams' tokens: a team nobody can use, or tokens nobody checks."""
+    with_tokens = [team.name for team in settings.teams if team.token_digests]
+    without = [team.name for team in settings.teams if not team.token_digests]
+    mode = settings.router.auth
+    issue = "fleet token new --team {} --label LABEL --write"
+    if mode == "tokens":
+        if not settings.teams:
+            return [
+                'router.auth: "tokens", but there are no teams, so every request would be refused (401); add a '
+                '[[teams]] table and give it a token (fleet token new), or set router.auth = "open"'
+            ]
+        return [
+            f'teams["{name}"].tokens: router.auth is "tokens" but team {name!r} has no token, so nobody can '
+            f"use it (401); give it one ({issue.format(name)}), or remove the team"
+            for name in without
+        ]
+    if mode == "open":
+        return [
+            f'teams["{name}"].tokens: router.auth is "open", so tokens are never checked and anyone may act as '
+            f"team {name!r} by naming it; remove its tokens (fleet token revoke --team {name} --label ...), "
+            f'or set router.auth = "tokens" and give every team a token'
+            for name in with_tokens
+        ]
+    if with_tokens and without:
+        return [
+            f"teams: some have tokens ({_names(with_tokens)}) and some none ({_names(without)}). With tokens in use "
+            f"every request needs one, so {_names(without)} would be locked out (401). Either give them tokens "
+            f'({"; ".join(issue.format(name) for name in without)}), or set router.auth = "open" in [router] '
+            f"and remove the tokens of {_names(with_tokens)}"
+        ]
+    return []
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(name) for name in names)
 
 
 class SettingsError(Exception):
@@ -435,10 +663,14 @@ def resolve_config_path(config: Path | str | None, environ: dict[str, str] | Non
     return PACKAGED_EXAMPLE
 
 
-def load_settings(config: Path | str | None = None, **overrides: Any) -> FleetSettings:
-    """Load settings from every source; raise SettingsError listing every problem found."""
-    from pydantic import ValidationError
+def load_settings(config: Path | str | None = None, *, check_auth: bool = True, **overrides: Any) -> FleetSettings:
+    """Load settings from every source; raise SettingsError listing every problem found, in one pass.
 
+    Field errors and the cross-field rules come out together: the rules run on whatever validated
+    (an entry with a bad GPU still counts as an entry for the teams that name it). ``check_auth=False``
+    leaves out the auth-mode rules, for the token commands, which must work while a fleet is being
+    moved to tokens one team at a time.
+    """
     path = resolve_config_path(config)
     source = str(path)
     if not path.is_file():
@@ -447,43 +679,316 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> FleetSe
             [f"config file {source!r} does not exist; pass --config PATH or copy fleet.example.toml there"],
         )
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw_file = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SettingsError(source, [f"{source} is not valid TOML: {exc}"]) from None
-    unknown = sorted(set(raw) - set(FleetSettings.model_fields))
-    if unknown:
-        fields = list(FleetSettings.model_fields)
-        problems = []
-        for key in unknown:
-            near = get_close_matches(key, fields, n=1)
-            hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(fields)}"
-            problems.append(f"{key}: unknown top-level key in {source}; {hint}")
-        raise SettingsError(source, problems)
-    token = _config_path.set(path)
+    problems = _unknown_top_level_keys(raw_file, source)
+    env = fleet_environment()
+    box: list[Any] = []
+    settings: FleetSettings | None = None
+    errors: list[Any] = []
+    path_token, capture_token = _config_path.set(path), _raw_capture.set(box)
     try:
-        return FleetSettings(**overrides)
+        settings = FleetSettings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(source, format_validation_error(exc)) from None
+        errors = exc.errors()
+    except SourceParseError as exc:  # a FLEET_* variable that should hold JSON does not
+        raise SettingsError(source, problems + _env_parse_problems(exc, env)) from None
     finally:
-        _config_path.reset(token)
+        _raw_capture.reset(capture_token)
+        _config_path.reset(path_token)
+    raw = box[0] if box and isinstance(box[0], Mapping) else {}
+    namer = _Namer(raw, env, set(overrides))
+    problems += [namer.describe(error) for error in errors if not _counted_after_failures(error, errors)]
+    checked = settings if settings is not None else _salvage_settings(raw)
+    if checked is not None and checked.entries:
+        cross = all_cross_problems(checked) if check_auth else _fleet_problems(checked) + _token_problems(checked)
+        problems += [namer.tag(problem) for problem in cross]
+    if problems or settings is None:
+        raise SettingsError(source, problems or ["the settings did not validate; run `fleet check`"])
+    return settings
 
 
-def format_validation_error(exc: Any) -> list[str]:
-    """Turn a pydantic ValidationError into lines like 'entries[1].gpu: unknown GPU type ...'."""
-    lines = []
-    for error in exc.errors():
-        where = ""
-        for part in error["loc"]:
-            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "missing":
-            message = "required field is missing; add it"
-        elif error["type"] == "extra_forbidden":
-            message = f"unknown field {error['loc'][-1]!r}; remove it or check its spelling"
-        elif "value_error" not in error["type"]:
-            message = f"{message} (got {error.get('input')!r})"
-        lines.append(f"{where}: {message}" if where else message)
-    return lines
+def _unknown_top_level_keys(raw_file: dict[str, Any], source: str) -> list[str]:
+    fields = list(FleetSettings.model_fields)
+    problems = []
+    for key in sorted(set(raw_file) - set(fields)):
+        near = get_close_matches(key, fields, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(fields)}"
+        problems.append(f"{key}: unknown top-level key in {source}; {hint}")
+    return problems
+
+
+# -- where a value came from, and what to call it ------------------------------------------------
+
+# The model each table name holds, to suggest a field name for a misspelt one.
+_TABLE_MODELS: dict[str, type[BaseModel]] = {
+    "entries": Entry,
+    "teams": Team,
+    "router": RouterOptions,
+    "modal": ModalOptions,
+    "standin": StandInOptions,
+    "tokens": TokenRef,
+    "admin_tokens": TokenRef,
+}
+_LEADING_PATH = re.compile(r'^([a-z_]+)(?:\[(?:"[^"]*"|\d+)\])?(?:\.([a-z_]+))?')
+_JSON_EXAMPLE = """FLEET_ENTRIES='[{"name": "solo", "model": "TabbyML/StarCoder-1B"}]'"""
+
+
+def fleet_environment(
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = None
+) -> dict[str, tuple[str, str]]:
+    """Every FLEET_* variable (upper-cased name) -> (value, where): "" for the environment, " in .env"
+    for the .env file in the working directory. The environment wins, as in pydantic-settings."""
+    from dotenv import dotenv_values
+
+    found: dict[str, tuple[str, str]] = {}
+    dotenv = Path(".env") if dotenv is None else dotenv
+    if dotenv.is_file():
+        for name, value in dotenv_values(dotenv).items():
+            if name.upper().startswith(ENV_PREFIX) and value is not None:
+                found[name.upper()] = (value, " in .env")
+    for name, value in (os.environ if environ is None else environ).items():
+        if name.upper().startswith(ENV_PREFIX):
+            found[name.upper()] = (value, "")
+    return found
+
+
+def known_env_names() -> list[str]:
+    """FLEET_<key> for every top-level key, FLEET_<table>__<key> for the keys of [router] and [modal]."""
+    names = list(KNOWN_OTHER_ENV)
+    for key, info in FleetSettings.model_fields.items():
+        names.append(f"{ENV_PREFIX}{key.upper()}")
+        kind, model = _model_field(info.annotation)
+        if kind == "one" and model is not None:
+            names += [f"{ENV_PREFIX}{key.upper()}{ENV_DELIMITER}{sub.upper()}" for sub in model.model_fields]
+    return names
+
+
+def env_warnings(environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> list[str]:
+    """FLEET_* variables that set nothing (a typo, usually): each with the likely name meant."""
+    known = known_env_names()
+    warnings = []
+    for name, (_, where) in sorted(fleet_environment(environ, dotenv).items()):
+        if name in known:
+            continue
+        near = get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean {near[0]}?"
+            if near
+            else f"settings are FLEET_<key>, or FLEET_<table>{ENV_DELIMITER}<key> for [router] and [modal] keys"
+        )
+        warnings.append(f"{name}{where} is not a fleet setting and is ignored; {hint}")
+    return warnings
+
+
+def _env_parse_problems(exc: Exception, env: dict[str, tuple[str, str]]) -> list[str]:
+    """pydantic-settings could not decode a FLEET_* variable as JSON: name the variable and the fix."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1).upper() if match else ""
+    problems = []
+    for name, (value, where) in sorted(env.items()):
+        if field and name != f"{ENV_PREFIX}{field}" and not name.startswith(f"{ENV_PREFIX}{field}{ENV_DELIMITER}"):
+            continue
+        if not _takes_json(name):
+            continue
+        try:
+            json.loads(value)
+        except ValueError as error:
+            problems.append(
+                f"{name}{where}: not valid JSON ({error}); lists and tables in FLEET_* variables are JSON, e.g. "
+                f"{_JSON_EXAMPLE}"
+            )
+    return problems or [
+        f"FLEET_{field or '*'} variables: {exc}; lists and tables in FLEET_* variables are JSON, e.g. {_JSON_EXAMPLE}"
+    ]
+
+
+def _takes_json(name: str) -> bool:
+    """Whether the setting a FLEET_* variable names is a list or a table (given as JSON)."""
+    parts = name.removeprefix(ENV_PREFIX).lower().split(ENV_DELIMITER)
+    model: type[BaseModel] = FleetSettings
+    annotation: Any = None
+    for part in parts:
+        info = model.model_fields.get(part)
+        if info is None:
+            return False
+        annotation = info.annotation
+        kind, sub = _model_field(annotation)
+        if kind == "one" and sub is not None:
+            model = sub
+    kind, _ = _model_field(annotation)
+    return kind is not None or get_origin(annotation) in (tuple, list, dict)
+
+
+class _Namer:
+    """Turns a pydantic error location into the path an admin reads (entries["large"].gpu) and
+    names the source of the value when it is not the file: a FLEET_* variable, or arguments."""
+
+    def __init__(self, raw: Mapping[str, Any], env: dict[str, tuple[str, str]], overrides: set[str]) -> None:
+        self.raw = raw
+        self.env = env
+        self.overrides = overrides
+
+    def path(self, loc: tuple[Any, ...]) -> str:
+        text = ""
+        node: Any = self.raw
+        for part in loc:
+            if isinstance(part, int):
+                text += self._item(node, part)
+                node = node[part] if isinstance(node, list | tuple) and part < len(node) else None
+            else:
+                text += f".{part}" if text else str(part)
+                node = node.get(part) if isinstance(node, Mapping) else None
+        return text
+
+    @staticmethod
+    def _item(items: Any, index: int) -> str:
+        """["large"] for an item with a unique name (or label), else [index]."""
+        if not isinstance(items, list | tuple) or index >= len(items) or not isinstance(items[index], Mapping):
+            return f"[{index}]"
+        for key in ("name", "label"):
+            value = items[index].get(key)
+            if isinstance(value, str) and value:
+                same = [i for i in items if isinstance(i, Mapping) and i.get(key) == value]
+                return f'["{value}"]' if len(same) == 1 else f"[{index}]"
+        return f"[{index}]"
+
+    def source(self, keys: list[str]) -> str:
+        """' (from FLEET_X)' when that variable set the value at keys, ' (from arguments)', or ''."""
+        for length in range(len(keys), 0, -1):
+            name = ENV_PREFIX + ENV_DELIMITER.join(keys[:length]).upper()
+            if name in self.env:
+                return f" (from {name}{self.env[name][1]})"
+        if keys and keys[0] in self.overrides:
+            return " (from arguments)"
+        return ""
+
+    def describe(self, error: Mapping[str, Any]) -> str:
+        loc = tuple(error["loc"])
+        keys = [part for part in loc if isinstance(part, str)]
+        where = self.path(loc)
+        source = self.source(keys[: _first_int(loc)])
+        message = _message(error, loc)
+        return f"{where}{source}: {message}" if where else f"{message}{source}"
+
+    def tag(self, problem: str) -> str:
+        """Name the source in a cross-field problem, which starts with its path."""
+        match = _LEADING_PATH.match(problem)
+        if match is None:
+            return problem
+        keys = [key for key in match.groups() if key]
+        source = self.source(keys)
+        return problem[: match.end()] + source + problem[match.end() :] if source else problem
+
+
+def _counted_after_failures(error: Mapping[str, Any], errors: list[Any]) -> bool:
+    """pydantic's "at least 1 item after validation" for a list whose items failed: noise, as the
+    failing items are reported themselves."""
+    loc = tuple(error["loc"])
+    return error["type"] == "too_short" and any(
+        len(other["loc"]) > len(loc) and tuple(other["loc"][: len(loc)]) == loc for other in errors
+    )
+
+
+def _first_int(loc: tuple[Any, ...]) -> int:
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            return index
+    return len(loc)
+
+
+def _message(error: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
+    """pydantic's message, as advice: what is wrong and what to write instead."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    given = error.get("input")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if loc == ("entries",) and kind in ("missing", "too_short"):
+        return (
+            'the fleet has no entries; add at least one [[entries]] table with a name and a model, e.g. name = "small" '
+            'and model = "TabbyML/StarCoder-1B"'
+        )
+    if kind == "missing":
+        return f"required field {loc[-1]!r} is missing; add it" if loc else "a required field is missing; add it"
+    if kind == "extra_forbidden":
+        model = next((_TABLE_MODELS[p] for p in reversed(loc[:-1]) if isinstance(p, str) and p in _TABLE_MODELS), None)
+        near = get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
+        hint = f"did you mean {near[0]!r}?" if near else "remove it or check its spelling"
+        return f"unknown field {loc[-1]!r}; {hint}"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length', 1)} item(s); got none"
+    if kind in ("tuple_type", "list_type"):
+        return f"must be a list, e.g. [...] (got {given!r})"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a table of keys and values (got {given!r})"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected', message)} (got {given!r})"
+    if kind == "value_error":
+        return message
+    return f"{message.replace('Input should be', 'must be')} (got {given!r})"
+
+
+# -- running the cross-field rules on what did validate --------------------------------------------
+
+
+def _model_field(annotation: Any) -> tuple[Literal["one", "many"] | None, type[BaseModel] | None]:
+    """("one", M) for a field holding a model M, ("many", M) for a list of them, else (None, None)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "one", annotation
+    if get_origin(annotation) in (tuple, list):
+        args = [arg for arg in get_args(annotation) if arg is not Ellipsis]
+        if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            return "many", args[0]
+    return None, None
+
+
+def _salvage(cls: type[BaseModel], raw: Any) -> BaseModel | None:
+    """``raw`` validated as far as it goes: bad optional fields fall back to their defaults, bad items of
+    a list are left out, a required string that breaks a rule (a name that is not a slug) is kept as
+    given. None when a required field is missing. Only for running the cross-field rules."""
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        bad = {error["loc"][0] for error in exc.errors() if error["loc"]}
+    data: dict[str, Any] = {}
+    for key, value in raw.items():
+        info = cls.model_fields.get(key)
+        if info is None:
+            continue
+        kind, model = _model_field(info.annotation)
+        if key not in bad and kind is None:
+            data[key] = value
+        elif kind == "one" and model is not None:
+            item = _salvage(model, value)
+            if item is not None:
+                data[key] = item
+        elif kind == "many" and model is not None and isinstance(value, list | tuple):
+            data[key] = tuple(item for item in (_salvage(model, v) for v in value) if item is not None)
+        elif info.is_required() and isinstance(value, str):
+            data[key] = value
+    for key, info in cls.model_fields.items():
+        if info.is_required() and key not in data:
+            if key in ("name", "label") or info.annotation is not str:
+                return None  # nothing to refer to it by
+            data[key] = ""  # e.g. an entry without a model: still an entry its teams may name
+    try:
+        return cls.model_validate(data)
+    except ValidationError:
+        return cls.model_construct(**data)
+
+
+def _salvage_settings(raw: Mapping[str, Any]) -> FleetSettings | None:
+    token = _raw_capture.set([])  # the cross-field rules are run by the caller, not by the validator
+    try:
+        salvaged = _salvage(FleetSettings, raw)
+    finally:
+        _raw_capture.reset(token)
+    return salvaged if isinstance(salvaged, FleetSettings) else None
 
 
 def _slug(value: str, what: str) -> str:

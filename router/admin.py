@@ -19,7 +19,7 @@ from fleet.settings import FleetSettings
 
 class AdminAuth:
     def __init__(self, settings: FleetSettings) -> None:
-        self._digests = tuple(bytes.fromhex(d) for d in settings.router.admin_token_sha256)
+        self._digests = tuple(bytes.fromhex(d) for d in settings.router.admin_token_digests)
 
     def allows(self, request: Request) -> bool:
         try:

@@ -1,9 +1,10 @@
 """The router: one ASGI app, one URL, for the whole fleet.
 
 Tabby's API paths (``/v1/...``, ``/v1beta/...`` and their ``/teams/<team>/`` and ``/models/<entry>/``
-prefixed forms) go straight to the streaming :class:`Proxy`. Everything else is a small FastAPI app:
-``/fleet/health`` (liveness for anyone, details for admins), ``/fleet/entries``, ``/fleet/reload``,
-``/metrics`` and the OpenAPI docs at ``/fleet/docs``.
+prefixed forms) go straight to the streaming :class:`Proxy`, and so does ``/fleet/whoami`` (also under
+those prefixes: ``<endpoint>/fleet/whoami``). Everything else is a small FastAPI app: ``/fleet/health``
+(liveness for anyone, details for admins), ``/fleet/entries``, ``/fleet/reload``, ``/metrics`` and the
+OpenAPI docs at ``/fleet/docs``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from starlette.types import Receive, Scope, Send
 
 from fleet import __version__
 from fleet.errors import FleetError
-from fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX
-from fleet.settings import FleetSettings, SettingsError
+from fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX, WHOAMI_PATH
+from fleet.settings import FleetSettings, SettingsError, resolve_config_path
 from router.backends import Backends
+from router.changes import describe_changes
 from router.observe import Observer
 from router.openapi import fleet_openapi
 from router.proxy import Proxy, ProxyState, RequestAborted
@@ -52,10 +54,18 @@ class ProxyDispatch:
         self.proxy = proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PROXIED_PREFIXES):
-            await self.proxy(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith(PROXIED_PREFIXES):
+                if path.endswith(WHOAMI_PATH):
+                    await self.proxy.whoami(scope, receive, send)
+                else:
+                    await self.proxy(scope, receive, send)
+                return
+            if path == WHOAMI_PATH:
+                await self.proxy.whoami(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _not_request_aborted(record: logging.LogRecord) -> bool:
@@ -95,6 +105,7 @@ class TeamInfo(BaseModel):
     name: str
     entry: str | None
     allowed_entries: list[str]
+    chat_entry: str | None  # where its chat goes (resolved), None: the team has no chat
     uses_tokens: bool
     max_concurrent: int | None
     requests_per_minute: int | None
@@ -114,9 +125,16 @@ class ReloadResult(BaseModel):
 
 
 def create_app(
-    settings: FleetSettings, backends: Backends, reload_settings: SettingsLoader | None = None
+    settings: FleetSettings,
+    backends: Backends,
+    reload_settings: SettingsLoader | None = None,
+    settings_source: str | None = None,
 ) -> ProxyDispatch:
-    """The router for ``settings``; ``reload_settings`` (if given) re-reads them on /fleet/reload or SIGHUP."""
+    """The router for ``settings``; ``reload_settings`` (if given) re-reads them on /fleet/reload or SIGHUP.
+
+    ``settings_source`` names where ``reload_settings`` reads from, for the reload's log line (default:
+    the file `fleet` finds without --config: $FLEET_CONFIG, ./fleet.toml, or the packaged example).
+    """
     observer = Observer()
     proxy = Proxy(settings, backends, observer)
     started = time.monotonic()
@@ -141,11 +159,19 @@ def create_app(
             try:
                 new = await asyncio.to_thread(reload_settings)
             except SettingsError as exc:
+                problems = "; ".join(exc.problems)
+                log.warning("settings reload from %s refused, old settings kept: %s", exc.source, problems)
                 raise FleetError(400, "invalid-settings", str(exc), exc.problems) from None
+            old = proxy.state.settings
             state = ProxyState(new, proxy.state)  # built aside: nothing in use changes yet
             await backends.reconfigure(new)  # may refuse (e.g. on Modal: redeploy instead)
             proxy.swap(state)
-        log.info("settings reloaded: %d entries, %d teams", len(new.entries), len(new.teams))
+        source = settings_source or str(resolve_config_path(None))
+        changes = describe_changes(old, new)
+        log.info(
+            "settings reloaded from %s: %d entries, %d teams; %s", source, len(new.entries), len(new.teams),
+            "; ".join(changes) if changes else "nothing changed",
+        )  # fmt: skip
         return ReloadResult(status="reloaded", entries=[e.name for e in new.entries], teams=[t.name for t in new.teams])
 
     @asynccontextmanager
@@ -204,7 +230,8 @@ def create_app(
                 404,
                 "unknown-path",
                 f"{request.url.path!r} is not served here; Tabby's API lives at {PATH_HELP}; "
-                f"the router's own endpoints are /fleet/health, /fleet/entries, /fleet/docs and /metrics",
+                f"the router's own endpoints are /fleet/whoami, /fleet/health, /fleet/entries, /fleet/docs "
+                f"and /metrics",
             )
         elif exc.status_code == 405:
             error = FleetError(405, "method-not-allowed", f"{request.method} is not allowed on {request.url.path}")
@@ -261,7 +288,8 @@ def create_app(
         ]
         teams = [
             TeamInfo(
-                name=t.name, entry=t.entry, allowed_entries=list(t.allowed_entries), uses_tokens=bool(t.token_sha256),
+                name=t.name, entry=t.entry, allowed_entries=list(t.allowed_entries),
+                chat_entry=proxy.state.table.chat_entry(t.name)[0], uses_tokens=bool(t.token_digests),
                 max_concurrent=t.max_concurrent, requests_per_minute=t.requests_per_minute,
             )
             for t in current.teams

@@ -2,7 +2,12 @@
 
 Every request gets an id (the client's ``X-Request-Id`` when it is sane, else a new one), sent back
 and forwarded to the backend. When the request ends, :meth:`Observer.finish` counts it and, at INFO
-level, logs one line with team, entry, route, status, latency and id; never a token or a prompt.
+level, logs one line with team, entry, route, status, latency and id (a refusal: its error code
+instead of the upstream time); never a token or a prompt. A refusal is also counted by team and code.
+
+The router's overhead is its own time: the total less the upstream exchange and less the waits that
+are not the router's doing (a backend starting, a slot in the entry's queue), which have their own
+histogram.
 
 Gauges that describe state (in flight, queued, backend state and starts) are read when Prometheus
 scrapes, not updated per request.
@@ -29,6 +34,9 @@ CLIENT_LEFT = 499  # nginx's code for "the client closed the request"; used in m
 # Buckets: the router's own overhead is sub-millisecond; the upstream is a model generating.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 150.0)
+# Waits: a queue slot frees within a completion's time; a backend start takes seconds to minutes.
+WAIT_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+START, QUEUE = "start", "queue"  # fleet_backend_wait_seconds{reason}
 
 
 # A request id needs to be unique, not secret: a random prefix per router process and a counter
@@ -44,7 +52,8 @@ def new_request_id() -> str:
 class RequestRecord:
     """One request's facts, filled in as the proxy learns them."""
 
-    __slots__ = ("entry", "method", "path", "reason", "request_id", "started", "status", "team", "upstream_seconds")
+    __slots__ = ("code", "entry", "method", "path", "queue_seconds", "reason", "request_id", "start_seconds",
+                 "started", "status", "team", "upstream_seconds")  # fmt: skip
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
         self.request_id = request_id
@@ -55,7 +64,10 @@ class RequestRecord:
         self.entry = "-"
         self.reason = "-"
         self.status = 0
+        self.code: str | None = None  # the error code of a refusal by the router
         self.upstream_seconds = 0.0
+        self.queue_seconds = 0.0  # waited for a slot in the entry's queue
+        self.start_seconds = 0.0  # waited for the entry's backend to start
 
 
 class Observer:
@@ -82,10 +94,22 @@ class Observer:
             "fleet_client_cancellations", "Requests whose client left; their upstream was cancelled",
             ["entry"], registry=self.registry,
         )  # fmt: skip
+        self.refusals = Counter(
+            "fleet_refusals", "Requests the router answered with an error, by team (when known) and error code",
+            ["team", "code"], registry=self.registry,
+        )  # fmt: skip
+        self.waits = Histogram(
+            "fleet_backend_wait_seconds",
+            "Waits outside the router's own work: for the backend to start, for a slot in the entry's queue",
+            ["entry", "reason"], buckets=WAIT_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         # labels() costs a lock and a tuple build per call; the children are cached per label set.
-        # The sets are bounded: teams x entries x route reasons x status codes, all from settings.
+        # The sets are bounded: teams x entries x route reasons x status codes x error codes, all from
+        # settings and code (an unknown team or entry named by a client is never a label).
         self._request_counters: dict[tuple[str, str, str, int], Any] = {}
         self._entry_histograms: dict[str, tuple[Any, Any]] = {}
+        self._refusal_counters: dict[tuple[str, str], Any] = {}
+        self._wait_histograms: dict[tuple[str, str], Any] = {}
 
     def finish(self, record: RequestRecord) -> None:
         total = time.perf_counter() - record.started
@@ -96,6 +120,9 @@ class Observer:
         counter.inc()
         if record.status == CLIENT_LEFT:
             self.cancellations.labels(record.entry).inc()
+        waited = record.queue_seconds + record.start_seconds
+        if waited:
+            self._observe_waits(record)
         if record.upstream_seconds:
             histograms = self._entry_histograms.get(record.entry)
             if histograms is None:
@@ -103,13 +130,37 @@ class Observer:
                     self.upstream.labels(record.entry), self.overhead.labels(record.entry)
                 )  # fmt: skip
             histograms[0].observe(record.upstream_seconds)
-            histograms[1].observe(max(0.0, total - record.upstream_seconds))
-        if log.isEnabledFor(logging.INFO):
+            histograms[1].observe(max(0.0, total - record.upstream_seconds - waited))
+        if record.code is not None:
+            self._refused(record, total)
+        elif log.isEnabledFor(logging.INFO):
             log.info(
                 "%s %s status=%d team=%s entry=%s route=%s ms=%.1f upstream_ms=%.1f id=%s",
                 record.method, record.path, record.status, record.team, record.entry, record.reason,
                 total * 1000, record.upstream_seconds * 1000, record.request_id,
             )  # fmt: skip
+
+    def _refused(self, record: RequestRecord, total: float) -> None:
+        key = (record.team, record.code or "-")
+        counter = self._refusal_counters.get(key)
+        if counter is None:
+            counter = self._refusal_counters[key] = self.refusals.labels(*key)
+        counter.inc()
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s status=%d team=%s entry=%s route=%s ms=%.1f code=%s id=%s",
+                record.method, record.path, record.status, record.team, record.entry, record.reason,
+                total * 1000, record.code, record.request_id,
+            )  # fmt: skip
+
+    def _observe_waits(self, record: RequestRecord) -> None:
+        for reason, seconds in ((START, record.start_seconds), (QUEUE, record.queue_seconds)):
+            if seconds:
+                key = (record.entry, reason)
+                histogram = self._wait_histograms.get(key)
+                if histogram is None:
+                    histogram = self._wait_histograms[key] = self.waits.labels(*key)
+                histogram.observe(seconds)
 
     def upstream_error(self, entry: str, kind: str) -> None:
         self.upstream_errors.labels(entry, kind).inc()

@@ -11,6 +11,12 @@ the client's connection is aborted (:class:`RequestAborted`), so a truncated ans
 Settings can be reloaded while requests run: a request keeps the routing table, gate and limiter it
 started with; the next request uses the new ones (:meth:`Proxy.swap`).
 
+The IDE agent's health check (``/v1/health``, and ``/v1beta/server_setting``) does no model work: it
+takes no gate slot and counts against no team limit, so a busy entry or a team over its rate keeps
+its IDEs "connected" (docs/ERRORS.md). When a team's chat goes to another entry than the one that
+answers its health check, the health answer advertises that entry's chat model, as the IDE enables
+chat only when health names one.
+
 This is plain ASGI rather than a FastAPI route, and headers stay byte pairs: the router's hot path
 skips request parsing, dependency injection and response classes. docs/PERFORMANCE.md has the
 measurements.
@@ -19,17 +25,18 @@ measurements.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fleet.errors import FleetError
-from fleet.routing import Route, RoutingTable, has_dot_segments
+from fleet.routing import HEALTH, SERVER_SETTING, ChatAdvert, Route, RoutingTable, has_dot_segments
 from fleet.settings import FleetSettings
 from router.admin import AdminAuth
 from router.backends import Backends
-from router.gate import EntryGate, GateLimits
+from router.gate import EntryBusy, EntryGate, GateLimits
 from router.observe import CLIENT_LEFT, REQUEST_ID, Observer, RequestRecord, new_request_id
 from router.team_limits import TeamLimiter
 from router.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -53,6 +60,9 @@ NOT_FORWARDED = HOP_BY_HOP | {
     b"authorization", b"host", b"content-length", b"expect", b"x-tabby-team", b"x-tabby-model", b"x-request-id"
 }  # fmt: skip
 NOT_RETURNED = HOP_BY_HOP | {b"server", b"date"}  # uvicorn writes its own date and server
+# A lease of a running backend does not suspend (microseconds); one that took longer waited for a start.
+START_WAIT_MIN = 0.001
+WHOAMI = "whoami"  # the route label of /fleet/whoami requests in metrics and logs
 
 
 class ClientGone(Exception):
@@ -133,6 +143,33 @@ class Proxy:
         finally:
             self.observer.finish(record)
 
+    async def whoami(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET [/teams/<t>][/models/<e>]/fleet/whoami``: what this caller's requests select and why, or
+        the refusal a completion with the same token, headers and prefixes would get."""
+        state = self.state
+        head = RequestHead(scope)
+        record = RequestRecord(head.request_id, scope["method"], scope["path"])
+        record.reason = WHOAMI
+        try:
+            try:
+                if scope["method"] != "GET":
+                    raise FleetError(405, "method-not-allowed", f"{scope['method']} is not allowed here; use GET")
+                _check_head(state, scope, head)
+                answer = state.table.whoami(head.raw_path.decode("latin-1"), head.authorization, head.team, head.model)
+            except FleetError as error:
+                await _refuse(send, error, record)
+                return
+            record.team, record.entry, record.status = answer["team"] or "-", answer["entry"], 200
+            body = json.dumps(answer, indent=2).encode()
+            headers = [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"), (b"x-request-id", record.request_id.encode()),
+            ]  # fmt: skip
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+        finally:
+            self.observer.finish(record)
+
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, state: ProxyState, head: RequestHead, record: RequestRecord
     ) -> None:
@@ -144,11 +181,15 @@ class Proxy:
                 raise _too_large(state.max_body)
             body = await _read_body(receive, state.max_body, state.body_timeout)
         except FleetError as error:
-            record.status = error.status
-            await send_error(send, error, request_id=record.request_id)
+            await _refuse(send, error, record)
             return
         except ClientGone:
             record.status = CLIENT_LEFT
+            return
+        kind = route.kind
+        if kind is HEALTH or kind is SERVER_SETTING:  # no model work: no slot, no team limit
+            advert = state.table.health_advert(route) if kind is HEALTH and scope["method"] != "HEAD" else None
+            await self._forward(scope, receive, send, route, head.forwarded, body, record, advert)
             return
         limiter = state.limiters.get(route.team) if route.team else None
         gate = state.gates[route.entry]
@@ -156,17 +197,20 @@ class Proxy:
             if limiter is not None:
                 limiter.acquire()
             try:
-                await gate.acquire()
+                waited = await gate.acquire()
             except BaseException:
                 if limiter is not None:
                     limiter.release()
                 raise
         except FleetError as error:
-            record.status = error.status
-            await send_error(send, error, route.entry, record.request_id)
+            if isinstance(error, EntryBusy):
+                record.queue_seconds = error.waited
+            await _refuse(send, error, record, route.entry)
             return
+        if waited:
+            record.queue_seconds = waited
         try:
-            await self._forward(scope, receive, send, route, head.forwarded, body, record)
+            await self._forward(scope, receive, send, route, head.forwarded, body, record, None)
         finally:
             gate.release()
             if limiter is not None:
@@ -174,7 +218,7 @@ class Proxy:
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, forwarded: list[tuple[bytes, bytes]],
-        body: bytes, record: RequestRecord,
+        body: bytes, record: RequestRecord, advert: ChatAdvert | None,
     ) -> None:  # fmt: skip
         """Send upstream and stream back; a client disconnect cancels this task and the upstream."""
         task = asyncio.current_task()
@@ -189,7 +233,7 @@ class Proxy:
 
         watcher = asyncio.create_task(watch_disconnect())
         try:
-            await self._exchange(scope, send, route, forwarded, body, record)
+            await self._exchange(scope, send, route, forwarded, body, record, advert)
         except asyncio.CancelledError:
             if not watcher.done() or done:
                 raise  # cancelled by the server, not by the client leaving
@@ -201,10 +245,11 @@ class Proxy:
 
     async def _exchange(
         self, scope: Scope, send: Send, route: Route, forwarded: list[tuple[bytes, bytes]], body: bytes,
-        record: RequestRecord,
+        record: RequestRecord, advert: ChatAdvert | None,
     ) -> None:  # fmt: skip
         entry = route.entry
         upstream_started = 0.0
+        leasing = time.perf_counter()
         try:
             async with self.backends.lease(entry) as backend:
                 target = route.upstream_path
@@ -212,21 +257,26 @@ class Proxy:
                 if query:
                     target += "?" + query.decode("latin-1")
                 upstream_started = time.perf_counter()
+                if upstream_started - leasing > START_WAIT_MIN:
+                    record.start_seconds = upstream_started - leasing
                 response = await self.client.request(backend, scope["method"], target, forwarded, body)
                 try:
-                    await self._stream_back(send, response, route, record)
+                    if advert is None:
+                        await self._stream_back(send, response, route, record)
+                    else:
+                        await self._send_advertised(send, response, route, record, advert)
                 finally:
                     response.close()
         except FleetError as error:
-            record.status = error.status
-            await send_error(send, error, entry, record.request_id)
+            if not upstream_started and time.perf_counter() - leasing > START_WAIT_MIN:
+                record.start_seconds = time.perf_counter() - leasing  # waited for a start, then refused
+            await _refuse(send, error, record, entry)
         except UpstreamError as exc:
             error = _upstream_error(entry, exc)
             self.observer.upstream_error(entry, exc.code.removeprefix("backend-"))
             log.warning("entry %s: %s (id %s): %s%s", entry, exc.code, record.request_id, exc,
                         f" [{exc.detail}]" if exc.detail else "")  # fmt: skip
-            record.status = error.status
-            await send_error(send, error, entry, record.request_id)
+            await _refuse(send, error, record, entry)
         finally:
             if upstream_started:
                 record.upstream_seconds = time.perf_counter() - upstream_started
@@ -255,6 +305,54 @@ class Proxy:
             raise RequestAborted(str(exc)) from None
         if more:  # the body was empty, or its end came after its last chunk
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_advertised(
+        self, send: Send, response: UpstreamResponse, route: Route, record: RequestRecord, advert: ChatAdvert
+    ) -> None:
+        """A health answer with the team's chat model in it (the IDE enables chat only when health names
+        one). Read whole (it is a few hundred bytes); anything but a plain 200 JSON object passes as is."""
+        chunks = []
+        try:
+            async for chunk, _ in response.chunks():
+                chunks.append(chunk)
+        except UpstreamError as exc:
+            self.observer.upstream_error(route.entry, "midstream")
+            log.warning("entry %s: health answer broken off (id %s): %s", route.entry, record.request_id, exc)
+            raise RequestAborted(str(exc)) from None
+        body = b"".join(chunks)
+        headers = []
+        encoded = False
+        for raw_name, value in response.raw_headers:
+            name = raw_name.lower()
+            encoded = encoded or name == b"content-encoding"
+            if name not in NOT_RETURNED and name != b"content-length":
+                headers.append((name, value))
+        if response.status == 200 and not encoded:
+            body = _advertise_chat(body, advert)
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"x-fleet-entry", route.entry.encode()))
+        headers.append((b"x-fleet-route", route.reason.encode()))
+        headers.append((b"x-request-id", record.request_id.encode()))
+        record.status = response.status
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _advertise_chat(body: bytes, advert: ChatAdvert) -> bytes:
+    """The health JSON with ``chat_model`` set to the chat entry's (its chat device and nested chat
+    model described the answering entry's own chat, so they go); unchanged if it is not a JSON object."""
+    try:
+        health = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(health, dict):
+        return body
+    health["chat_model"] = advert.chat_model
+    health.pop("chat_device", None)
+    models = health.get("models")
+    if isinstance(models, dict):
+        models.pop("chat", None)
+    return json.dumps(health).encode()
 
 
 class RequestHead:
@@ -356,6 +454,17 @@ def _upstream_error(entry: str, exc: UpstreamError) -> FleetError:
     return FleetError(
         502, exc.code, f"the backend for entry {entry!r} failed: {exc}; retry, and check /fleet/health", retry_after=1
     )
+
+
+async def _refuse(send: Send, error: FleetError, record: RequestRecord, entry: str | None = None) -> None:
+    """Answer with ``error``, noting it (code, and the team and entry it identified) for the log and metrics."""
+    record.status = error.status
+    record.code = error.code
+    if error.team is not None:
+        record.team = error.team
+    if error.entry is not None and record.entry == "-":
+        record.entry = error.entry
+    await send_error(send, error, entry, record.request_id)
 
 
 async def send_error(send: Send, error: FleetError, entry: str | None = None, request_id: str | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,9 +41,14 @@ entry = "large"
 """
 
 TOKEN = "tft_research-token"
+FRONTEND_TOKEN = "tft_frontend-token"
 TOKEN_CONFIG = CONFIG.replace(
     'entry = "large"\n', f'entry = "large"\ntoken_sha256 = ["{hashlib.sha256(TOKEN.encode()).hexdigest()}"]\n'
-)
+).replace(
+    'allowed_entries = ["small", "medium"]\n',
+    f'allowed_entries = ["small", "medium"]\ntoken_sha256 = ["{hashlib.sha256(FRONTEND_TOKEN.encode()).hexdigest()}"]'
+    "\n",
+)  # every team has a token: a fleet with tokens locks out a team without one
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +118,54 @@ def test_backend_errors_pass_through_unchanged(fleet: RunningFleet) -> None:
         bad_json = client.post("/v1/completions", content=b"{", headers={"content-type": "application/json"})
         bad_schema = client.post("/v1/completions", json={"segments": {"suffix": "x"}})
         no_segments = client.post("/v1/completions", json={"language": "python"})
-        no_chat = client.post("/models/medium/v1/chat/completions", json={"messages": []})
     assert no_type.status_code == 415
     assert bad_json.status_code == 400
     assert bad_schema.status_code == 422
     assert (no_segments.status_code, no_segments.content) == (400, b"")
-    assert no_chat.status_code == 501
+
+
+def test_chat_goes_to_the_chat_entry_and_an_entry_without_one_is_refused_by_the_router(fleet: RunningFleet) -> None:
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    with fleet.client() as client:
+        client.get("/models/medium/v1/health")
+        before = fleet.backend_stats("medium")["requests"].get("chat", 0)
+        research = client.post("/teams/research/v1/chat/completions", json=chat)  # large has none; small has
+        named = client.post("/models/medium/v1/chat/completions", json=chat)
+    assert research.status_code == 200 and research.headers["x-fleet-entry"] == "small"
+    assert research.headers["x-fleet-route"] == "chat-entry"
+    assert named.status_code == 501 and named.headers["content-type"] == "application/json"
+    assert (named.json()["error"]["code"], named.json()["error"]["choices"]) == ("no-chat-model", ["small"])
+    assert fleet.backend_stats("medium")["requests"].get("chat", 0) == before  # the backend never saw it
+
+
+def test_whoami_answers_under_every_routing_prefix(fleet: RunningFleet) -> None:
+    with fleet.client() as client:
+        by_path = client.get("/teams/frontend/fleet/whoami").json()
+        by_header = client.get("/fleet/whoami", headers={"X-Tabby-Team": "research"}).json()
+        by_model = client.get("/teams/frontend/models/medium/fleet/whoami").json()
+        not_allowed = client.get("/teams/frontend/models/large/fleet/whoami")
+        posted = client.post("/fleet/whoami")
+    assert (by_path["team"], by_path["team_from"], by_path["entry"], by_path["chat_entry"]) == (
+        "frontend", "team-path", "small", "small"
+    )  # fmt: skip
+    assert (by_header["team"], by_header["team_from"], by_header["entry"], by_header["chat_entry"]) == (
+        "research", "team-header", "large", "small"
+    )  # fmt: skip
+    assert (by_model["entry"], by_model["entry_from"], by_model["chat_error"]["code"]) == (
+        "medium", "model-path", "no-chat-model"
+    )  # fmt: skip
+    assert not_allowed.status_code == 404 and not_allowed.json()["error"]["code"] == "entry-not-allowed"
+    assert posted.status_code == 405 and posted.json()["error"]["code"] == "method-not-allowed"
+
+
+def test_refusals_are_logged_and_counted_with_team_and_code(fleet: RunningFleet) -> None:
+    with fleet.client() as client:
+        refused = complete(client, "/teams/frontend/v1/completions", **{"X-Tabby-Model": "large"})
+    request_id = refused.headers["x-request-id"]
+    line = next(line for line in fleet.log_path.read_text().splitlines() if request_id in line)
+    assert "status=404 team=frontend entry=large" in line and "code=entry-not-allowed" in line
+    metrics = httpx.get(f"{fleet.base_url}/metrics").text
+    assert 'fleet_refusals_total{code="entry-not-allowed",team="frontend"}' in metrics
 
 
 @pytest.mark.parametrize(
@@ -125,7 +173,7 @@ def test_backend_errors_pass_through_unchanged(fleet: RunningFleet) -> None:
     [
         ("/v1/completions", {"X-Tabby-Model": "gpt-5"}, 404, "unknown-model"),
         ("/teams/nobody/v1/completions", {}, 404, "unknown-team"),
-        ("/teams/frontend/v1/completions", {"X-Tabby-Model": "large"}, 403, "entry-not-allowed"),
+        ("/teams/frontend/v1/completions", {"X-Tabby-Model": "large"}, 404, "entry-not-allowed"),
         ("/teams/frontend/v1/completions", {"X-Tabby-Team": "research"}, 400, "conflicting-team"),
         ("/v2/completions", {}, 404, "unknown-path"),
         ("/fleet/nothing", {}, 404, "unknown-path"),
@@ -181,6 +229,8 @@ def test_fleet_endpoints_describe_the_table(fleet: RunningFleet) -> None:
     assert all(e["state"] in {"cold", "starting", "ready", "failed"} for e in health["entries"].values())
     entries = fleet.entries()
     assert entries["small"]["model"] == "TabbyML/StarCoder-1B" and entries["small"]["default"] is True
+    teams = {team["name"]: team for team in httpx.get(f"{fleet.base_url}/fleet/entries").json()["teams"]}
+    assert teams["research"]["chat_entry"] == "small"  # large has no chat model; small, the first, has
     docs = httpx.get(f"{fleet.base_url}/fleet/openapi.json").json()
     assert "/fleet/health" in docs["paths"] and "/fleet/entries" in docs["paths"]
 
@@ -195,4 +245,27 @@ def test_tokens_route_and_refuse(tmp_path: Path) -> None:
     assert ok.headers["x-fleet-route"] == "team-token"
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing-token"
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid-token"
-    assert mismatch.status_code == 403 and mismatch.json()["error"]["code"] == "team-mismatch"
+    assert mismatch.status_code == 404 and mismatch.json()["error"]["code"] == "team-mismatch"
+
+
+def test_reload_logs_what_changed(tmp_path: Path) -> None:
+    with run_fleet(tmp_path, TOKEN_CONFIG) as running:
+        config = running.workdir / "fleet.toml"
+        text = config.read_text()
+        research_hash = hashlib.sha256(TOKEN.encode()).hexdigest()
+        new_hash = hashlib.sha256(b"tft_another-research-token").hexdigest()
+        text = text.replace(f'"{research_hash}"', f'"{new_hash}"')  # research: one token out, one in
+        text = text.replace('name = "medium"\nmodel = "TabbyML/StarCoder-3B"', 'name = "medium"\nmodel = "X/Y"')
+        text += '\n[[entries]]\nname = "huge"\nmodel = "TabbyML/StarCoder-15B"\n'
+        config.write_text(text)
+        assert httpx.post(f"{running.base_url}/fleet/reload", timeout=10).status_code == 200
+        line = next(line for line in running.log_tail().splitlines() if "settings reloaded" in line)
+        config.write_text(text.replace('name = "huge"', 'name = "Huge!"'))
+        assert httpx.post(f"{running.base_url}/fleet/reload", timeout=10).status_code == 400
+        refused = next(line for line in running.log_tail().splitlines() if "refused, old settings kept" in line)
+    assert "fleet.toml" in refused and "Huge!" in refused
+    assert "settings reloaded from " in line and "fleet.toml: 4 entries, 2 teams" in line
+    assert "entries added: huge" in line and "entries changed: medium (model)" in line
+    assert re.search(r"team 'research' tokens: added [\w-]+; removed [\w-]+", line), line  # by label
+    assert "team 'frontend' tokens" not in line
+    assert research_hash not in line and new_hash not in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +176,34 @@ def test_with_admin_token_loopback_needs_it_too() -> None:
     with pytest.raises(FleetError):
         auth.require(_request("127.0.0.1"))
     auth.require(_request("10.1.2.3", f"Bearer {ADMIN}"))
+
+
+def metric(text: str, sample: str) -> float:
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{sample} not in /metrics"
+    return float(match.group(1))
+
+
+def test_router_overhead_leaves_out_start_and_queue_waits(tmp_path: Path) -> None:
+    """Two requests at once on a cold entry of one slot: the first waits ~1.5 s for the backend to start,
+    the second ~2.5 s for the slot. Those are waits, not the router's overhead."""
+    config = """
+    [[entries]]
+    name = "sluggish"
+    model = "TabbyML/StarCoder-1B"
+    max_inputs = 1
+    standin = { start_delay = 1.5, completion_delay = 1 }
+    """
+    with run_fleet(tmp_path, config) as running:
+        url = f"{running.base_url}/v1/completions"
+        threads = [threading.Thread(target=lambda: httpx.post(url, json=COMPLETION, timeout=30)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        text = httpx.get(f"{running.base_url}/metrics").text
+    labels = 'entry="sluggish"'
+    assert metric(text, f'fleet_backend_wait_seconds_sum{{{labels},reason="start"}}') >= 1.0
+    assert metric(text, f'fleet_backend_wait_seconds_sum{{{labels},reason="queue"}}') >= 1.0
+    assert metric(text, f"fleet_router_overhead_seconds_count{{{labels}}}") == 2
+    assert metric(text, f"fleet_router_overhead_seconds_sum{{{labels}}}") < 0.5

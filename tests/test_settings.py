@@ -6,8 +6,19 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from starlette.requests import Request
 
-from fleet.settings import PACKAGED_EXAMPLE, SettingsError, load_settings, resolve_config_path
+from fleet.errors import FleetError
+from fleet.routing import RoutingTable
+from fleet.settings import (
+    PACKAGED_EXAMPLE,
+    FleetSettings,
+    SettingsError,
+    env_warnings,
+    load_settings,
+    resolve_config_path,
+)
+from router.admin import AdminAuth
 
 HASH = hashlib.sha256(b"secret").hexdigest()
 
@@ -109,7 +120,7 @@ def test_unknown_top_level_key_suggests_spelling(tmp_path: Path) -> None:
 
 def test_unknown_entry_field(tmp_path: Path) -> None:
     text = BASE.replace('gpu = "A10G"', 'gpu = "A10G"\ngpus = 2')
-    assert "entries[1].gpus: unknown field 'gpus'" in problems(tmp_path, text)
+    assert "entries[\"medium\"].gpus: unknown field 'gpus'; did you mean 'gpu'?" in problems(tmp_path, text)
 
 
 def test_no_entries(tmp_path: Path) -> None:
@@ -118,7 +129,7 @@ def test_no_entries(tmp_path: Path) -> None:
 
 def test_missing_model(tmp_path: Path) -> None:
     text = BASE.replace('model = "TabbyML/StarCoder-3B"\n', "")
-    assert "entries[1].model: required field is missing" in problems(tmp_path, text)
+    assert problems(tmp_path, text) == "entries[\"medium\"].model: required field 'model' is missing; add it"
 
 
 @pytest.mark.parametrize("bad", ["Small", "small_1", "-small", "a" * 40, "smäll", ""])
@@ -161,7 +172,7 @@ def test_unknown_default_entry_lists_choices(tmp_path: Path) -> None:
 
 def test_team_unknown_entry(tmp_path: Path) -> None:
     text = BASE.replace('entry = "small"\nallowed', 'entry = "tiny"\nallowed')
-    assert "teams[0] ('frontend').entry: unknown entry 'tiny'" in problems(tmp_path, text)
+    assert "teams[\"frontend\"].entry: unknown entry 'tiny'" in problems(tmp_path, text)
 
 
 def test_team_unknown_allowed_entry(tmp_path: Path) -> None:
@@ -188,7 +199,7 @@ def test_duplicate_team_names(tmp_path: Path) -> None:
 def test_scaledown_window_bounds(tmp_path: Path, window: int) -> None:
     text = BASE.replace('gpu = "A10G"', f'gpu = "A10G"\nscaledown_window = {window}')
     found = problems(tmp_path, text)
-    assert "entries[1].scaledown_window" in found and "2..3600" in found and str(window) in found
+    assert 'entries["medium"].scaledown_window' in found and "2..3600" in found and str(window) in found
 
 
 def test_scaledown_window_bounds_inclusive(tmp_path: Path) -> None:
@@ -206,7 +217,7 @@ def test_min_containers_above_max(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", [0, -1])
 def test_non_positive_concurrency(tmp_path: Path, field: str, value: int) -> None:
     text = BASE.replace('gpu = "A10G"', f'gpu = "A10G"\n{field} = {value}')
-    assert f"entries[1].{field}: {field} must be at least 1" in problems(tmp_path, text)
+    assert f'entries["medium"].{field}: {field} must be at least 1' in problems(tmp_path, text)
 
 
 def test_target_inputs_above_max(tmp_path: Path) -> None:
@@ -238,7 +249,8 @@ def test_malformed_token_hash(tmp_path: Path, digest: str) -> None:
 def test_token_hash_shared_by_two_teams(tmp_path: Path) -> None:
     text = BASE.replace('allowed_entries = ["small", "medium"]', f'token_sha256 = ["{HASH}"]')
     text += f'\n[[teams]]\nname = "backend"\ntoken_sha256 = ["{HASH.upper()}"]\n'
-    assert "is also listed for team 'frontend'" in problems(tmp_path, text)
+    assert 'teams["backend"].token_sha256: the hash' in (found := problems(tmp_path, text))
+    assert "is also a token of team 'frontend'" in found
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
@@ -246,7 +258,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         'entry = "small"\n', 'entry = "x"\n'
     )
     found = problems(tmp_path, text)
-    assert "router.default_entry" in found and "teams[0] ('frontend').entry" in found
+    assert "router.default_entry" in found and 'teams["frontend"].entry' in found
 
 
 def test_field_errors_are_all_reported(tmp_path: Path) -> None:
@@ -254,7 +266,8 @@ def test_field_errors_are_all_reported(tmp_path: Path) -> None:
         'aliases = ["starcoder-1b"]', "max_inputs = 0"
     )
     found = problems(tmp_path, text)
-    assert "entries[1].gpu" in found and "entries[1].scaledown_window" in found and "entries[0].max_inputs" in found
+    assert 'entries["medium"].gpu' in found and 'entries["medium"].scaledown_window' in found
+    assert 'entries["small"].max_inputs' in found
 
 
 def test_entries_from_environment_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,3 +276,248 @@ def test_entries_from_environment_json(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("FLEET_ROUTER__DEFAULT_ENTRY", "solo")
     settings = load(tmp_path, BASE)
     assert [e.name for e in settings.entries] == ["solo"]
+
+
+# -- auth mode ------------------------------------------------------------------------------------
+
+HASH_A, HASH_B, HASH_C = (hashlib.sha256(t).hexdigest() for t in (b"tft_a", b"tft_b", b"tft_c"))
+
+TWO_TEAMS = (
+    BASE
+    + """
+[[teams]]
+name = "platform"
+entry = "medium"
+"""
+)
+
+
+def with_tokens(text: str, team: str, line: str) -> str:
+    """Add a line to the [[teams]] table of ``team``."""
+    marker = f'name = "{team}"\n'
+    assert text.count(marker) == 1
+    return text.replace(marker, marker + line + "\n")
+
+
+def test_auth_is_inferred_from_the_teams(tmp_path: Path) -> None:
+    assert load(tmp_path, TWO_TEAMS).auth_mode == "open"
+    both = with_tokens(with_tokens(TWO_TEAMS, "frontend", f'token_sha256 = ["{HASH_A}"]'), "platform",
+                       f'tokens = [{{label = "ci", sha256 = "{HASH_B}"}}]')  # fmt: skip
+    settings = load(tmp_path, both)
+    assert settings.auth_mode == "tokens" and settings.router.auth is None
+
+
+def test_a_mix_of_teams_with_and_without_tokens_is_refused(tmp_path: Path) -> None:
+    mixed = with_tokens(TWO_TEAMS, "frontend", f'tokens = [{{label = "alice", sha256 = "{HASH_A}"}}]')
+    found = problems(tmp_path, mixed)
+    assert found.count("\n") == 0  # one line
+    assert "'platform'" in found and "locked out (401)" in found  # names the team that would be locked out
+    assert "fleet token new --team platform --label LABEL" in found  # fix 1: give it a token
+    assert 'router.auth = "open"' in found and "remove the tokens of 'frontend'" in found  # fix 2
+
+
+def test_explicit_tokens_mode_needs_a_token_on_every_team(tmp_path: Path) -> None:
+    text = with_tokens(TWO_TEAMS, "frontend", f'token_sha256 = ["{HASH_A}"]')
+    found = problems(tmp_path, text.replace("[router]\n", '[router]\nauth = "tokens"\n'))
+    assert 'teams["platform"].tokens: router.auth is "tokens" but team \'platform\' has no token' in found
+    assert "frontend" not in found
+
+
+def test_explicit_tokens_mode_without_teams_is_refused(tmp_path: Path) -> None:
+    text = BASE.split("[[teams]]")[0].replace("[router]\n", '[router]\nauth = "tokens"\n')
+    assert 'router.auth: "tokens", but there are no teams' in problems(tmp_path, text)
+
+
+def test_explicit_open_mode_refuses_team_tokens(tmp_path: Path) -> None:
+    text = with_tokens(TWO_TEAMS, "frontend", f'token_sha256 = ["{HASH_A}"]')
+    found = problems(tmp_path, text.replace("[router]\n", '[router]\nauth = "open"\n'))
+    assert 'teams["frontend"].tokens: router.auth is "open", so tokens are never checked' in found
+
+
+def test_unknown_auth_mode(tmp_path: Path) -> None:
+    found = problems(tmp_path, BASE.replace("[router]\n", '[router]\nauth = "closed"\n'))
+    assert "router.auth: must be 'tokens' or 'open' (got 'closed')" in found
+
+
+def test_routing_follows_the_explicit_mode(tmp_path: Path) -> None:
+    open_fleet = RoutingTable(load(tmp_path, TWO_TEAMS.replace("[router]\n", '[router]\nauth = "open"\n')))
+    assert open_fleet.route("/v1/completions", team_header="platform").entry == "medium"
+    locked = with_tokens(with_tokens(TWO_TEAMS, "frontend", f'token_sha256 = ["{HASH_A}"]'), "platform",
+                         f'tokens = [{{label = "ci", sha256 = "{HASH_B}"}}]')  # fmt: skip
+    table = RoutingTable(load(tmp_path, locked.replace("[router]\n", '[router]\nauth = "tokens"\n')))
+    with pytest.raises(FleetError) as caught:
+        table.route("/v1/completions", team_header="platform")
+    assert caught.value.code == "missing-token"
+    assert table.route("/v1/completions", "Bearer tft_b").team == "platform"  # a labelled token
+    assert table.route("/v1/completions", "Bearer tft_a").team == "frontend"  # a legacy one
+
+
+# -- labelled tokens ------------------------------------------------------------------------------
+
+
+def test_legacy_hashes_get_positional_labels(tmp_path: Path) -> None:
+    text = with_tokens(BASE, "frontend", f'token_sha256 = ["{HASH_A}", "{HASH_B}"]\n'
+                                         f'tokens = [{{label = "alice", sha256 = "{HASH_C}"}}]')  # fmt: skip
+    team = load(tmp_path, text).teams[0]
+    assert [t.label for t in team.labelled_tokens] == ["alice", "token-1", "token-2"]
+    assert team.token_digests == (HASH_C, HASH_A, HASH_B)
+
+
+def test_token_labels_are_slugs_and_unique_within_a_team(tmp_path: Path) -> None:
+    bad = with_tokens(BASE, "frontend", f'tokens = [{{label = "Alice Laptop", sha256 = "{HASH_A}"}}]')
+    assert 'teams["frontend"].tokens["Alice Laptop"].label: token label \'Alice Laptop\' is not a slug' in problems(
+        tmp_path, bad
+    )
+    twice = with_tokens(BASE, "frontend", f'tokens = [{{label = "a", sha256 = "{HASH_A}"}}, '
+                                          f'{{label = "a", sha256 = "{HASH_B}"}}]')  # fmt: skip
+    assert "label 'a' is used twice in team 'frontend'" in problems(tmp_path, twice)
+    clash = with_tokens(BASE, "frontend", f'token_sha256 = ["{HASH_A}"]\n'
+                                          f'tokens = [{{label = "token-1", sha256 = "{HASH_B}"}}]')  # fmt: skip
+    assert "label 'token-1' is used twice" in problems(tmp_path, clash)
+
+
+def test_the_same_label_in_two_teams_is_fine(tmp_path: Path) -> None:
+    text = with_tokens(with_tokens(TWO_TEAMS, "frontend", f'tokens = [{{label = "ci", sha256 = "{HASH_A}"}}]'),
+                       "platform", f'tokens = [{{label = "ci", sha256 = "{HASH_B}"}}]')  # fmt: skip
+    assert load(tmp_path, text).auth_mode == "tokens"
+
+
+def test_malformed_labelled_hash_is_named_by_its_label(tmp_path: Path) -> None:
+    text = with_tokens(BASE, "frontend", 'tokens = [{label = "alice", sha256 = "abc"}]')
+    found = problems(tmp_path, text)
+    assert 'teams["frontend"].tokens["alice"].sha256' in found and "not a sha256 hex digest" in found
+
+
+def test_admin_tokens_labelled_and_legacy(tmp_path: Path) -> None:
+    text = BASE.replace("[router]\n", f'[router]\nadmin_token_sha256 = ["{HASH_A}"]\n'
+                                      f'admin_tokens = [{{label = "ops", sha256 = "{HASH_B}"}}]\n')  # fmt: skip
+    router = load(tmp_path, text).router
+    assert [t.label for t in router.labelled_admin_tokens] == ["ops", "token-1"]
+    assert router.admin_token_digests == (HASH_B, HASH_A)
+    auth = AdminAuth(load(tmp_path, text))
+    for token in ("tft_a", "tft_b"):  # both forms admit
+        auth.require(_admin_request(f"Bearer {token}"))
+    with pytest.raises(FleetError):
+        auth.require(_admin_request("Bearer tft_c"))
+
+
+def test_admin_token_may_not_be_a_team_token(tmp_path: Path) -> None:
+    text = with_tokens(BASE, "frontend", f'tokens = [{{label = "alice", sha256 = "{HASH_A}"}}]')
+    text = text.replace("[router]\n", f'[router]\nadmin_tokens = [{{label = "ops", sha256 = "{HASH_A}"}}]\n')
+    assert "router.admin_tokens: the hash" in (found := problems(tmp_path, text))
+    assert "is also a token of team 'frontend' (label 'alice')" in found
+
+
+def test_frozen_settings_keep_tokens_and_mode(tmp_path: Path) -> None:
+    """What `fleet deploy` hands the containers (model_dump_json) loads back the same."""
+    text = with_tokens(
+        BASE, "frontend", f'token_sha256 = ["{HASH_A}"]\ntokens = [{{label = "b", sha256 = "{HASH_B}"}}]'
+    )
+    text = text.replace(
+        "[router]\n", f'[router]\nauth = "tokens"\nadmin_tokens = [{{label = "ops", sha256 = "{HASH_C}"}}]\n'
+    )
+    settings = load(tmp_path, text)
+    again = FleetSettings.model_validate_json(settings.model_dump_json())
+    assert again == settings and again.auth_mode == "tokens" and again.teams[0].token_digests == (HASH_B, HASH_A)
+
+
+# -- every problem in one pass ---------------------------------------------------------------------
+
+
+def test_field_errors_and_cross_references_in_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_ROUTER__DEFAULT_ENTRY", "huge")
+    text = BASE.replace('gpu = "A10G"', 'gpu = "A11G"').replace('entry = "small"\nallowed', 'entry = "tiny"\nallowed')
+    lines = problems(tmp_path, text).splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("entries[\"medium\"].gpu: unknown GPU type 'A11G'")
+    assert any(
+        line.startswith("router.default_entry (from FLEET_ROUTER__DEFAULT_ENTRY): unknown entry 'huge'")
+        for line in lines
+    )
+    assert any(line.startswith("teams[\"frontend\"].entry: unknown entry 'tiny'") for line in lines)
+
+
+def test_cross_checks_see_an_entry_whose_own_field_is_bad(tmp_path: Path) -> None:
+    """A bad GPU on "medium" must not make "medium" unknown to the team that allows it."""
+    text = BASE.replace('gpu = "A10G"', 'gpu = "A11G"\nmax_inputs = 0')
+    lines = problems(tmp_path, text).splitlines()
+    assert [line.split(":")[0] for line in lines] == ['entries["medium"].gpu', 'entries["medium"].max_inputs']
+
+
+def test_unknown_top_level_key_comes_with_the_other_problems(tmp_path: Path) -> None:
+    found = problems(tmp_path, BASE.replace('gpu = "A10G"', 'gpu = "A11G"') + "\n[[entrys]]\nname='x'\n")
+    assert "did you mean 'entries'" in found and 'entries["medium"].gpu' in found
+
+
+@pytest.mark.parametrize("text", ["[router]\n", "entries = []\n"])
+def test_no_entries_is_advice_not_pydantic(tmp_path: Path, text: str) -> None:
+    found = problems(tmp_path, text)
+    assert "add at least one [[entries]] table" in found
+    assert "Tuple" not in found and "Field required" not in found
+
+
+def test_bad_json_in_a_fleet_variable_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_ENTRIES", "[{")
+    found = problems(tmp_path, BASE)
+    assert found.startswith("FLEET_ENTRIES: not valid JSON") and "FLEET_ENTRIES='[{" in found
+
+
+def test_bad_json_in_a_nested_fleet_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_ROUTER__ADMIN_TOKENS", "[{label")
+    monkeypatch.setenv("FLEET_ROUTER__DEFAULT_ENTRY", "[{")  # a string setting: not JSON, not to blame
+    found = problems(tmp_path, BASE)
+    assert found.startswith("FLEET_ROUTER__ADMIN_TOKENS: not valid JSON") and "DEFAULT_ENTRY" not in found
+
+
+def test_a_value_from_dotenv_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLEET_ROUTER__DEFAULT_ENTRY", raising=False)
+    (tmp_path / ".env").write_text("FLEET_ROUTER__DEFAULT_ENTRY=huge\n")
+    assert "router.default_entry (from FLEET_ROUTER__DEFAULT_ENTRY in .env): unknown entry" in problems(tmp_path, BASE)
+
+
+def test_entries_from_the_environment_are_named_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_ENTRIES", '[{"name": "solo", "model": "m", "gpu": "L5"}]')
+    monkeypatch.setenv("FLEET_TEAMS", "[]")
+    monkeypatch.setenv("FLEET_ROUTER__DEFAULT_ENTRY", "solo")
+    assert "entries[\"solo\"].gpu (from FLEET_ENTRIES): unknown GPU type 'L5'" in problems(tmp_path, BASE)
+
+
+def test_unknown_fleet_variables_are_warnings_with_the_likely_name(tmp_path: Path) -> None:
+    environ = {"FLEET_ROUTER_DEFAULT_ENTRY": "small", "FLEET_CONFIG": "x.toml", "FLEET_ROUTER__QUEUE_TIMEOUT": "3",
+               "fleet_tabby_bin": "/x", "FLEET_TEEMS": "[]", "HOME": "/root"}  # fmt: skip
+    warnings = env_warnings(environ, dotenv=tmp_path / "absent.env")
+    assert len(warnings) == 2, warnings
+    assert (
+        "FLEET_ROUTER_DEFAULT_ENTRY is not a fleet setting and is ignored; did you mean FLEET_ROUTER__DEFAULT_ENTRY?"
+        in warnings
+    )
+    assert any(w.startswith("FLEET_TEEMS") and "did you mean FLEET_TEAMS?" in w for w in warnings)
+    (tmp_path / ".env").write_text("FLEET_MODAL_APP_NAME=x\n")
+    assert env_warnings({}, dotenv=tmp_path / ".env") == [
+        "FLEET_MODAL_APP_NAME in .env is not a fleet setting and is ignored; did you mean FLEET_MODAL__APP_NAME?"
+    ]
+
+
+def test_an_unknown_fleet_variable_does_not_stop_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_ROUTER_DEFAULT_ENTRY", "medium")
+    assert load(tmp_path, BASE).router.default_entry == "small"
+
+
+def _admin_request(authorization: str) -> Request:
+    headers = [(b"authorization", authorization.encode())]
+    return Request({"type": "http", "method": "GET", "path": "/metrics", "headers": headers,
+                    "client": ("10.0.0.1", 5555), "query_string": b""})  # fmt: skip
+
+
+def test_a_bad_field_in_the_only_entry_is_one_line(tmp_path: Path) -> None:
+    text = '[[entries]]\nname = "solo"\nmodel = "m"\ngpu = "L5"\n'
+    lines = problems(tmp_path, text).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("entries[\"solo\"].gpu: unknown GPU type 'L5'"), lines
+
+
+def test_a_bad_router_field_does_not_hide_the_router_cross_references(tmp_path: Path) -> None:
+    text = BASE.replace('default_entry = "small"', 'default_entry = "huge"\nqueue_timeout = -1')
+    found = problems(tmp_path, text)
+    assert "router.queue_timeout: must be greater than or equal to 0 (got -1)" in found
+    assert "router.default_entry: unknown entry 'huge'" in found
