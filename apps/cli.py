@@ -612,7 +612,7 @@ def plan_table(settings: FleetSettings) -> str:
                 name,
                 entry.model,
                 entry.chat_model or "-",
-                entry.gpu if not entry.url else f"(external {entry.url})",
+                entry.gpu_text if not entry.url else f"(external {entry.url})",
                 f"{entry.scaledown_window}s",
                 f"{entry.min_containers}..{entry.max_containers}",
                 f"{entry.max_inputs}/container = {entry.capacity}",

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from apps.tabby_cmd import standin_argv, tabby_env, tabby_serve_argv
+from apps.tabby_cmd import standin_argv, tabby_env, tabby_serve_argv, write_tabby_config
 from fleet.errors import FleetError
 from fleet.settings import Entry, FleetSettings
 from router.backends import StaticBackends, Upstream
@@ -109,7 +109,10 @@ class LocalBackend:
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         if self.tabby_bin:
-            argv = tabby_serve_argv(self.entry, binary=self.tabby_bin, port=self.port, device="cpu", host=HOST)
+            argv = tabby_serve_argv(
+                self.entry, binary=self.tabby_bin, port=self.port, device=self.entry.device, host=HOST
+            )
+            write_tabby_config(self.root, self.entry)
         else:
             argv = standin_argv(self.entry, port=self.port, host=HOST)
         env = {**os.environ, **tabby_env(self.root)}

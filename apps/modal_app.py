@@ -32,7 +32,15 @@ from typing import Any
 
 import modal
 
-from apps.tabby_cmd import IMAGE_TABBY_BIN, container_root, supervise, tabby_download_argv, tabby_env, tabby_serve_argv
+from apps.tabby_cmd import (
+    IMAGE_TABBY_BIN,
+    container_root,
+    supervise,
+    tabby_download_argv,
+    tabby_env,
+    tabby_serve_argv,
+    write_tabby_config,
+)
 from fleet.settings import Entry, FleetSettings, load_settings
 
 TABBY_PORT = 8080  # where tabby serve listens inside its container
@@ -163,7 +171,7 @@ def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> Fleet
             options["buffer_containers"] = entry.buffer_containers
         deployed = app.cls(
             image=tabby_image(settings, entry),
-            gpu=entry.gpu,
+            gpu=list(entry.gpus) if len(entry.gpus) > 1 else entry.gpu,  # a list: Modal's ordered fallback
             scaledown_window=entry.scaledown_window,
             max_containers=entry.max_containers,
             min_containers=entry.min_containers,
@@ -194,6 +202,8 @@ def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> Fleet
         env=frozen_all,
         min_containers=settings.modal.router_min_containers,
         max_containers=settings.modal.router_max_containers,
+        cpu=settings.modal.router_cpu,
+        memory=settings.modal.router_memory,
         timeout=ROUTER_TIMEOUT,
     )(web_app)
     namespace[ROUTER_FUNCTION] = router_function
@@ -209,7 +219,7 @@ def _tabby_class(entry: Entry, module: str, frozen_settings: str) -> type:
 
     def serve(self: Any) -> None:
         root = container_root(DATA_MOUNT, entry, os.environ.get("MODAL_TASK_ID"))
-        os.makedirs(root, exist_ok=True)
+        write_tabby_config(root, entry)  # makes the folder too
         # Tabby opens its port only once the model is loaded; Modal waits for the port. If Tabby
         # exits first, the watchdog ends the container so that Modal replaces it at once.
         supervise(argv, {**os.environ, **environment, **tabby_env(root)}, name=f"entry {entry.name!r}")

@@ -66,6 +66,8 @@ def describe_function(app: modal.App, tag: str) -> dict[str, Any]:
         "secrets": list(info.secrets),
         "web": web,
         "image": image_commands(function._spec.image),  # private: _FunctionSpec
+        "cpu": function._spec.cpu,  # private: _FunctionSpec
+        "memory": function._spec.memory,
     }
 
 

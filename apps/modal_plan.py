@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apps.modal_app import DATA_MOUNT, build_fleet_app
+from apps.modal_app import DATA_MOUNT, EMBEDDING_MODEL, build_fleet_app
 from apps.modal_inspect import describe_app
 from fleet.settings import FleetSettings
 
@@ -14,6 +14,8 @@ def modal_plan(settings: FleetSettings) -> str:
     lines = [
         f"Modal deploy: app {options.app_name!r}, volume {options.volume!r} at {DATA_MOUNT}, "
         f"Tabby image {options.tabby_image}",
+        f"  shared image layers (built and stored once for every entry): {options.tabby_image}, "
+        f"{EMBEDDING_MODEL} (every Tabby 0.32 loads it), the settings packages",
     ]
     for entry in settings.entries:
         if entry.url is not None:
@@ -26,7 +28,7 @@ def modal_plan(settings: FleetSettings) -> str:
             f", target_inputs={cls['target_inputs']}" if cls["target_inputs"] else ""
         )
         lines += [
-            f"  class {entry.class_name} (entry {entry.name}): GPU {', '.join(cls['gpu'])}",
+            f"  class {entry.class_name} (entry {entry.name}): GPU {', else '.join(cls['gpu'])}",
             f"    containers {cls['min_containers']}..{cls['max_containers']}"
             + (f" (+{cls['buffer_containers']} buffer)" if cls["buffer_containers"] else "")
             + f", idle {cls['scaledown_window']}s, {inputs}",
@@ -43,6 +45,8 @@ def modal_plan(settings: FleetSettings) -> str:
     lines += [
         f"  function router (asgi_app, label {label}): containers "
         f"{router['min_containers']}..{router['max_containers']}, max_inputs={router['max_inputs']}, "
+        f"cpu {router['cpu'] or 'Modal default'}, memory "
+        f"{str(router['memory']) + ' MiB' if router['memory'] else 'Modal default'}, "
         f"secret {options.proxy_auth_secret!r}",
         f"  fleet deploy / serve: {deploy_readiness(settings)}",
     ]

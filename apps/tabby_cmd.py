@@ -43,6 +43,20 @@ def tabby_env(root: Path | str) -> dict[str, str]:
     return {"TABBY_ROOT": str(root), "TABBY_DISABLE_USAGE_COLLECTION": "1"}
 
 
+def tabby_config_toml(entry: Entry) -> str:
+    """The entry's ``TABBY_ROOT/config.toml``: what Tabby reads from a file, from settings."""
+    return (
+        "# written by tabby-fleet from its settings at every start; edit the settings, not this file\n"
+        f"[server]\ncompletion_timeout = {entry.completion_timeout}\n"
+    )
+
+
+def write_tabby_config(root: Path | str, entry: Entry) -> None:
+    path = Path(root) / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tabby_config_toml(entry))
+
+
 def standin_argv(entry: Entry, *, port: int, host: str = "127.0.0.1") -> list[str]:
     """The built-in stand-in, for machines without a tabby binary (and for tests)."""
     argv = [sys.executable, "-m", "apps.standin", "--model", entry.model]

@@ -64,6 +64,7 @@ class Route(NamedTuple):  # a tuple: built per request, and a frozen dataclass c
     reason: str
     upstream_path: str  # the raw path with the routing prefixes removed, query not included
     kind: str | None = None  # HEALTH, SERVER_SETTING, CHAT or None (PATH_KINDS)
+    user: str | None = None  # who Tabby's event log names (X-Tabby-User): "<team>/<token label>" or "<team>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,11 @@ class RoutingTable:
         self._token_teams: tuple[tuple[bytes, str], ...] = tuple(
             (bytes.fromhex(digest), team.name) for team in settings.teams for digest in team.token_digests
         )
+        self._token_users: dict[bytes, str] = {
+            bytes.fromhex(token.sha256): f"{team.name}/{token.label}"
+            for team in settings.teams
+            for token in team.labelled_tokens
+        }
         # X-Tabby-Model accepts an entry's name, one of its aliases, or its model id.
         selectors: dict[str, str] = {}
         model_owners: dict[str, list[str]] = {}
@@ -131,14 +137,17 @@ class RoutingTable:
         model_header: str | None = None,
     ) -> Route:
         parts = _split_path(path)
-        token_team = self._authenticate(authorization)
+        token_team, user = self._authenticate(authorization)
         team, team_reason = self._team(token_team, _clean(team_header), parts.team)
         try:
-            return self._route(parts, team, team_reason, _clean(model_header))
+            route = self._route(parts, team, team_reason, _clean(model_header))
         except FleetError as error:
             if team is not None:
                 error.team = team.name  # for the router's log and metrics
             raise
+        if team is not None:
+            route = route._replace(user=user or team.name)
+        return route
 
     def _route(self, parts: _PathParts, team: Team | None, team_reason: str, model_header: str | None) -> Route:
         kind = PATH_KINDS.get(parts.rest)
@@ -191,10 +200,10 @@ class RoutingTable:
 
     # -- the steps --------------------------------------------------------------------------------
 
-    def _authenticate(self, authorization: str | None) -> str | None:
-        """The token's team, when tokens are in use; None when no team has tokens."""
+    def _authenticate(self, authorization: str | None) -> tuple[str | None, str | None]:
+        """The token's team and its holder ("<team>/<label>"), when tokens are in use; else (None, None)."""
         if not self.tokens_required:
-            return None
+            return None, None
         token = _bearer_token(authorization)
         if token is None:
             raise FleetError(
@@ -215,7 +224,7 @@ class RoutingTable:
                 "the bearer token matches no team; check [server] token in tabby-agent's config.toml, "
                 "or ask your fleet admin for a new one",
             )
-        return found
+        return found, self._token_users.get(digest)
 
     def _team(self, token_team: str | None, header_team: str | None, path_team: str | None) -> tuple[Team | None, str]:
         if header_team and path_team and header_team != path_team:

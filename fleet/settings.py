@@ -83,7 +83,13 @@ class Entry(BaseModel):
     name: str
     model: Annotated[str, Field(min_length=1)]
     chat_model: str | None = None
-    gpu: str = "L4"
+    # Modal GPU type, or a list: Modal's ordered fallback (the first type with capacity is used).
+    gpu: str | tuple[str, ...] = "L4"
+    # Where a local `tabby serve` runs the model (--device); on Modal it is always cuda.
+    device: Literal["cpu", "cuda", "rocm", "metal", "vulkan"] = "cpu"
+    # Tabby's own limit on one completion, in seconds (its config.toml [server] completion_timeout,
+    # written into each TABBY_ROOT at start); Tabby's default is 30.
+    completion_timeout: Annotated[int, Field(ge=1, le=600)] = 30
     scaledown_window: int = 300
     max_containers: int = 1
     min_containers: int = 0
@@ -114,7 +120,18 @@ class Entry(BaseModel):
 
     @field_validator("gpu")
     @classmethod
-    def _known_gpu(cls, value: str) -> str:
+    def _known_gpus(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(value, str):
+            return cls._known_gpu(value)
+        if not value:
+            raise ValueError('gpu = [] names no GPU; give one type ("L4") or an ordered list (["L4", "A10G"])')
+        gpus = tuple(cls._known_gpu(gpu) for gpu in value)
+        if len(set(gpus)) != len(gpus):
+            raise ValueError(f"gpu lists a type twice ({', '.join(gpus)}); list each fallback once")
+        return gpus[0] if len(gpus) == 1 else gpus
+
+    @staticmethod
+    def _known_gpu(value: str) -> str:
         kind, _, count = value.upper().partition(":")
         if kind not in MODAL_GPU_TYPES:
             suggestion = get_close_matches(kind, MODAL_GPU_TYPES, n=1)
@@ -171,6 +188,15 @@ class Entry(BaseModel):
         if self.target_inputs is not None and not 1 <= self.target_inputs <= self.max_inputs:
             raise ValueError(f"target_inputs must be 1..max_inputs ({self.max_inputs}); got {self.target_inputs}")
         return self
+
+    @property
+    def gpus(self) -> tuple[str, ...]:
+        """The GPU types in order of preference (one, or Modal's fallback list)."""
+        return (self.gpu,) if isinstance(self.gpu, str) else self.gpu
+
+    @property
+    def gpu_text(self) -> str:
+        return ", else ".join(self.gpus)
 
     @property
     def decoding_slots(self) -> int:
@@ -312,6 +338,9 @@ class RouterOptions(BaseModel):
     admin_token_sha256: tuple[str, ...] = ()
     # Serve /metrics without an admin token (e.g. to a scraper on a private network).
     metrics_public: bool = False
+    # Answer GET /v1beta/server_setting with disable_client_side_telemetry = true, so IDEs do not
+    # report usage to app.tabbyml.com (Tabby without its webserver answers false).
+    disable_client_telemetry: bool = True
 
     @field_validator("admin_token_sha256")
     @classmethod
@@ -349,6 +378,10 @@ class ModalOptions(BaseModel):
     # Concurrent requests per router container: it only forwards bytes, so hundreds are fine.
     router_max_inputs: Annotated[int, Field(ge=1, le=10_000)] = 500
     router_label: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = None
+    # CPU cores and memory (MiB) reserved for each router container; unset: Modal's defaults. The
+    # router only moves bytes: its CPU per request is in docs/PERFORMANCE.md.
+    router_cpu: Annotated[float, Field(gt=0, le=64)] | None = None
+    router_memory: Annotated[int, Field(ge=128, le=65_536)] | None = None
 
 
 class FleetSettings(BaseSettings):

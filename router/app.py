@@ -276,7 +276,7 @@ def create_app(
                 model=entry.model,
                 chat_model=entry.chat_model,
                 aliases=list(entry.aliases),
-                gpu=entry.gpu,
+                gpu=entry.gpu_text,
                 capacity=entry.capacity,
                 max_queue=entry.max_queue,
                 scaledown_window=entry.scaledown_window,

@@ -57,7 +57,8 @@ HOP_BY_HOP = frozenset(
 # Expect: the router has read the whole body already; a 100 Continue from the backend means nothing
 # to anyone (uvicorn answered the client's own Expect).
 NOT_FORWARDED = HOP_BY_HOP | {
-    b"authorization", b"host", b"content-length", b"expect", b"x-tabby-team", b"x-tabby-model", b"x-request-id"
+    b"authorization", b"host", b"content-length", b"expect", b"x-tabby-team", b"x-tabby-model", b"x-request-id",
+    b"x-tabby-user",  # the router says who is asking (from the token or team), never the client
 }  # fmt: skip
 NOT_RETURNED = HOP_BY_HOP | {b"server", b"date"}  # uvicorn writes its own date and server
 # A lease of a running backend does not suspend (microseconds); one that took longer waited for a start.
@@ -86,6 +87,9 @@ class ProxyState:
         self.admin = AdminAuth(settings)
         self.max_body = router.max_body_bytes
         self.body_timeout = router.body_timeout
+        # The router answers GET /v1beta/server_setting itself: Tabby without its webserver says
+        # telemetry on, and every IDE would then report to app.tabbyml.com.
+        self.server_setting = json.dumps({"disable_client_side_telemetry": router.disable_client_telemetry}).encode()
         self.max_headers = router.max_headers
         self.max_header_bytes = router.max_header_bytes
         self.max_url_bytes = router.max_url_bytes
@@ -187,6 +191,12 @@ class Proxy:
             record.status = CLIENT_LEFT
             return
         kind = route.kind
+        if route.user is not None:  # Tabby's event log names who it served
+            head.forwarded.append((b"x-tabby-user", route.user.encode()))
+        if kind is SERVER_SETTING and scope["method"] == "GET":
+            record.status = 200
+            await _send_json(send, state.server_setting, route.entry, record.request_id)
+            return
         if kind is HEALTH or kind is SERVER_SETTING:  # no model work: no slot, no team limit
             advert = state.table.health_advert(route) if kind is HEALTH and scope["method"] != "HEAD" else None
             await self._forward(scope, receive, send, route, head.forwarded, body, record, advert)
@@ -465,6 +475,13 @@ async def _refuse(send: Send, error: FleetError, record: RequestRecord, entry: s
     if error.entry is not None and record.entry == "-":
         record.entry = error.entry
     await send_error(send, error, entry, record.request_id)
+
+
+async def _send_json(send: Send, body: bytes, entry: str, request_id: str) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"x-fleet-entry", entry.encode()), (b"x-request-id", request_id.encode())]  # fmt: skip
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def send_error(send: Send, error: FleetError, entry: str | None = None, request_id: str | None = None) -> None:

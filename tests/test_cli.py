@@ -123,6 +123,18 @@ def test_plan_shows_every_entry() -> None:
         assert expected in result.stdout
     assert "TABBY_ROOT=/data/small/<container's task id>" in result.stdout
     assert "fleet deploy / serve: refused unless given --public" in result.stdout
+    assert "shared image layers (built and stored once for every entry)" in result.stdout
+    assert "TabbyML/Nomic-Embed-Text (every Tabby 0.32 loads it)" in result.stdout
+    assert "cpu Modal default, memory Modal default" in result.stdout
+
+
+def test_plan_shows_gpu_fallbacks_and_router_sizing(tmp_path: Path) -> None:
+    text = PACKAGED_EXAMPLE.read_text().replace('gpu = "L4"', 'gpu = ["L4", "A10G"]')
+    (tmp_path / "fleet.toml").write_text(text + "\n[modal]\nrouter_cpu = 1.5\nrouter_memory = 2048\n")
+    result = fleet("plan", "--config", str(tmp_path / "fleet.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "GPU L4, else A10G" in result.stdout
+    assert "cpu 1.5, memory 2048 MiB" in result.stdout
 
 
 def test_plan_says_who_can_reach_the_router(tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ def test_health_and_server_setting_through_team_prefix(fleet: RunningFleet) -> N
     assert health.json()["model"] == "TabbyML/StarCoder-7B"
     assert health.json()["version"]["git_describe"]
     assert legacy.json()["model"] == "TabbyML/StarCoder-7B"
-    assert setting.json() == {"disable_client_side_telemetry": False}
+    assert setting.json() == {"disable_client_side_telemetry": True}  # the router answers: telemetry off
 
 
 def test_events_are_forwarded_with_query_exactly_once(fleet: RunningFleet) -> None:
@@ -216,10 +216,38 @@ def test_backend_gets_end_to_end_headers_but_never_the_token(fleet: RunningFleet
     assert response.status_code == 200
     assert response.json()["debug_data"]["prompt"].startswith("<fim_prefix>def add")
     seen = fleet.backend_stats("small")["last_headers"]
-    assert seen["x-tabby-user"] == "ada" and seen["user-agent"] == "tabby-agent/1.5.0"
-    assert seen["content-type"] == "application/json"
-    for dropped in ("authorization", "x-tabby-model", "keep-alive", "x-hop"):
+    assert seen["user-agent"] == "tabby-agent/1.5.0" and seen["content-type"] == "application/json"
+    # X-Tabby-User names who Tabby's event log credits: the router sets it, a client never does.
+    for dropped in ("authorization", "x-tabby-model", "keep-alive", "x-hop", "x-tabby-user"):
         assert dropped not in seen, f"{dropped} reached the backend"
+
+
+def test_backend_is_told_the_team_as_x_tabby_user(fleet: RunningFleet) -> None:
+    with fleet.client() as client:
+        assert complete(client, "/teams/frontend/v1/completions", **{"X-Tabby-User": "mallory"}).status_code == 200
+    assert fleet.backend_stats("small")["last_headers"]["x-tabby-user"] == "frontend"
+
+
+def test_with_tokens_the_backend_is_told_team_and_token_label(tmp_path: Path) -> None:
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    labelled = TOKEN_CONFIG.replace(
+        f'token_sha256 = ["{digest}"]', f'tokens = [{{label = "ada-laptop", sha256 = "{digest}"}}]'
+    )
+    with run_fleet(tmp_path, labelled) as running, running.client() as client:
+        assert complete(client, Authorization=f"Bearer {TOKEN}").status_code == 200
+        seen = running.backend_stats("large")["last_headers"]
+    assert seen["x-tabby-user"] == "research/ada-laptop"
+
+
+def test_server_setting_is_answered_by_the_router_with_telemetry_off(tmp_path: Path, fleet: RunningFleet) -> None:
+    """Tabby without its webserver says telemetry on; the IDEs would then report to app.tabbyml.com."""
+    with fleet.client() as client:
+        answer = client.get("/teams/frontend/v1beta/server_setting")
+    assert answer.status_code == 200 and answer.json() == {"disable_client_side_telemetry": True}
+    assert answer.headers["x-fleet-entry"] == "small"
+    opted_in = CONFIG.replace("[router]\n", "[router]\ndisable_client_telemetry = false\n")
+    with run_fleet(tmp_path, opted_in) as running, running.client() as client:
+        assert client.get("/v1beta/server_setting").json() == {"disable_client_side_telemetry": False}
 
 
 def test_fleet_endpoints_describe_the_table(fleet: RunningFleet) -> None:

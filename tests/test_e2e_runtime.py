@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -250,3 +251,38 @@ def _pid_alive(pid: int) -> bool:
             return stat.read().split(") ")[1][0] != "Z"
     except OSError:
         return False
+
+
+FAKE_TABBY = """#!{python}
+# A stand-in for a tabby binary: records how it was started, then serves as the built-in stand-in.
+import json, os, sys
+args = sys.argv[1:]
+flag = dict(zip(args[2::2], args[3::2]))  # after "serve --no-webserver": --flag value pairs
+root = os.environ["TABBY_ROOT"]
+with open(os.path.join(root, "..", "started.json"), "w") as out:
+    json.dump({{"argv": args, "config": open(os.path.join(root, "config.toml")).read()}}, out)
+os.execv(sys.executable, [sys.executable, "-m", "apps.standin", "--model", flag["--model"],
+                          "--host", flag["--host"], "--port", flag["--port"]])
+"""
+
+
+def test_a_real_tabby_gets_the_entry_device_and_its_config_toml(tmp_path: Path) -> None:
+    fake = tmp_path / "tabby"
+    fake.write_text(FAKE_TABBY.format(python=sys.executable))
+    fake.chmod(0o755)
+    config = f"""
+    tabby_bin = "{fake}"
+
+    [[entries]]
+    name = "gpu-box"
+    model = "TabbyML/StarCoder-1B"
+    device = "cuda"
+    completion_timeout = 45
+    """
+    with run_fleet(tmp_path, config, env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}) as running:
+        with running.client() as client:
+            assert client.post("/v1/completions", json=COMPLETION).status_code == 200
+        started = json.loads((tmp_path / ".fleet-data" / "started.json").read_text())
+    argv = started["argv"]
+    assert argv[:2] == ["serve", "--no-webserver"] and argv[argv.index("--device") + 1] == "cuda"
+    assert "[server]\ncompletion_timeout = 45\n" in started["config"]

@@ -306,3 +306,15 @@ def test_images_carry_the_packages_the_containers_import(declared: tuple[Any, di
         assert package in router_pip, package
     gpu_pip = next(c for c in classes["TabbySmall"]["image"] if "pip install" in c and "pydantic" in c)
     assert "pydantic-settings==" in gpu_pip and "fastapi" not in gpu_pip
+
+
+def test_gpu_fallback_lists_and_router_sizing_are_declared(tmp_path: Path) -> None:
+    text = THREE.replace('gpu = "L4"', 'gpu = ["L4", "a10g"]').replace(
+        "router_max_inputs = 300", "router_max_inputs = 300\nrouter_cpu = 0.5\nrouter_memory = 1024"
+    )
+    _, classes = build(settings_from(tmp_path, text))
+    assert classes["TabbySmall"]["gpu"] == ["L4", "A10G"]  # in order: Modal tries L4 first
+    assert classes["TabbyMedium"]["gpu"] == ["A10G"]
+    assert (classes["router"]["cpu"], classes["router"]["memory"]) == (0.5, 1024)
+    _, defaults = build(settings_from(tmp_path, THREE))
+    assert (defaults["router"]["cpu"], defaults["router"]["memory"]) == (None, None)  # Modal's defaults

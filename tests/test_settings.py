@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from starlette.requests import Request
 
 from fleet.errors import FleetError
@@ -521,3 +522,22 @@ def test_a_bad_router_field_does_not_hide_the_router_cross_references(tmp_path: 
     found = problems(tmp_path, text)
     assert "router.queue_timeout: must be greater than or equal to 0 (got -1)" in found
     assert "router.default_entry: unknown entry 'huge'" in found
+
+
+def test_gpu_takes_one_type_or_an_ordered_fallback_list() -> None:
+    entry = FleetSettings(entries=[{"name": "a", "model": "m", "gpu": ["l4", "A10G"]}]).entries[0]
+    assert (entry.gpu, entry.gpus, entry.gpu_text) == (("L4", "A10G"), ("L4", "A10G"), "L4, else A10G")
+    single = FleetSettings(entries=[{"name": "a", "model": "m", "gpu": ["h100:2"]}]).entries[0]
+    assert single.gpu == "H100:2" and single.gpus == ("H100:2",)
+    for bad, message in ((["L4", "l4"], "lists a type twice"), ([], "names no GPU"), (["L4", "B9"], "unknown GPU")):
+        with pytest.raises(ValidationError, match=message):
+            FleetSettings(entries=[{"name": "a", "model": "m", "gpu": bad}])
+
+
+def test_local_device_and_tabby_completion_timeout_are_checked() -> None:
+    entry = FleetSettings(entries=[{"name": "a", "model": "m"}]).entries[0]
+    assert (entry.device, entry.completion_timeout) == ("cpu", 30)  # Tabby's own defaults
+    with pytest.raises(ValidationError, match="device"):
+        FleetSettings(entries=[{"name": "a", "model": "m", "device": "tpu"}])
+    with pytest.raises(ValidationError, match="completion_timeout"):
+        FleetSettings(entries=[{"name": "a", "model": "m", "completion_timeout": 0}])
