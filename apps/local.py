@@ -222,6 +222,7 @@ class LocalBackends:
     """Backends for every entry on this machine; the router's local runtime."""
 
     runtime = "local"
+    router_share = 1  # one router process
 
     def __init__(self, settings: FleetSettings) -> None:
         self.tabby_bin = find_tabby(settings)

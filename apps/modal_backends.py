@@ -86,6 +86,9 @@ class ModalBackends:
         headers: tuple[tuple[bytes, bytes], ...] | None = None,
     ) -> None:
         self.settings = settings
+        # Each router container enforces its share of every entry's capacity and team's limits: an
+        # approximation (load is spread by Modal, not by entry), exact with one router container.
+        self.router_share = settings.modal.router_max_containers
         self.static = StaticBackends(settings)
         self._lookup = lookup or modal_url_lookup(settings.modal.app_name)
         self._headers = headers if headers is not None else proxy_auth_headers()
@@ -128,7 +131,9 @@ class ModalBackends:
             yield Upstream(
                 state.url,
                 headers=self._headers,
-                first_byte_timeout=state.entry.first_byte_timeout,
+                # A cold container loads its model before it answers: by default wait as long as
+                # Modal waits for it to start (Modal's 303s keep the request alive past 150 s).
+                first_byte_timeout=state.entry.first_byte_timeout or float(state.entry.startup_timeout),
                 follow_redirects=True,
             )
             state.last_ok = time.monotonic()

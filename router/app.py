@@ -163,7 +163,7 @@ def create_app(
                 log.warning("settings reload from %s refused, old settings kept: %s", exc.source, problems)
                 raise FleetError(400, "invalid-settings", str(exc), exc.problems) from None
             old = proxy.state.settings
-            state = ProxyState(new, proxy.state)  # built aside: nothing in use changes yet
+            state = ProxyState(new, proxy.state, backends.router_share)  # built aside: nothing in use changes yet
             await backends.reconfigure(new)  # may refuse (e.g. on Modal: redeploy instead)
             proxy.swap(state)
         source = settings_source or str(resolve_config_path(None))

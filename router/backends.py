@@ -33,6 +33,7 @@ class Upstream:
 
 class Backends(Protocol):
     runtime: str  # "local", "modal", ...
+    router_share: int  # router processes that share each entry's capacity (1 but on Modal)
 
     async def start(self) -> None:
         """Called once the event loop runs (router start-up)."""
@@ -62,6 +63,7 @@ class StaticBackends:
     """Entries that name a running Tabby server with ``url``: nothing to start or stop."""
 
     runtime = "static"
+    router_share = 1
 
     def __init__(self, settings: FleetSettings) -> None:
         self._upstreams: dict[str, Upstream] = {}

@@ -33,7 +33,7 @@ from typing import Any
 
 from fleet.errors import FleetError
 from fleet.routing import HEALTH, SERVER_SETTING, ChatAdvert, Route, RoutingTable, has_dot_segments
-from fleet.settings import FleetSettings
+from fleet.settings import FleetSettings, Team
 from router.admin import AdminAuth
 from router.backends import Backends
 from router.gate import EntryBusy, EntryGate, GateLimits
@@ -80,7 +80,9 @@ class ProxyState:
     nothing in use) and :meth:`Proxy.swap` puts it in place in one step; a request keeps the state
     it started with."""
 
-    def __init__(self, settings: FleetSettings, previous: ProxyState | None = None) -> None:
+    def __init__(self, settings: FleetSettings, previous: ProxyState | None = None, router_share: int = 1) -> None:
+        """``router_share``: how many router processes share the fleet (Modal's router_max_containers);
+        each takes its share of every entry's capacity and queue and every team's limits, rounded up."""
         router = settings.router
         self.settings = settings
         self.table = RoutingTable(settings)
@@ -97,19 +99,41 @@ class ProxyState:
         # requests in flight stay true); their new limits are applied by the swap.
         old_gates = previous.gates if previous else {}
         self.gate_limits = {
-            entry.name: GateLimits(entry.capacity, entry.max_queue, router.queue_timeout) for entry in settings.entries
+            entry.name: GateLimits(
+                _share(entry.capacity, router_share), _share(entry.max_queue, router_share), router.queue_timeout
+            )
+            for entry in settings.entries
         }
         self.gates = {name: old_gates.get(name) or EntryGate(name, limits) for name, limits in self.gate_limits.items()}
         old_limiters = previous.limiters if previous else {}
-        self.teams = {team.name: team for team in settings.teams if team.max_concurrent or team.requests_per_minute}
+        self.teams = {
+            team.name: _team_share(team, router_share)
+            for team in settings.teams
+            if team.max_concurrent or team.requests_per_minute
+        }
         self.limiters = {name: old_limiters.get(name) or TeamLimiter(team) for name, team in self.teams.items()}
+
+
+def _share(limit: int, routers: int) -> int:
+    return -(-limit // routers)  # rounded up: the sum over the routers never falls below the limit
+
+
+def _team_share(team: Team, routers: int) -> Team:
+    if routers == 1:
+        return team
+    return team.model_copy(
+        update={
+            "max_concurrent": team.max_concurrent and _share(team.max_concurrent, routers),
+            "requests_per_minute": team.requests_per_minute and _share(team.requests_per_minute, routers),
+        }
+    )
 
 
 class Proxy:
     """Forwards requests; holds the current ProxyState, the backends, the client and the observer."""
 
     def __init__(self, settings: FleetSettings, backends: Backends, observer: Observer | None = None) -> None:
-        self.state = ProxyState(settings)
+        self.state = ProxyState(settings, router_share=backends.router_share)
         self.backends = backends
         self.observer = observer or Observer()
         router = settings.router
