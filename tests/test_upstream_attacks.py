@@ -26,7 +26,6 @@ import json
 import re
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +33,10 @@ from typing import Any
 import httpx
 import pytest
 
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from . import rude_client
+from .fleetproc import RunningFleet, run_fleet
 from .rude_backend import Connection, LazyBodyBackend, Request, chunk, head, lazy_body_backend, ok, read_body
+from .rude_client import assert_json_error, fresh_pool, new_tag
 
 BODY_TIMEOUT = 1.0
 READ_TIMEOUT = 1.5  # also the first-byte timeout: the entry sets no first_byte_timeout of its own
@@ -304,52 +305,12 @@ def no_handler_bugs() -> Iterator[None]:
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-def new_tag() -> str:
-    return uuid.uuid4().hex[:12]
+def call(fleet: RunningFleet, case: str | None, *args: Any, **kwargs: Any) -> tuple[str, httpx.Response, float]:
+    return rude_client.call(fleet, case, *args, wait=kwargs.pop("wait", WAIT), **kwargs)
 
 
-def fresh_pool(backend: LazyBodyBackend) -> None:
-    """Close the backend's idle connections, so the next request opens the router's only pooled one."""
-    backend.close_idle()
-    time.sleep(0.3)
-
-
-def call(
-    fleet: RunningFleet, case: str | None, method: str = "POST", path: str = "/v1/completions", wait: float = WAIT,
-    **kwargs: Any,
-) -> tuple[str, httpx.Response, float]:  # fmt: skip
-    """One request through the router: (its tag, the response, seconds). Fails if no whole answer comes."""
-    tag = new_tag()
-    headers = {"x-tag": tag, **({"x-rude": case} if case else {}), **kwargs.pop("headers", {})}
-    if method == "POST" and "content" not in kwargs:
-        kwargs["json"] = COMPLETION
-    started = time.monotonic()
-    try:
-        response = httpx.request(method, fleet.base_url + path, headers=headers, timeout=wait, **kwargs)
-    except httpx.TimeoutException:
-        pytest.fail(f"no answer within {wait:g}s (x-rude: {case})")
-    except httpx.TransportError as exc:
-        pytest.fail(f"the router dropped the connection without a whole answer (x-rude: {case}): {exc!r}")
-    return tag, response, time.monotonic() - started
-
-
-def follow_up(fleet: RunningFleet, backend: LazyBodyBackend) -> Request:
-    """A normal completion through the router; asserts it got its own answer. Returns what the backend saw."""
-    tag, response, _ = call(fleet, None)
-    assert response.status_code == 200, f"the follow-up got {response.status_code}: {response.text[:300]}"
-    assert b"SMUGGLED" not in response.content, f"the follow-up got bytes nobody asked for: {response.text[:300]}"
-    assert response.json()["tag"] == tag, f"the follow-up got another request's answer: {response.text[:300]}"
-    return backend.only(tag)
-
-
-def assert_json_error(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, f"expected {status}, got {response.status_code}: {response.text[:300]}"
-    try:
-        error = response.json()["error"]
-    except (ValueError, KeyError, TypeError):
-        pytest.fail(f"not a JSON error: {response.text[:300]!r}")
-    assert error.get("code") and error.get("message"), error
-    return dict(error)
+def follow_up(fleet: RunningFleet, backend: Any) -> Request:
+    return rude_client.follow_up(fleet, backend, wait=WAIT)
 
 
 def metric(fleet: RunningFleet, name: str, **labels: str) -> float:

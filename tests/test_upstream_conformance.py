@@ -21,7 +21,6 @@ import socket
 import ssl
 import subprocess
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +32,10 @@ import httpx
 import pytest
 import trustme
 
+from . import rude_client
 from .fleetproc import COMPLETION, RunningFleet, run_fleet
 from .rude_backend import Connection, Request, RudeBackend, chunk, head, ok, rude_backend
+from .rude_client import assert_json_error, fresh_pool, new_tag
 
 BODY_TIMEOUT = 2.0
 READ_TIMEOUT = 5.0
@@ -193,36 +194,12 @@ def no_handler_bugs() -> Iterator[None]:
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-def new_tag() -> str:
-    return uuid.uuid4().hex[:12]
+def call(fleet: RunningFleet, case: str | None, *args: Any, **kwargs: Any) -> tuple[str, httpx.Response, float]:
+    return rude_client.call(fleet, case, *args, wait=kwargs.pop("wait", READ_TIMEOUT * 2), **kwargs)
 
 
-def fresh_pool(backend: RudeBackend) -> None:
-    """Close the backend's idle connections and give the router a moment to forget them, so the
-    next request opens the pool's only connection (aiohttp's pool hands out the oldest idle one)."""
-    backend.close_idle()
-    time.sleep(0.3)
-
-
-def call(
-    fleet: RunningFleet, case: str | None, method: str = "POST", path: str = "/v1/completions", **kwargs: Any
-) -> tuple[str, httpx.Response, float]:
-    """One request through the router: (its tag, the response, seconds until it was complete)."""
-    tag = new_tag()
-    headers = {"x-tag": tag, **({"x-rude": case} if case else {}), **kwargs.pop("headers", {})}
-    if method == "POST" and "content" not in kwargs:
-        kwargs["json"] = COMPLETION
-    started = time.monotonic()
-    response = httpx.request(method, fleet.base_url + path, headers=headers, timeout=READ_TIMEOUT * 2, **kwargs)
-    return tag, response, time.monotonic() - started
-
-
-def follow_up(fleet: RunningFleet, backend: RudeBackend) -> Request:
-    """A normal completion through the router; asserts it got its own answer. Returns what the backend saw."""
-    tag, response, _ = call(fleet, None)
-    assert response.status_code == 200, f"the follow-up got {response.status_code}: {response.text[:300]}"
-    assert response.json()["tag"] == tag, f"the follow-up got another request's answer: {response.text[:300]}"
-    return backend.only(tag)
+def follow_up(fleet: RunningFleet, backend: Any) -> Request:
+    return rude_client.follow_up(fleet, backend, wait=READ_TIMEOUT * 2)
 
 
 def upstream_errors(fleet: RunningFleet) -> float:
@@ -239,16 +216,6 @@ def counted_as_valid(fleet: RunningFleet) -> Iterator[None]:
     before = upstream_errors(fleet)
     yield
     assert upstream_errors(fleet) == before, "the router took this valid answer for a backend failure"
-
-
-def assert_json_error(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, f"expected {status}, got {response.status_code}: {response.text[:300]}"
-    try:
-        error = response.json()["error"]
-    except (ValueError, KeyError, TypeError):
-        pytest.fail(f"not a JSON error: {response.text[:300]!r}")
-    assert error.get("code") and error.get("message"), error
-    return dict(error)
 
 
 @dataclass
