@@ -37,7 +37,7 @@ class AdminAuth:
                 403,
                 "admin-not-configured",
                 "admin endpoints answer only local clients until an admin token is set: run "
-                "`fleet token new --admin` and put its hash in router.admin_token_sha256",
+                "`fleet token new --admin --label <who> --write` (it adds the hash to router.admin_tokens)",
             )
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
