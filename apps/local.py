@@ -81,12 +81,34 @@ class LocalBackend:
     def url(self) -> str | None:
         return f"http://{HOST}:{self.port}" if self.state == "ready" and self.port else None
 
+    def warm(self) -> str:
+        """Start in the background unless ready or already starting; never waits. The state afterwards."""
+        if self.state == "ready" and self.url:
+            return "ready"
+        self._start_once()
+        return "starting"
+
+    async def wait_ready(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the start under way (if any); True when ready. Never raises."""
+        starting = self._starting
+        if starting is not None and not starting.done():
+            with contextlib.suppress(TimeoutError, FleetError):
+                async with asyncio.timeout(seconds):
+                    await asyncio.shield(starting)  # giving up does not stop the start
+        return self.state == "ready" and self.url is not None
+
+    def _start_once(self) -> asyncio.Task[None]:
+        """The start under way, or a new one: at most one start at a time."""
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.create_task(self._start(), name=f"start-{self.entry.name}")
+            self._starting.add_done_callback(_retrieve)  # a failed start nobody awaits is logged by _start
+        return self._starting
+
     async def ensure_running(self, wait: float) -> str:
         """The backend's URL, starting it if needed; waits at most ``wait`` seconds."""
         if self.state == "ready" and self.url:
             return self.url
-        if self._starting is None or self._starting.done():
-            self._starting = asyncio.create_task(self._start(), name=f"start-{self.entry.name}")
+        self._start_once()
         try:
             async with asyncio.timeout(wait):
                 await asyncio.shield(self._starting)  # a request giving up does not stop the start
@@ -286,6 +308,18 @@ class LocalBackends:
         status = {name: backend.status() for name, backend in self.backends.items()}
         return status | self.static.status()
 
+    def backend_state(self, entry: str) -> str:
+        backend = self.backends.get(entry)
+        return "ready" if backend is None else backend.state  # no local backend: a url entry
+
+    def warm(self, entry: str) -> str:
+        backend = self.backends.get(entry)
+        return "ready" if backend is None else backend.warm()
+
+    async def wait_ready(self, entry: str, seconds: float) -> bool:
+        backend = self.backends.get(entry)
+        return True if backend is None else await backend.wait_ready(seconds)
+
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(self._reap_interval)
@@ -301,6 +335,12 @@ class LocalBackends:
 
 class _StartFailed(Exception):
     pass
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a start's outcome as seen (its failure is logged and kept in last_error by _start)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _free_port() -> int:

@@ -112,6 +112,11 @@ class Entry(BaseModel):
     aliases: tuple[str, ...] = ()
     url: HttpUrl | None = None
     standin: StandInOptions = StandInOptions()
+    # Cold starts: another entry that serves this one's completions while this one is not ready, after
+    # a completion waited cold_wait seconds for it; chat too only with fallback_chat (docs/ARCHITECTURE.md).
+    fallback: str | None = None
+    cold_wait: Annotated[float, Field(ge=0, le=60)] = 2.0
+    fallback_chat: bool = False
 
     @field_validator("name")
     @classmethod
@@ -528,7 +533,44 @@ def _fleet_problems(settings: FleetSettings) -> list[str]:
                 f"allowed_entries ({', '.join(team.allowed_entries)}); set the team's entry"
             )
         problems += _chat_entry_problems(settings, team, where, known)
+    problems += _fallback_problems(settings, choices)
     return problems
+
+
+def _fallback_problems(settings: FleetSettings, choices: str) -> list[str]:
+    """An entry's fallback: another entry that exists, no cycle; chat fallback needs a chat model there."""
+    problems: list[str] = []
+    entries = {entry.name: entry for entry in settings.entries}
+    for entry in settings.entries:
+        where = f'entries["{entry.name}"]'
+        target = entry.fallback
+        if target is None:
+            if entry.fallback_chat:
+                problems.append(f"{where}.fallback_chat: set without a fallback; set fallback, or drop fallback_chat")
+            continue
+        if target == entry.name:
+            problems.append(f"{where}.fallback: an entry cannot fall back to itself; name another entry: {choices}")
+        elif target not in entries:
+            problems.append(f"{where}.fallback: unknown entry {target!r}; choose one of: {choices}")
+        elif _fallback_cycle(entries, entry.name):
+            cycle = " -> ".join(_fallback_cycle(entries, entry.name))
+            problems.append(f"{where}.fallback: fallbacks form a cycle ({cycle}); end the chain at an entry without")
+        elif entry.fallback_chat and not entries[target].chat_model:
+            problems.append(
+                f"{where}.fallback_chat: the fallback {target!r} has no chat_model, so it cannot answer chat; "
+                f'set entries["{target}"].chat_model or drop fallback_chat'
+            )
+    return problems
+
+
+def _fallback_cycle(entries: dict[str, Entry], start: str) -> list[str]:
+    """The chain of fallbacks from ``start`` back to ``start``, or [] when it ends (or leaves the fleet)."""
+    chain = [start]
+    current = entries[start].fallback
+    while current is not None and current in entries and current not in chain:
+        chain.append(current)
+        current = entries[current].fallback
+    return [*chain, start] if current == start else []
 
 
 # How a team's chat entry was chosen (resolve_chat_entry), as /fleet/whoami reports it.

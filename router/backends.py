@@ -58,6 +58,22 @@ class Backends(Protocol):
         """Per entry: {"state": "cold"|"starting"|"ready"|"failed", ...} for /fleet/health."""
         ...
 
+    def backend_state(self, entry: str) -> str:
+        """Entry's state now ("cold", "starting", "ready", "failed"); cheap (a dict and attribute read).
+
+        "ready" means a request would not wait for a start. A runtime that cannot tell says "ready".
+        """
+        ...
+
+    def warm(self, entry: str) -> str:
+        """Start entry's backend in the background if it is not ready (at most one start at a time per
+        entry); never waits. Returns its state afterwards ("starting" once a start is under way)."""
+        ...
+
+    async def wait_ready(self, entry: str, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a start under way; True when entry is ready. Never raises."""
+        ...
+
 
 class StaticBackends:
     """Entries that name a running Tabby server with ``url``: nothing to start or stop."""
@@ -100,3 +116,12 @@ class StaticBackends:
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {name: {"state": "ready", "external": True} for name in self._upstreams}
+
+    def backend_state(self, entry: str) -> str:
+        return "ready"  # running elsewhere: nothing to start
+
+    def warm(self, entry: str) -> str:
+        return "ready"
+
+    async def wait_ready(self, entry: str, seconds: float) -> bool:
+        return True

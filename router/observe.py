@@ -52,8 +52,8 @@ def new_request_id() -> str:
 class RequestRecord:
     """One request's facts, filled in as the proxy learns them."""
 
-    __slots__ = ("code", "entry", "method", "path", "queue_seconds", "reason", "request_id", "start_seconds",
-                 "started", "status", "team", "upstream_seconds")  # fmt: skip
+    __slots__ = ("code", "entry", "fallback_from", "method", "path", "queue_seconds", "reason", "request_id",
+                 "start_seconds", "started", "status", "team", "upstream_seconds")  # fmt: skip
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
         self.request_id = request_id
@@ -68,6 +68,7 @@ class RequestRecord:
         self.upstream_seconds = 0.0
         self.queue_seconds = 0.0  # waited for a slot in the entry's queue
         self.start_seconds = 0.0  # waited for the entry's backend to start
+        self.fallback_from: str | None = None  # the entry asked for, when its fallback served (cold start)
 
 
 class Observer:

@@ -27,13 +27,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import platform
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from fleet.errors import FleetError
-from fleet.routing import HEALTH, SERVER_SETTING, ChatAdvert, Route, RoutingTable, has_dot_segments
-from fleet.settings import FleetSettings, Team
+from fleet.routing import CHAT, HEALTH, SERVER_SETTING, ChatAdvert, Route, RoutingTable, has_dot_segments
+from fleet.settings import Entry, FleetSettings, Team
 from router.admin import AdminAuth
 from router.backends import Backends
 from router.gate import EntryBusy, EntryGate, GateLimits
@@ -64,6 +66,14 @@ NOT_RETURNED = HOP_BY_HOP | {b"server", b"date"}  # uvicorn writes its own date 
 # A lease of a running backend does not suspend (microseconds); one that took longer waited for a start.
 START_WAIT_MIN = 0.001
 WHOAMI = "whoami"  # the route label of /fleet/whoami requests in metrics and logs
+
+
+class ColdPlan(NamedTuple):
+    """What a completion for a not-ready entry does: wait ``cold_wait`` s, then go to ``fallback``."""
+
+    fallback: str
+    cold_wait: float
+    chat: bool  # chat falls back too (the entry's fallback_chat)
 
 
 class ClientGone(Exception):
@@ -112,6 +122,14 @@ class ProxyState:
             if team.max_concurrent or team.requests_per_minute
         }
         self.limiters = {name: old_limiters.get(name) or TeamLimiter(team) for name, team in self.teams.items()}
+        # Cold starts: only entries with a fallback are here, so a ready entry's request pays one dict miss.
+        self.cold_plans = {
+            entry.name: ColdPlan(entry.fallback, entry.cold_wait, entry.fallback_chat)
+            for entry in settings.entries
+            if entry.fallback is not None
+        }
+        version = "v" + settings.modal.tabby_image.rpartition(":")[2].removeprefix("v")  # the pinned Tabby
+        self.cold_health = {entry.name: _cold_health(entry, version) for entry in settings.entries}
 
 
 def _share(limit: int, routers: int) -> int:
@@ -223,8 +241,18 @@ class Proxy:
             return
         if kind is HEALTH or kind is SERVER_SETTING:  # no model work: no slot, no team limit
             advert = state.table.health_advert(route) if kind is HEALTH and scope["method"] != "HEAD" else None
+            backend_state = self.backends.backend_state(route.entry) if kind is HEALTH else "ready"
+            if backend_state == "failed":  # the IDE shows the failure (disconnected, 502); a retry starts
+                self._warm(state, route.entry)
+                await _refuse(send, self._failed(route.entry), record, route.entry)
+                return
+            if backend_state != "ready":
+                await self._answer_cold_health(scope, send, state, route, record, advert)
+                return
             await self._forward(scope, receive, send, route, head.forwarded, body, record, advert)
             return
+        if route.entry in state.cold_plans:
+            route = await self._cold_route(state, route, record)
         limiter = state.limiters.get(route.team) if route.team else None
         gate = state.gates[route.entry]
         try:
@@ -249,6 +277,66 @@ class Proxy:
             gate.release()
             if limiter is not None:
                 limiter.release()
+
+    async def _answer_cold_health(
+        self, scope: Scope, send: Send, state: ProxyState, route: Route, record: RequestRecord,
+        advert: ChatAdvert | None,
+    ) -> None:  # fmt: skip
+        """Health of an entry that is not ready, answered at once from settings (the IDE stays connected),
+        while the entry starts in the background."""
+        backend = "starting" if self._warm(state, route.entry) == "starting" else "cold"
+        health = state.cold_health[route.entry]
+        if advert is not None:
+            health = {**health, "chat_model": advert.chat_model}
+            health.pop("chat_device", None)
+            health["models"] = {k: v for k, v in health["models"].items() if k != "chat"}
+        body = json.dumps(health).encode()
+        headers = [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"), (b"x-fleet-backend", backend.encode()),
+            (b"x-fleet-entry", route.entry.encode()), (b"x-fleet-route", route.reason.encode()),
+            (b"x-request-id", record.request_id.encode()),
+        ]  # fmt: skip
+        record.status = 200
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    def _failed(self, entry: str) -> FleetError:
+        detail = self.backends.status().get(entry, {}).get("last_error") or "its last start failed"
+        return FleetError(
+            502, "backend-failed",
+            f"the backend of entry {entry!r} failed ({detail.splitlines()[0]}); it is being started again; "
+            f"ask your fleet admin if this lasts",
+            retry_after=5,
+        )  # fmt: skip
+
+    def _warm(self, state: ProxyState, entry: str) -> str:
+        """Start ``entry`` in the background, and its fallback (which serves it meanwhile); entry's state."""
+        plan = state.cold_plans.get(entry)
+        if plan is not None:
+            self.backends.warm(plan.fallback)
+        return self.backends.warm(entry)
+
+    async def _cold_route(self, state: ProxyState, route: Route, record: RequestRecord) -> Route:
+        """The route to serve: the asked-for entry once ready (waiting up to its cold_wait), else its
+        fallback when that is ready and the team may use it. The asked-for entry keeps starting."""
+        plan = state.cold_plans[route.entry]
+        backends = self.backends
+        if backends.backend_state(route.entry) == "ready" or (route.kind is CHAT and not plan.chat):
+            return route
+        if not _team_may_use(state, route.team, plan.fallback):
+            return route  # waits for its own entry, as without a fallback
+        self._warm(state, route.entry)
+        waiting = time.perf_counter()
+        ready = await backends.wait_ready(route.entry, plan.cold_wait)
+        record.start_seconds = time.perf_counter() - waiting
+        if ready or backends.backend_state(plan.fallback) != "ready":
+            return route
+        log.info("entry %s not ready after %gs: served by %s (id %s)", route.entry, plan.cold_wait, plan.fallback,
+                 record.request_id)  # fmt: skip
+        record.fallback_from = route.entry
+        record.entry = plan.fallback
+        return route._replace(entry=plan.fallback)
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, forwarded: list[tuple[bytes, bytes]],
@@ -325,6 +413,8 @@ class Proxy:
         headers.append((b"x-fleet-entry", route.entry.encode()))
         headers.append((b"x-fleet-route", route.reason.encode()))
         headers.append((b"x-request-id", record.request_id.encode()))
+        if record.fallback_from is not None:
+            headers.append((b"x-fleet-fallback", record.fallback_from.encode()))
         record.status = response.status
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         more = True
@@ -370,6 +460,36 @@ class Proxy:
         record.status = response.status
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _team_may_use(state: ProxyState, team: str | None, entry: str) -> bool:
+    allowed = state.table.teams[team].allowed_entries if team in state.table.teams else ()
+    return not allowed or entry in allowed
+
+
+def _cold_health(entry: Entry, version: str) -> dict[str, Any]:
+    """Tabby's health answer for ``entry`` (protocol reference 1.3), from settings: what the entry's
+    backend will say once it is up. The IDE agent needs ``model``, ``device`` and ``version``."""
+    device = entry.device
+    models: dict[str, Any] = {
+        "completion": {"local": {"model_id": entry.model, "device": device}},
+        "embedding": {"local": {"model_id": "Nomic-Embed-Text", "device": device}},
+    }
+    health: dict[str, Any] = {"model": entry.model}
+    if entry.chat_model:
+        health["chat_model"] = entry.chat_model
+        health["chat_device"] = device
+        models["chat"] = {"local": {"model_id": entry.chat_model, "device": device}}
+    return health | {
+        "device": device,
+        "cuda_devices": [],
+        "models": models,
+        "arch": platform.machine(),
+        "cpu_info": f"tabby-fleet router: entry {entry.name!r} is starting",
+        "cpu_count": os.cpu_count() or 1,
+        "version": {"build_date": "", "build_timestamp": "", "git_sha": "", "git_describe": version},
+        "webserver": False,
+    }
 
 
 def _advertise_chat(body: bytes, advert: ChatAdvert) -> bytes:

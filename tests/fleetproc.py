@@ -51,6 +51,14 @@ class RunningFleet:
     def backend_stats(self, entry: str) -> dict[str, Any]:
         return httpx.get(f"{self.backend_url(entry)}/_standin/stats", timeout=10).json()
 
+    def start(self, *entries: str, timeout: float = STARTUP_SECONDS) -> None:
+        """Start entries' backends and wait until they are ready. A health check starts a cold entry in
+        the background and answers at once (docs/ARCHITECTURE.md, Cold starts); it does not wait."""
+        for entry in entries:
+            httpx.get(f"{self.base_url}/models/{entry}/v1/health", timeout=10)
+        for entry in entries:
+            self.wait_for(lambda e=entry: self.health()["entries"][e]["state"] == "ready", timeout, f"{entry} ready")
+
     def wait_for(self, predicate: Any, timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout
         while True:

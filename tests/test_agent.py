@@ -272,8 +272,8 @@ def test_agent_gets_completion_from_team_entry_by_path(tmp_path: Path, lsp_facto
         assert "TabbyML/StarCoder-7B" in text, text
         # the agent spoke to the team's entry only; the other entry was never started
         assert fleet.health()["entries"]["small"]["state"] == "cold"
-        stats = fleet.backend_stats("large")
-        assert stats["requests"]["health"] >= 1 and stats["completed"] >= 1
+        # its first health check, large being cold, was the router's own answer (docs/ARCHITECTURE.md)
+        assert fleet.backend_stats("large")["completed"] >= 1
 
 
 def test_agent_gets_completion_by_team_token(tmp_path: Path, lsp_factory: Any) -> None:
@@ -409,6 +409,7 @@ def test_team_without_chat_sees_none_and_chat_is_refused_by_the_router(
         named = client.post("/models/large/v1/chat/completions", json={"messages": []})
     assert chat.status_code == 501 and chat.json()["error"]["code"] == "no-chat-model"
     assert named.status_code == 501 and named.json()["error"]["code"] == "no-chat-model"
+    errors_fleet.wait_for(lambda: errors_fleet.health()["entries"]["large"]["state"] == "ready", 15, "large")
     assert errors_fleet.backend_stats("large")["requests"].get("chat", 0) == 0  # answered by the router
 
 
@@ -445,16 +446,32 @@ def test_team_over_its_rate_leaves_the_agent_connected(errors_fleet: RunningFlee
         assert agent.recheck() == "ready"
 
 
-def test_failed_entry_shows_disconnected_with_a_502(errors_fleet: RunningFleet, agent_factory: Any) -> None:
+def test_failed_entry_shows_disconnected_with_a_502_and_is_started_again(
+    errors_fleet: RunningFleet, agent_factory: Any
+) -> None:
+    """A cold entry's health is the router's own (the agent is connected while it starts); once its
+    start has failed, health is a 502 at once, so the IDE shows the failure, and each check starts it
+    again in the background (docs/ERRORS.md)."""
+    headers = {"Authorization": f"Bearer {TOKENS['fragile']}"}
+    completion = httpx.post(f"{errors_fleet.base_url}/v1/completions", json=COMPLETION, headers=headers, timeout=30)
+    assert completion.status_code == 502 and completion.json()["error"]["code"] == "backend-failed"
+    assert errors_fleet.health()["entries"]["broken"]["state"] == "failed"
     agent = agent_factory(errors_fleet.base_url, TOKENS["fragile"])
     assert agent.status() == "disconnected"
     assert "502 Bad Gateway" in agent.connection_problem()
-    assert refusals(errors_fleet, "fragile", "backend-failed") >= 1
+    # The agent's check started the entry again; that start fails too (startup_timeout = 1).
+    errors_fleet.wait_for(lambda: errors_fleet.health()["entries"]["broken"]["state"] == "failed", 10, "the retry")
+    started = time.monotonic()
+    health = httpx.get(f"{errors_fleet.base_url}/v1/health", headers=headers, timeout=30)
+    assert time.monotonic() - started < 1.0  # health never waits, not even for a retry
+    assert health.status_code == 502 and health.json()["error"]["code"] == "backend-failed"
+    assert errors_fleet.health()["entries"]["broken"]["state"] == "starting"  # and it tries once more
 
 
-def test_starting_entry_shows_disconnected_then_ready(tmp_path: Path, agent_factory: Any) -> None:
-    """The health check waits router.start_timeout for the backend, then 503 backend-starting
-    ("disconnected"); the agent retries every 30 s and finds it ready once started."""
+def test_starting_entry_leaves_the_agent_connected(tmp_path: Path, agent_factory: Any) -> None:
+    """The router answers the health check of an entry that is not ready itself, at once, in Tabby's
+    shape, and starts the entry meanwhile: the agent is connected while the backend starts
+    (docs/ARCHITECTURE.md, Cold starts)."""
     config = """
     [router]
     start_timeout = 1
@@ -466,14 +483,10 @@ def test_starting_entry_shows_disconnected_then_ready(tmp_path: Path, agent_fact
     """
     with run_fleet(tmp_path, config) as fleet:
         agent = agent_factory(fleet.base_url)
-        assert agent.status() == "disconnected"
-        assert "503 Service Unavailable" in agent.connection_problem()
+        assert agent.status() == "ready"
+        assert fleet.health()["entries"]["sluggish"]["state"] == "starting"
         fleet.wait_for(lambda: fleet.health()["entries"]["sluggish"]["state"] == "ready", 15, "the start")
         assert agent.recheck() == "ready"
-        assert (
-            'fleet_backend_wait_seconds_count{entry="sluggish",reason="start"}'
-            in httpx.get(f"{fleet.base_url}/metrics").text
-        )
 
 
 def test_lsp_editor_is_told_unauthorized_only_for_token_problems(errors_fleet: RunningFleet, lsp_factory: Any) -> None:

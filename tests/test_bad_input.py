@@ -28,8 +28,7 @@ entry = "small"
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
     with run_fleet(tmp_path_factory.mktemp("bad-input"), CONFIG) as running:
-        with running.client() as client:
-            client.get("/v1/health")  # start the backend once
+        running.start("small")
         yield running
 
 

@@ -98,8 +98,8 @@ def test_health_and_server_setting_through_team_prefix(fleet: RunningFleet) -> N
 
 
 def test_events_are_forwarded_with_query_exactly_once(fleet: RunningFleet) -> None:
+    fleet.start("medium")
     with fleet.client() as client:
-        client.get("/models/medium/v1/health")
         before = fleet.backend_stats("medium")["events"].get("select", 0)
         for _ in range(5):
             response = client.post(
@@ -126,8 +126,8 @@ def test_backend_errors_pass_through_unchanged(fleet: RunningFleet) -> None:
 
 def test_chat_goes_to_the_chat_entry_and_an_entry_without_one_is_refused_by_the_router(fleet: RunningFleet) -> None:
     chat = {"messages": [{"role": "user", "content": "hi"}]}
+    fleet.start("medium")
     with fleet.client() as client:
-        client.get("/models/medium/v1/health")
         before = fleet.backend_stats("medium")["requests"].get("chat", 0)
         research = client.post("/teams/research/v1/chat/completions", json=chat)  # large has none; small has
         named = client.post("/models/medium/v1/chat/completions", json=chat)

@@ -88,7 +88,7 @@ def _stats(fleet: RunningFleet, entry: str) -> dict:
 
 def test_backend_sees_disconnect_when_client_aborts_a_completion(fleet: RunningFleet) -> None:
     with fleet.client() as client:
-        client.get("/models/slow/v1/health")  # start the backend first
+        fleet.start("slow")
     before = _stats(fleet, "slow")["cancelled"]
     with fleet.client(timeout=0.5) as client, pytest.raises(httpx.ReadTimeout):
         client.post("/models/slow/v1/completions", json=COMPLETION)
@@ -100,8 +100,7 @@ def test_backend_sees_disconnect_when_client_aborts_a_completion(fleet: RunningF
 
 
 def test_backend_sees_disconnect_when_client_aborts_a_stream(fleet: RunningFleet) -> None:
-    with fleet.client() as client:
-        client.get("/models/chat/v1/health")
+    fleet.start("chat")
     before = _stats(fleet, "chat")["cancelled"]
     with (
         fleet.client() as client,
@@ -134,8 +133,7 @@ def test_backend_starts_on_first_use_and_stops_when_idle(fleet: RunningFleet) ->
 
 
 def test_request_over_capacity_waits_then_gets_503(fleet: RunningFleet) -> None:
-    with fleet.client() as client:
-        client.get("/models/narrow/v1/health")
+    fleet.start("narrow")
     results: dict[str, httpx.Response] = {}
 
     def send(name: str) -> None:
@@ -215,9 +213,8 @@ def test_slow_start_beyond_request_wait_is_503_and_start_continues(tmp_path: Pat
 
 
 def test_router_shutdown_stops_every_backend(tmp_path: Path) -> None:
-    with run_fleet(tmp_path, CONFIG) as running, running.client() as client:
-        client.get("/models/chat/v1/health")
-        client.get("/models/idle/v1/health")
+    with run_fleet(tmp_path, CONFIG) as running:
+        running.start("chat", "idle")
         pids = [running.entries()[name]["runtime"]["pid"] for name in ("chat", "idle")]
     assert all(pid for pid in pids)
     deadline = time.monotonic() + 10

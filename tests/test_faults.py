@@ -54,8 +54,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
 def test_backend_crash_mid_stream_aborts_the_client_and_entry_restarts(fleet: RunningFleet) -> None:
     """Tabby's SSE has no end marker: a stream that ended cleanly after a crash would look complete.
     The router aborts the client's connection instead, counts it and logs it with the request id."""
+    fleet.start("stream")
     with fleet.client() as client:
-        client.get("/models/stream/v1/health")
         pid = fleet.entries()["stream"]["runtime"]["pid"]
         events = []
         request = {"messages": [{"role": "user", "content": "crash"}]}
@@ -83,8 +83,8 @@ def test_backend_crash_mid_stream_aborts_the_client_and_entry_restarts(fleet: Ru
 
 
 def test_hanging_backend_gives_504_and_is_hung_up_on(fleet: RunningFleet) -> None:
+    fleet.start("hang")
     with fleet.client() as client:
-        client.get("/models/hang/v1/health")
         before = fleet.backend_stats("hang")["cancelled"]
         started = time.monotonic()
         response = client.post("/models/hang/v1/completions", json=COMPLETION)
@@ -95,8 +95,7 @@ def test_hanging_backend_gives_504_and_is_hung_up_on(fleet: RunningFleet) -> Non
 
 
 def test_events_are_forwarded_exactly_once_under_concurrency(fleet: RunningFleet, figure: Figure) -> None:
-    with fleet.client() as client:
-        client.get("/v1/health")
+    fleet.start("steady")
     before = fleet.backend_stats("steady")["events"].get("view", 0)
     sent = 400
 
@@ -244,9 +243,7 @@ max_inputs = 32
 
 def test_settings_reload_under_load_drops_nothing(tmp_path: Path, figure: Figure) -> None:
     with run_fleet(tmp_path, RELOAD_BEFORE) as running:
-        with running.client() as client:
-            client.get("/models/new/v1/health")
-            client.get("/models/old/v1/health")
+        running.start("new", "old")
         stop = threading.Event()
         results: list[tuple[str, object]] = []
         sent_at: list[list[float]] = [[] for _ in range(8)]

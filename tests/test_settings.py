@@ -541,3 +541,58 @@ def test_local_device_and_tabby_completion_timeout_are_checked() -> None:
         FleetSettings(entries=[{"name": "a", "model": "m", "device": "tpu"}])
     with pytest.raises(ValidationError, match="completion_timeout"):
         FleetSettings(entries=[{"name": "a", "model": "m", "completion_timeout": 0}])
+
+
+FALLBACK = """
+[[entries]]
+name = "small"
+model = "TabbyML/StarCoder-1B"
+
+[[entries]]
+name = "medium"
+model = "TabbyML/StarCoder-3B"
+{medium}
+
+[[entries]]
+name = "large"
+model = "TabbyML/StarCoder-7B"
+{large}
+"""
+
+
+def test_fallback_and_cold_wait_load(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path, FALLBACK.format(medium='fallback = "small"', large='fallback = "medium"\ncold_wait = 0.5')
+    )
+    assert settings.entry("large").fallback == "medium" and settings.entry("large").cold_wait == 0.5
+    assert settings.entry("medium").cold_wait == 2 and settings.entry("small").fallback is None
+
+
+def test_fallback_unknown_entry(tmp_path: Path) -> None:
+    found = problems(tmp_path, FALLBACK.format(medium="", large='fallback = "huge"'))
+    assert "entries[\"large\"].fallback: unknown entry 'huge'; choose one of: small, medium, large" in found
+
+
+def test_fallback_to_itself(tmp_path: Path) -> None:
+    found = problems(tmp_path, FALLBACK.format(medium="", large='fallback = "large"'))
+    assert 'entries["large"].fallback: an entry cannot fall back to itself' in found
+
+
+def test_fallback_cycle_is_named(tmp_path: Path) -> None:
+    found = problems(tmp_path, FALLBACK.format(medium='fallback = "large"', large='fallback = "medium"'))
+    assert "fallbacks form a cycle (large -> medium -> large)" in found
+    assert "fallbacks form a cycle (medium -> large -> medium)" in found
+
+
+def test_fallback_chat_needs_a_fallback_with_a_chat_model(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path, FALLBACK.format(medium="fallback_chat = true", large='fallback = "small"\nfallback_chat = true')
+    )
+    assert 'entries["medium"].fallback_chat: set without a fallback' in found
+    assert "entries[\"large\"].fallback_chat: the fallback 'small' has no chat_model" in found
+
+
+@pytest.mark.parametrize("value", ["-1", "61"])
+def test_cold_wait_bounds(tmp_path: Path, value: str) -> None:
+    found = problems(tmp_path, FALLBACK.format(medium="", large=f'fallback = "small"\ncold_wait = {value}'))
+    assert 'entries["large"].cold_wait' in found
