@@ -4,8 +4,9 @@ The HTTP protocol is aiohttp's: connection pools per origin with keep-alive, int
 skipped, HEAD / 204 / 304 known to have no body, close-delimited and chunked bodies, response-head
 size limits, TLS. What is ours is what the proxy needs on top:
 
-- timeouts: connect, first byte (the response head; per entry, a cold Modal GPU takes minutes), and
-  the idle gap between two body chunks (``router.read_timeout``);
+- timeouts: connect; one first-byte deadline covering writing the request and reading the whole head
+  (per entry: a cold Modal GPU takes minutes; a trickled head or a backend that never reads meets
+  it too); and the idle gap between two body chunks (``router.read_timeout``);
 - one retry, and only when the request provably never left: the connection could not be opened, or
   a pooled connection held bytes nobody asked for (:class:`_CleanConnectionRequest`: aiohttp's pool
   would hand them to the next request as its answer). aiohttp itself re-sends an *idempotent*
