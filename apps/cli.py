@@ -12,18 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import FleetError
+from fleet.loading import SettingsError, env_warnings, load_settings, resolve_config_path
 from fleet.routing import RoutingTable, hash_token
-from fleet.settings import (
-    LEGACY_LABEL,
-    PACKAGED_EXAMPLE,
-    FleetSettings,
-    SettingsError,
-    TokenRef,
-    env_warnings,
-    load_settings,
-    resolve_config_path,
-    settings_warnings,
-)
+from fleet.settings import LEGACY_LABEL, PACKAGED_EXAMPLE, FleetSettings, TokenRef, settings_warnings
 
 if TYPE_CHECKING:
     from tomlkit.container import Container

@@ -41,7 +41,8 @@ from apps.tabby_cmd import (
     tabby_serve_argv,
     write_tabby_config,
 )
-from fleet.settings import Entry, FleetSettings, load_settings
+from fleet.loading import load_settings
+from fleet.settings import Entry, FleetSettings
 
 TABBY_PORT = 8080  # where tabby serve listens inside its container
 DATA_MOUNT = "/data"  # the shared Volume; each container's TABBY_ROOT is DATA_MOUNT/<entry>/<task id>

@@ -28,8 +28,9 @@ from starlette.types import Receive, Scope, Send
 
 from fleet import __version__
 from fleet.errors import FleetError
+from fleet.loading import SettingsError, resolve_config_path
 from fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX, WHOAMI_PATH
-from fleet.settings import FleetSettings, SettingsError, resolve_config_path
+from fleet.settings import FleetSettings
 from router.backends import Backends
 from router.changes import describe_changes
 from router.observe import Observer

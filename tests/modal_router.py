@@ -14,7 +14,8 @@ import json
 import uvicorn
 
 from apps.modal_backends import ModalBackends
-from fleet.settings import Entry, load_settings
+from fleet.loading import load_settings
+from fleet.settings import Entry
 from router.app import create_app
 
 

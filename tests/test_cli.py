@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from apps.cli import up_banner
+from fleet.loading import load_settings
 from fleet.routing import hash_token
-from fleet.settings import PACKAGED_EXAMPLE, load_settings
+from fleet.settings import PACKAGED_EXAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,8 @@ import pytest
 from apps.modal_app import DATA_MOUNT, FROZEN_SETTINGS_ENV, build_fleet_app, current_settings
 from apps.modal_inspect import describe_app
 from apps.tabby_cmd import container_root
-from fleet.settings import Entry, FleetSettings, load_settings
+from fleet.loading import load_settings
+from fleet.settings import Entry, FleetSettings
 
 THREE = """
 [modal]

@@ -10,15 +10,9 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from fleet.errors import FleetError
+from fleet.loading import SettingsError, env_warnings, load_settings, resolve_config_path
 from fleet.routing import RoutingTable
-from fleet.settings import (
-    PACKAGED_EXAMPLE,
-    FleetSettings,
-    SettingsError,
-    env_warnings,
-    load_settings,
-    resolve_config_path,
-)
+from fleet.settings import PACKAGED_EXAMPLE, FleetSettings
 from router.admin import AdminAuth
 
 HASH = hashlib.sha256(b"secret").hexdigest()
