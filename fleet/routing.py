@@ -92,14 +92,12 @@ class RoutingTable:
         only = self.entry_names[0] if len(self.entry_names) == 1 else None
         self.default_entry = settings.router.default_entry or only
         self.tokens_required = settings.auth_mode == "tokens"
-        self._token_teams: tuple[tuple[bytes, str], ...] = tuple(
-            (bytes.fromhex(digest), team.name) for team in settings.teams for digest in team.token_digests
-        )
-        self._token_users: dict[bytes, str] = {
-            bytes.fromhex(token.sha256): f"{team.name}/{token.label}"
+        # Every token: its digest, its team, and who holds it ("<team>/<label>", for X-Tabby-User).
+        self._tokens: tuple[tuple[bytes, str, str], ...] = tuple(
+            (bytes.fromhex(token.sha256), team.name, f"{team.name}/{token.label}")
             for team in settings.teams
             for token in team.labelled_tokens
-        }
+        )
         # X-Tabby-Model accepts an entry's name, one of its aliases, or its model id.
         selectors: dict[str, str] = {}
         model_owners: dict[str, list[str]] = {}
@@ -214,9 +212,9 @@ class RoutingTable:
             )
         digest = hashlib.sha256(token.encode()).digest()
         found = None
-        for known, team in self._token_teams:  # no early exit: the same work for every token
+        for known, team, holder in self._tokens:  # no early exit: the same work for every token
             if hmac.compare_digest(digest, known):
-                found = team
+                found = team, holder
         if found is None:
             raise FleetError(
                 401,
@@ -224,7 +222,7 @@ class RoutingTable:
                 "the bearer token matches no team; check [server] token in tabby-agent's config.toml, "
                 "or ask your fleet admin for a new one",
             )
-        return found, self._token_users.get(digest)
+        return found
 
     def _team(self, token_team: str | None, header_team: str | None, path_team: str | None) -> tuple[Team | None, str]:
         if header_team and path_team and header_team != path_team:

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from fleet.errors import FleetError
 from fleet.routing import CHAT, HEALTH, SERVER_SETTING, ChatAdvert, Route, RoutingTable, has_dot_segments
-from fleet.settings import Entry, FleetSettings, Team
+from fleet.settings import Entry, FleetSettings, RouterOptions, Team
 from router.admin import AdminAuth
 from router.backends import Backends
 from router.gate import EntryBusy, EntryGate, GateLimits
@@ -132,6 +132,14 @@ class ProxyState:
         self.cold_health = {entry.name: _cold_health(entry, version) for entry in settings.entries}
 
 
+def _client_options(router: RouterOptions) -> dict[str, Any]:
+    """What the upstream client takes from the router options, at start and at every reload."""
+    return {
+        "connect_timeout": router.connect_timeout, "read_timeout": router.read_timeout,
+        "keepalive": router.upstream_keepalive, "ca_bundle": router.upstream_ca_bundle,
+    }  # fmt: skip
+
+
 def _share(limit: int, routers: int) -> int:
     return -(-limit // routers)  # rounded up: the sum over the routers never falls below the limit
 
@@ -154,11 +162,7 @@ class Proxy:
         self.state = ProxyState(settings, router_share=backends.router_share)
         self.backends = backends
         self.observer = observer or Observer()
-        router = settings.router
-        self.client = UpstreamClient(
-            connect_timeout=router.connect_timeout, read_timeout=router.read_timeout,
-            keepalive=router.upstream_keepalive, ca_bundle=router.upstream_ca_bundle,
-        )  # fmt: skip
+        self.client = UpstreamClient(**_client_options(settings.router))
 
     @property
     def gates(self) -> dict[str, EntryGate]:
@@ -171,11 +175,7 @@ class Proxy:
             gate.resize(state.gate_limits[name])  # admits queued requests when capacity rose
         for name, limiter in state.limiters.items():
             limiter.resize(state.teams[name])
-        router = state.settings.router
-        self.client.configure(
-            connect_timeout=router.connect_timeout, read_timeout=router.read_timeout,
-            keepalive=router.upstream_keepalive, ca_bundle=router.upstream_ca_bundle,
-        )  # fmt: skip
+        self.client.configure(**_client_options(state.settings.router))
 
     async def close(self) -> None:
         await self.client.close()
@@ -290,16 +290,12 @@ class Proxy:
             health = {**health, "chat_model": advert.chat_model}
             health.pop("chat_device", None)
             health["models"] = {k: v for k, v in health["models"].items() if k != "chat"}
-        body = json.dumps(health).encode()
-        headers = [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"), (b"x-fleet-backend", backend.encode()),
-            (b"x-fleet-entry", route.entry.encode()), (b"x-fleet-route", route.reason.encode()),
-            (b"x-request-id", record.request_id.encode()),
-        ]  # fmt: skip
         record.status = 200
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        extra = ((b"cache-control", b"no-store"), (b"x-fleet-backend", backend.encode()),
+                 (b"x-fleet-route", route.reason.encode()))  # fmt: skip
+        await _send_json(
+            send, json.dumps(health).encode(), route.entry, record.request_id, extra, head=scope["method"] == "HEAD"
+        )
 
     def _failed(self, entry: str) -> FleetError:
         detail = self.backends.status().get(entry, {}).get("last_error") or "its last start failed"
@@ -621,11 +617,15 @@ async def _refuse(send: Send, error: FleetError, record: RequestRecord, entry: s
     await send_error(send, error, entry, record.request_id)
 
 
-async def _send_json(send: Send, body: bytes, entry: str, request_id: str) -> None:
+async def _send_json(
+    send: Send, body: bytes, entry: str, request_id: str, extra: tuple[tuple[bytes, bytes], ...] = (),
+    *, head: bool = False,
+) -> None:  # fmt: skip
+    """A 200 JSON answer from the router itself (``head``: the headers only, for a HEAD request)."""
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"x-fleet-entry", entry.encode()), (b"x-request-id", request_id.encode())]  # fmt: skip
+               (b"x-fleet-entry", entry.encode()), (b"x-request-id", request_id.encode()), *extra]  # fmt: skip
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    await send({"type": "http.response.body", "body": b"" if head else body, "more_body": False})
 
 
 async def send_error(send: Send, error: FleetError, entry: str | None = None, request_id: str | None = None) -> None:
