@@ -31,6 +31,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fleet.prices import PriceTable
+
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
@@ -403,6 +405,8 @@ class FleetSettings(BaseSettings):
     data_dir: Path = Path(".fleet-data")
     # A tabby binary for local backends; when unset, `tabby` on PATH; when absent, the stand-in.
     tabby_bin: str | None = None
+    # USD per GPU-hour for cost figures (fleet/prices.py has the defaults, their date and source).
+    prices: PriceTable = PriceTable()
 
     @classmethod
     def settings_customise_sources(

@@ -590,3 +590,16 @@ def test_fallback_chat_needs_a_fallback_with_a_chat_model(tmp_path: Path) -> Non
 def test_cold_wait_bounds(tmp_path: Path, value: str) -> None:
     found = problems(tmp_path, FALLBACK.format(medium="", large=f'fallback = "small"\ncold_wait = {value}'))
     assert 'entries["large"].cold_wait' in found
+
+
+def test_prices_default_with_their_source_and_an_admin_overrides_one_type(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        '[prices]\ndate = "2026-11-01"\nsource = "our invoice"\ngpu_hour = { l4 = 0.5 }\n'
+        '[[entries]]\nname = "small"\nmodel = "m"\ngpu = "L4:2"\n'
+        '[[entries]]\nname = "big"\nmodel = "m"\ngpu = ["H200", "H100"]\n',
+    )
+    assert settings.prices.source == "our invoice" and settings.prices.date == "2026-11-01"
+    assert settings.prices.entry_hourly(settings.entry("small").gpus) == 1.0  # two L4 at 0.5
+    assert settings.prices.entry_hourly(settings.entry("big").gpus) is None  # priced at its first choice: unknown
+    assert FleetSettings(entries=[{"name": "a", "model": "m"}]).prices.per_gpu_hour("A100-80GB") == 2.4984
