@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--path", default="/v1/completions", help="request path (default /v1/completions)")
     route.set_defaults(func=cmd_route)
 
+    from apps.status_cmd import add_status_command
+
+    add_status_command(sub)
+
     token = sub.add_parser("token", help="Team and admin tokens: new, list, revoke.")
     token_sub = token.add_subparsers(title="token commands")
 

@@ -1,0 +1,149 @@
+"""``fleet status``: the status page's tables in a terminal, read from a running router over HTTP.
+
+It fetches ``/fleet/usage?since=...`` and ``/fleet/health`` with the admin token and prints the rows
+``router/status_page.py`` builds for the page, as aligned plain text. Every failure is one piece of
+advice: the router is not there (start it, or name its URL), the token is missing or wrong (how to pass
+one, how to make one), the window is not understood (the router's own words).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from router.status_page import Table, price_note, status_facts, status_tables
+
+DEFAULT_URL = "http://127.0.0.1:8080"  # where `fleet up` listens unless told otherwise (--host, --port)
+TOKEN_ENV = "FLEET_ADMIN_TOKEN"
+TIMEOUT_SECONDS = 10.0
+MAKE_TOKEN = "fleet token new --admin --label NAME --write"
+
+
+class StatusError(Exception):
+    """Why the status could not be shown: lines of advice (exit status 1)."""
+
+    def __init__(self, *lines: str) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+def add_status_command(sub: Any) -> None:
+    """Register ``fleet status`` on the ``fleet`` command's subparsers."""
+    help_text = "Show a running router's entries, teams, costs and refusals (what /fleet/status shows)."
+    status = sub.add_parser("status", help=help_text, description=help_text)
+    status.add_argument("--url", default=DEFAULT_URL, help=f"the router's URL (default {DEFAULT_URL}, fleet up's)")
+    status.add_argument("--admin-token", help=f"an admin token of that router (default: ${TOKEN_ENV})")
+    status.add_argument(
+        "--since",
+        default="today",
+        help="the window: an ISO time, unix seconds, a duration back from now (15m, 24h, 7d) or 'today' "
+        "(00:00 UTC; the default)",
+    )
+    status.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    token = args.admin_token or os.environ.get(TOKEN_ENV) or None
+    try:
+        snapshot, health = fetch_status(args.url, token, args.since)
+    except StatusError as error:
+        for line in error.lines:
+            print(f"fleet: {line}", file=sys.stderr)
+        return 1
+    print(status_text(snapshot, health))
+    return 0
+
+
+def fetch_status(url: str, token: str | None, since: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The usage snapshot and the health answer of the router at ``url``, or a StatusError saying what to do."""
+    import httpx
+
+    base = url.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=TIMEOUT_SECONDS) as client:
+            usage = client.get("/fleet/usage", params={"since": since})
+            _check(usage, base, token, since)
+            health = client.get("/fleet/health")
+            _check(health, base, token, since)
+    except (httpx.TransportError, httpx.InvalidURL) as exc:
+        raise StatusError(
+            f"cannot reach a router at {base} ({exc or type(exc).__name__}).",
+            f"Is it running? Start one with `fleet up` (it listens on {DEFAULT_URL}), or pass --url with "
+            f"your router's URL.",
+        ) from None
+    return usage.json(), health.json()
+
+
+def _check(response: Any, base: str, token: str | None, since: str) -> None:
+    """Raise StatusError with advice unless ``response`` is a 200 with a JSON body."""
+    path = response.request.url.path
+    code, message = _error(response)
+    if response.status_code == 200 and code != "not-json":
+        return
+    if response.status_code == 401:
+        raise StatusError(
+            f"the router at {base} wants an admin token for {path}.",
+            f"Pass --admin-token TOKEN or set {TOKEN_ENV}; make one with `{MAKE_TOKEN}`, then reload the router "
+            f"(POST /fleet/reload or SIGHUP).",
+        )
+    if response.status_code == 403:
+        fix = (
+            f"check the token, or make a new one with `{MAKE_TOKEN}` (then reload the router)."
+            if token
+            else f"add an admin token to it with `{MAKE_TOKEN}`, reload it, and pass it here with --admin-token "
+            f"or {TOKEN_ENV}."
+        )
+        raise StatusError(f"the router at {base} refused {path} ({code}): {message}", f"Fix: {fix}")
+    if code == "bad-since":
+        raise StatusError(f"--since {since!r} is not a window the router understands: {message}")
+    if response.status_code == 404 and path == "/fleet/usage":
+        raise StatusError(
+            f"{base} has no /fleet/usage: is it a tabby-fleet router, and one recent enough to count usage? "
+            f"(its answer: {message})"
+        )
+    raise StatusError(f"the router at {base} answered {path} with HTTP {response.status_code} ({code}): {message}")
+
+
+def _error(response: Any) -> tuple[str, str]:
+    """The error code and message of a router answer; ("not-json", the text) when it is not JSON."""
+    try:
+        body = response.json()
+    except ValueError:
+        return "not-json", response.text[:300] or "(empty body)"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("code", "")), str(error.get("message", ""))
+    return "", ""
+
+
+def status_text(snapshot: dict[str, Any], health: dict[str, Any]) -> str:
+    """The status as plain text: the header facts, each table aligned, the price note."""
+    facts = status_facts(snapshot, health)
+    width = max(len(label) for label, _ in facts)
+    lines = [f"{label.ljust(width)}  {value}" for label, value in facts]
+    entries = snapshot.get("entries", {})
+    warm = {name: entry["warm"] for name, entry in entries.items() if "warm" in entry} or None
+    for table in status_tables(snapshot, health, warm):
+        lines += ["", table.title, *text_table(table)]
+    lines += ["", price_note(snapshot)]
+    return "\n".join(lines)
+
+
+def text_table(table: Table) -> list[str]:
+    """A table's lines: header, rule, rows; numbers right-aligned; the 'empty' note when it has no rows."""
+    if not table.rows:
+        return [f"  ({table.empty})"]
+    rows = [table.header, *table.rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(table.header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [
+            cell.rjust(w) if i in table.numeric else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return [line(table.header), "  ".join("-" * w for w in widths), *(line(row) for row in table.rows)]

@@ -1,0 +1,271 @@
+"""The status page: what the fleet runs and what each team used today, as one HTML page (``GET /fleet/status``).
+
+:func:`status_tables` turns a ``/fleet/usage`` snapshot and the ``/fleet/health`` answer into rows of
+text: the one place that decides what is shown and how a number reads. :func:`render_status` puts
+them into a page that refreshes itself, with inline CSS, no script and nothing fetched from
+elsewhere, every value HTML-escaped; ``fleet status`` (apps/status_cmd.py) prints the same rows as
+text. Pure functions: the route gathers the data, these only format it.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fleet.settings import FleetSettings
+
+REFRESH_SECONDS = 15
+NO_TEAM = "-"  # the snapshot's name for requests that named no team
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of the status: its title, column names, rows of text, and what to say when empty."""
+
+    key: str  # a stable name, for the page's element ids
+    title: str
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    empty: str
+    numeric: frozenset[int] = frozenset()  # columns of numbers (right-aligned)
+
+
+def status_facts(snapshot: Mapping[str, Any], health: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The header: router version, runtime, uptime, now, and the window the numbers cover."""
+    since, until = snapshot.get("since", ""), snapshot.get("until", "")
+    window = f"{_time(since, date=True)} to {_time(until)[:5]} UTC"
+    covers = snapshot.get("covers_from")
+    if covers and covers != since:
+        window += f" (this router has data from {_time(covers, date=True)})"
+    return [
+        ("router", f"tabby-fleet {health.get('version', '?')}"),
+        ("runtime", str(health.get("runtime", "?"))),
+        ("uptime", duration(health.get("uptime_seconds"))),
+        ("now", f"{_time(until, date=True)} UTC"),
+        ("window", window),
+    ]
+
+
+def status_tables(
+    snapshot: Mapping[str, Any], health: Mapping[str, Any], warm: Mapping[str, Sequence[str]] | None = None
+) -> list[Table]:
+    """Entries, teams, refusals by code and recent refusals, as text.
+
+    ``warm``: entry -> its warm schedules, shown in a column of the entries table (None: no such column).
+    """
+    currency = snapshot.get("prices", {}).get("currency", "USD")
+    teams: Mapping[str, Any] = snapshot.get("teams", {})
+    header = ("entry", "state", "containers", "cold starts", "requests", "p95", "cold waits", "fallbacks",
+              "GPU-seconds", "cost", "warm hours")  # fmt: skip
+    entries = _entry_rows(snapshot.get("entries", {}), health.get("entries", {}), warm or {}, currency)
+    if warm is None:
+        header, entries = header[:-1], [row[:-1] for row in entries]
+    return [
+        Table("entries", "Entries", header, entries, "no entries", frozenset(range(2, 10))),
+        Table(
+            "teams", "Teams", ("team", "requests", "completions", "acceptance", "p95", "refusals", "cost"),
+            _team_rows(teams, currency), "no requests in this window", frozenset(range(1, 7)),
+        ),
+        Table(
+            "refusal-codes", "Refusals by code", ("code", "refusals", "teams"), _code_rows(teams),
+            "no refusals in this window", frozenset({1}),
+        ),
+        Table(
+            "recent-refusals", "Recent refusals", ("at (UTC)", "team", "entry", "status", "code"),
+            [
+                (_time(r.get("at", "")), _team(r.get("team") or NO_TEAM), r.get("entry") or "-",
+                 str(r.get("status", "")), str(r.get("code", "")))
+                for r in snapshot.get("refusals", [])
+            ],
+            "no refusals in this window", frozenset({3}),
+        ),
+    ]  # fmt: skip
+
+
+def _entry_rows(
+    used: Mapping[str, Any], states: Mapping[str, Any], warm: Mapping[str, Sequence[str]], currency: str
+) -> list[tuple[str, ...]]:
+    rows = []
+    for name in [*states, *(name for name in used if name not in states)]:
+        usage = used.get(name, {})
+        state = states.get(name, {}).get("state") or usage.get("state") or "?"
+        rows.append(
+            (
+                name, state, _count(usage.get("containers")), _count(usage.get("cold_starts")),
+                _count(usage.get("requests")), milliseconds(_p95(usage)), _count(usage.get("cold_waits")),
+                _count(usage.get("fallbacks")), _count(usage.get("gpu_seconds")),
+                money(usage.get("cost"), currency) if usage else "-", "; ".join(warm.get(name, ())) or "-",
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _team_rows(teams: Mapping[str, Any], currency: str) -> list[tuple[str, ...]]:
+    return [
+        (
+            _team(name), _count(team.get("requests")), _count(team.get("completions")),
+            percent(team.get("acceptance_rate")), milliseconds(_p95(team)),
+            _count(sum((team.get("refusals") or {}).values())),
+            money(team.get("cost"), currency) if team.get("requests") else "-",
+        )
+        for name, team in sorted(teams.items(), key=lambda item: (item[0] == NO_TEAM, item[0]))
+    ]  # fmt: skip
+
+
+def _code_rows(teams: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """Refusals by error code, most frequent first, with the teams that got them."""
+    by_code: dict[str, list[tuple[str, int]]] = {}
+    for name, team in teams.items():
+        for code, count in (team.get("refusals") or {}).items():
+            by_code.setdefault(code, []).append((_team(name), int(count)))
+    totals = {code: sum(n for _, n in counts) for code, counts in by_code.items()}
+    return [
+        (code, str(totals[code]), ", ".join(f"{team} {n}" for team, n in sorted(by_code[code])))
+        for code in sorted(by_code, key=lambda code: (-totals[code], code))
+    ]
+
+
+def price_note(snapshot: Mapping[str, Any]) -> str:
+    """Where the costs come from: the price table's currency, date and source."""
+    prices = snapshot.get("prices", {})
+    return (
+        f"Costs: GPU time only, in {prices.get('currency', 'USD')} at the prices of {prices.get('date', '?')} "
+        f"({prices.get('source', 'no source given')}); 'unknown' where an entry's GPU has no price ([prices] in "
+        f"the settings). Cold waits: requests that waited for their entry to start."
+    )
+
+
+def render_status(snapshot: Mapping[str, Any], health: Mapping[str, Any], settings: FleetSettings) -> str:
+    """The whole status page for a usage ``snapshot`` and the ``health`` answer (``/fleet/health``'s shape)."""
+    warm = {entry.name: [str(w) for w in getattr(entry, "warm", ())] for entry in settings.entries}
+    facts = "".join(
+        f"<div><dt>{_e(label)}</dt><dd>{_e(value)}</dd></div>" for label, value in status_facts(snapshot, health)
+    )
+    sections = "".join(_html_table(table) for table in status_tables(snapshot, health, warm))
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>tabby-fleet status</title><style>{_CSS}</style></head>\n"
+        f'<body><header><h1>tabby-fleet status</h1><dl class="facts">{facts}</dl></header>\n'
+        f"<main>{sections}</main>\n"
+        f"<footer><p>{_e(price_note(snapshot))}</p>"
+        f"<p>This page refreshes itself every {REFRESH_SECONDS} s. The same numbers as JSON: "
+        f"<code>/fleet/usage?since=today</code>; in a terminal: <code>fleet status</code>.</p></footer>"
+        "</body></html>\n"
+    )
+
+
+def render_refusal(status: int, code: str, message: str) -> str:
+    """A small page for an admin refusal (the browser shows it; a 401 also makes it ask for a login)."""
+    login = (
+        "<p>Log in with any user name and an admin token as the password "
+        "(<code>fleet token new --admin --label NAME --write</code> makes one).</p>"
+        if status == 401
+        else ""
+    )
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>tabby-fleet status: refused</title>'
+        f"<style>{_CSS}</style></head><body><h1>{status} {_e(code)}</h1><p>{_e(message)}</p>{login}</body></html>\n"
+    )
+
+
+# -- how values read --------------------------------------------------------------------------------
+
+
+def money(value: float | None, currency: str) -> str:
+    """A cost with its currency; "unknown" when it cannot be priced."""
+    if value is None:
+        return "unknown"
+    return f"{value:,.2f} {currency}" if value >= 1 or value == 0 else f"{value:.4f} {currency}"
+
+
+def milliseconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms"
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def duration(seconds: float | None) -> str:
+    """3725 -> "1h 02m"; 75 -> "1m 15s"."""
+    if seconds is None:
+        return "?"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _count(value: float | int | None) -> str:
+    return "-" if value is None else f"{round(value):,}"
+
+
+def _team(name: str) -> str:
+    return "(no team)" if name == NO_TEAM else name
+
+
+def _p95(usage: Mapping[str, Any]) -> float | None:
+    return (usage.get("latency_ms") or {}).get("p95")
+
+
+def _time(iso: str, *, date: bool = False) -> str:
+    """An ISO time from the snapshot as "HH:MM:SS" (with the date: "YYYY-MM-DD HH:MM"), in UTC as sent."""
+    try:
+        moment = datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return str(iso) or "?"
+    return moment.strftime("%Y-%m-%d %H:%M") if date else moment.strftime("%H:%M:%S")
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(
+        f"<th{' class=num' if i in table.numeric else ''}>{_e(name)}</th>" for i, name in enumerate(table.header)
+    )
+    if not table.rows:
+        body = f'<tr><td class="empty" colspan="{len(table.header)}">{_e(table.empty)}</td></tr>'
+    else:
+        body = "".join(_html_row(table, row) for row in table.rows)
+    return (
+        f'<section id="{_e(table.key)}"><h2>{_e(table.title)}</h2>'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></section>\n"
+    )
+
+
+def _html_row(table: Table, row: tuple[str, ...]) -> str:
+    cells = []
+    for i, value in enumerate(row):
+        classes = ["num"] if i in table.numeric else []
+        if table.key == "entries" and i == 1:
+            classes += ["state", f"state-{value}"]
+        attr = f' class="{_e(" ".join(classes))}"' if classes else ""
+        cells.append(f"<td{attr}>{_e(value)}</td>")
+    return f'<tr data-{_e(table.key)}="{_e(row[0])}">{"".join(cells)}</tr>'
+
+
+_CSS = (
+    "body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1f2328;background:#fff}"
+    "h1{font-size:20px;margin:0 0 8px}h2{font-size:16px;margin:24px 0 8px}"
+    ".facts{display:flex;flex-wrap:wrap;gap:4px 24px;margin:0}.facts div{display:flex;gap:6px}"
+    ".facts dt{color:#656d76}.facts dd{margin:0;font-weight:600}"
+    "table{border-collapse:collapse;min-width:50%}th,td{padding:4px 10px;border-bottom:1px solid #d0d7de;"
+    "text-align:left;white-space:nowrap}th{background:#f6f8fa;font-weight:600}.num{text-align:right;"
+    "font-variant-numeric:tabular-nums}.empty{color:#656d76;font-style:italic}"
+    ".state{font-weight:600}.state-ready{color:#1a7f37}.state-starting{color:#9a6700}"
+    ".state-failed{color:#cf222e}.state-cold{color:#656d76}"
+    "footer{margin-top:24px;color:#656d76;font-size:12px}code{font-size:12px}"
+)
