@@ -1,12 +1,14 @@
 """Who may see the fleet's configuration and usage: holders of an admin token.
 
 Admin tokens are stored as sha256 (``router.admin_token_sha256``) and compared in constant time, like
-team tokens. With no admin token configured, admin endpoints answer loopback clients only: a
+team tokens; a client sends one as a Bearer token, or (a browser, for the status page) as the password of
+HTTP Basic with any user name. With no admin token configured, admin endpoints answer loopback clients only: a
 developer's local fleet works out of the box, a deployed router reveals nothing.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -15,6 +17,8 @@ from fastapi import Request
 
 from fleet.errors import FleetError
 from fleet.settings import FleetSettings
+
+BASIC_CHALLENGE = 'Basic realm="tabby-fleet"'  # a 401 from a page carries it, so the browser asks for a login
 
 
 class AdminAuth:
@@ -39,10 +43,14 @@ class AdminAuth:
                 "admin endpoints answer only local clients until an admin token is set: run "
                 "`fleet token new --admin --label <who> --write` (it adds the hash to router.admin_tokens)",
             )
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise FleetError(401, "admin-token-missing", "send 'Authorization: Bearer <admin token>'")
+        token = _presented_token(request.headers.get("authorization", ""))
+        if not token:
+            raise FleetError(
+                401,
+                "admin-token-missing",
+                "send 'Authorization: Bearer <admin token>' (a browser: log in with any user name and the admin "
+                "token as the password)",
+            )
         digest = hashlib.sha256(token.encode()).digest()
         allowed = False
         for known in self._digests:  # no early exit: the same work for every token
@@ -50,6 +58,22 @@ class AdminAuth:
                 allowed = True
         if not allowed:
             raise FleetError(403, "admin-token-invalid", "that token is not an admin token of this router")
+
+
+def _presented_token(authorization: str) -> str:
+    """The admin token of an ``Authorization`` header: a Bearer token, or the password of HTTP Basic (which
+    a browser can send to a page, /fleet/status); "" when there is none."""
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]  # any user name
+    return ""
 
 
 def _is_loopback(host: str) -> bool:
