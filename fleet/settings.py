@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from fleet.prices import PriceTable
+from fleet.warm import WarmWindow, window_problems
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -114,6 +115,8 @@ class Entry(BaseModel):
     fallback: str | None = None
     cold_wait: Annotated[float, Field(ge=0, le=60)] = 2.0
     fallback_chat: bool = False
+    # Warm hours: windows in which containers are kept running (fleet/warm.py, docs/CONFIGURATION.md).
+    warm: tuple[WarmWindow, ...] = ()
 
     @field_validator("name")
     @classmethod
@@ -189,6 +192,9 @@ class Entry(BaseModel):
             )
         if self.target_inputs is not None and not 1 <= self.target_inputs <= self.max_inputs:
             raise ValueError(f"target_inputs must be 1..max_inputs ({self.max_inputs}); got {self.target_inputs}")
+        warm_problems = window_problems(self.warm, self.max_containers, self.url)
+        if warm_problems:
+            raise ValueError("; ".join(warm_problems))
         return self
 
     @property
