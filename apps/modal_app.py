@@ -17,6 +17,9 @@ This module declares; :mod:`apps.modal_deploy` is what ``fleet deploy`` hands to
 The router is an ``asgi_app`` function in the same app. It finds each class's URL at start-up and
 holds the proxy token (a Modal Secret) that the classes require.
 
+When an entry has warm hours (``warm``), a scheduled function ``warm_hours`` runs every 5 minutes
+and sets each such entry's ``min_containers`` for the time of day with ``update_autoscaler``.
+
 Settings travel to the containers frozen: the deploying process resolves them (file, ``.env`` and
 ``FLEET_*`` variables) and passes the result as JSON in ``TABBY_FLEET_SETTINGS_JSON``, so every
 container builds exactly the fleet that was deployed.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -43,6 +47,7 @@ from apps.tabby_cmd import (
 )
 from fleet.loading import load_settings
 from fleet.settings import Entry, FleetSettings
+from fleet.warm import WARM_LEAD, apply_warm_hours
 
 TABBY_PORT = 8080  # where tabby serve listens inside its container
 DATA_MOUNT = "/data"  # the shared Volume; each container's TABBY_ROOT is DATA_MOUNT/<entry>/<task id>
@@ -54,12 +59,19 @@ ROUTER_FUNCTION = "router"
 # baked in too, or every cold start would download it.
 EMBEDDING_MODEL = "TabbyML/Nomic-Embed-Text"
 ROUTER_TIMEOUT = 600  # seconds one router request may run; Modal answers web requests over 150 s with a 303
+# Warm hours: a scheduled function sets each warm entry's min_containers. It runs every WARM_LEAD (5
+# min): often enough that a window's containers are asked for one run before it starts (a cold GPU
+# container takes minutes), rarely enough to cost nothing worth counting (a CPU container for a second).
+WARM_FUNCTION = "warm_hours"
+WARM_SCHEDULE = f"*/{int(WARM_LEAD.total_seconds() // 60)} * * * *"
+WARM_TIMEOUT = 120  # seconds one run may take: one update_autoscaler call per warm entry
 
 # What the containers import from this package, pinned to the versions tested locally. The GPU
 # classes import only the settings; the router also the web stack. (Inside a container these lists
 # are only re-declared, never built, so a package missing there is simply left unpinned.)
 SETTINGS_PACKAGES = ("pydantic", "pydantic-settings")
-ROUTER_PACKAGES = (*SETTINGS_PACKAGES, "aiohttp", "fastapi", "prometheus-client")
+# tzdata: warm windows name IANA timezones, and a slim image has no /usr/share/zoneinfo.
+ROUTER_PACKAGES = (*SETTINGS_PACKAGES, "aiohttp", "fastapi", "prometheus-client", "tzdata")
 # This project's packages, shipped to every container, and the files of them they need: the code,
 # and its data (the router's copy of Tabby's OpenAPI, the example settings).
 FLEET_PACKAGES = ("fleet", "apps", "router")
@@ -114,14 +126,24 @@ GPU_MODAL_OPTIONS = frozenset({"app_name", "volume", "tabby_image", "proxy_auth_
 def entry_settings_json(settings: FleetSettings, entry: Entry) -> str:
     """The frozen settings of one entry's containers: that entry and the image and volume options.
 
-    A class's definition then depends on nothing else: a change to a team, a router option or
-    another entry leaves its (slow to start) containers alone.
+    A class's definition then depends on nothing else: a change to a team, a router option,
+    another entry or the entry's warm hours (applied by the warm_hours function) leaves its (slow to
+    start) containers alone.
     """
     frozen = {
-        "entries": [entry.model_dump(mode="json")],
+        "entries": [entry.model_dump(mode="json", exclude={"warm"})],
         "modal": settings.modal.model_dump(mode="json", include=set(GPU_MODAL_OPTIONS)),
     }
     return json.dumps(frozen, sort_keys=True)
+
+
+def warm_settings_json(settings: FleetSettings) -> str | None:
+    """The frozen settings of the warm_hours function: the deployed entries with warm windows and the
+    app's name (no teams, no tokens). None when no deployed entry has windows: nothing to schedule."""
+    warm = [entry.model_dump(mode="json") for entry in settings.entries if entry.warm and entry.url is None]
+    if not warm:
+        return None
+    return json.dumps({"entries": warm, "modal": {"app_name": settings.modal.app_name}}, sort_keys=True)
 
 
 def router_image() -> modal.Image:
@@ -141,6 +163,7 @@ class FleetApp:
     user_classes: dict[str, type]  # entry name -> the plain class behind it (its SERVE_ARGV, SERVE_ENV)
     router: Any
     volume: modal.Volume
+    warm_hours: Any = None  # the scheduled function, when an entry has warm windows
 
 
 def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> FleetApp:
@@ -208,7 +231,44 @@ def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> Fleet
         timeout=ROUTER_TIMEOUT,
     )(web_app)
     namespace[ROUTER_FUNCTION] = router_function
-    return FleetApp(app, classes, user_classes, router_function, volume)
+    warm_function = _warm_hours_function(app, settings, module)
+    if warm_function is not None:
+        namespace[WARM_FUNCTION] = warm_function
+    return FleetApp(app, classes, user_classes, router_function, volume, warm_function)
+
+
+def _warm_hours_function(app: modal.App, settings: FleetSettings, module: str) -> Any:
+    """The scheduled function that applies warm hours, or None when no deployed entry has windows.
+
+    Each run sets every warm entry's ``min_containers`` for the current time (fleet/warm.py,
+    ``apply_warm_hours``) with ``update_autoscaler``. A deploy resets the autoscaler to the static
+    ``min_containers``; the next run (within ``WARM_LEAD``) applies the windows again.
+    """
+    frozen = warm_settings_json(settings)
+    if frozen is None:
+        return None
+
+    def warm_hours() -> dict[str, int]:
+        fleet = current_settings()
+
+        def autoscale(entry: Entry, min_containers: int) -> None:
+            cls = modal.Cls.from_name(fleet.modal.app_name, entry.class_name)
+            cls().update_autoscaler(min_containers=min_containers)
+
+        now = datetime.now(UTC)
+        applied = apply_warm_hours(fleet, now, autoscale)
+        print(f"warm hours at {now:%Y-%m-%d %H:%M} UTC: min_containers set to {applied}", flush=True)
+        return applied
+
+    warm_hours.__module__ = module
+    warm_hours.__qualname__ = WARM_FUNCTION
+    return app.function(
+        image=router_image(),
+        name=WARM_FUNCTION,
+        schedule=modal.Cron(WARM_SCHEDULE),
+        env={FROZEN_SETTINGS_ENV: frozen},
+        timeout=WARM_TIMEOUT,
+    )(warm_hours)
 
 
 def _tabby_class(entry: Entry, module: str, frozen_settings: str) -> type:

@@ -62,6 +62,7 @@ def describe_function(app: modal.App, tag: str) -> dict[str, Any]:
         "target_inputs": info.concurrency_info.target_inputs if info.concurrency_info else None,
         "timeout": info.timeout,
         "startup_timeout": info.startup_timeout,
+        "schedule": info.schedule,  # e.g. "Cron('*/5 * * * *', UTC)", or None
         "volumes": {path: mount.name for path, mount in info.volumes.items()},
         "secrets": list(info.secrets),
         "web": web,

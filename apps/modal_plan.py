@@ -48,8 +48,14 @@ def modal_plan(settings: FleetSettings) -> str:
         f"cpu {router['cpu'] or 'Modal default'}, memory "
         f"{str(router['memory']) + ' MiB' if router['memory'] else 'Modal default'}, "
         f"secret {options.proxy_auth_secret!r}",
-        f"  fleet deploy / serve: {deploy_readiness(settings)}",
     ]
+    if "warm_hours" in declared:
+        warm = [entry.name for entry in settings.entries if entry.warm and entry.url is None]
+        lines.append(
+            f"  function warm_hours (schedule {declared['warm_hours']['schedule']}): sets min_containers of "
+            f"{', '.join(warm)} for their warm hours (update_autoscaler; a deploy resets it, the next run re-applies)"
+        )
+    lines.append(f"  fleet deploy / serve: {deploy_readiness(settings)}")
     return "\n".join(lines)
 
 

@@ -152,6 +152,9 @@ def test_a_gpu_class_depends_only_on_its_entry_and_the_image_settings(tmp_path: 
     changed = THREE.replace("router_max_inputs = 300", "router_max_inputs = 50\nrouter_max_containers = 2")
     changed = changed.replace('model = "TabbyML/StarCoder-3B"', 'model = "TabbyML/StarCoder-3B"\naliases = ["m"]')
     changed += '\n[router]\nread_timeout = 60\n\n[[teams]]\nname = "web"\nentry = "small"\n'
+    # warm hours are applied by the warm_hours function (update_autoscaler), not by redefining the class
+    warm = 'warm = [{days = "daily", start = "08:00", end = "18:00", timezone = "UTC"}]'
+    changed = changed.replace("target_inputs = 6", f"target_inputs = 6\n{warm}")
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     before_fleet, before = build(settings_from(tmp_path / "a", THREE))
     after_fleet, after = build(settings_from(tmp_path / "b", changed))
