@@ -640,6 +640,12 @@ def settings_warnings(settings: FleetSettings) -> list[str]:
                 f"and chat requests get 501 no-chat-model; set chat_model on one of them, or allow the team an "
                 f"entry that has one"
             )
+    for entry in settings.entries:
+        if entry.url is None and settings.prices.entry_hourly(entry.gpus) is None:
+            gpu = entry.gpus[0].partition(":")[0]
+            warnings.append(
+                f'entries["{entry.name}"]: no price for GPU {gpu}; add it under [prices] gpu_hour to see its cost'
+            )
     return warnings
 
 

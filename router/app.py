@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -36,6 +37,7 @@ from router.changes import describe_changes
 from router.observe import Observer
 from router.openapi import fleet_openapi
 from router.proxy import Proxy, ProxyState, RequestAborted
+from router.usage import Usage, parse_since
 
 log = logging.getLogger("router")
 
@@ -136,7 +138,8 @@ def create_app(
     ``settings_source`` names where ``reload_settings`` reads from, for the reload's log line (default:
     the file `fleet` finds without --config: $FLEET_CONFIG, ./fleet.toml, or the packaged example).
     """
-    observer = Observer()
+    usage = Usage(settings)
+    observer = Observer(usage)
     proxy = Proxy(settings, backends, observer)
     started = time.monotonic()
     reload_lock = asyncio.Lock()
@@ -152,6 +155,11 @@ def create_app(
         return status
 
     observer.watch_state(entry_status)
+    observer.watch_usage(usage, backends.status)
+
+    def usage_snapshot(since: datetime) -> dict[str, Any]:
+        """What each team and entry used since ``since`` (router/usage.py): /fleet/usage's JSON."""
+        return usage.snapshot(since, entry_status())
 
     async def reload() -> ReloadResult:
         if reload_settings is None:
@@ -167,6 +175,7 @@ def create_app(
             state = ProxyState(new, proxy.state, backends.router_share)  # built aside: nothing in use changes yet
             await backends.reconfigure(new)  # may refuse (e.g. on Modal: redeploy instead)
             proxy.swap(state)
+            usage.configure(new)
         source = settings_source or str(resolve_config_path(None))
         changes = describe_changes(old, new)
         log.info(
@@ -188,9 +197,11 @@ def create_app(
         # Everything loaded so far (FastAPI, pydantic, settings) lives as long as the router. Freezing
         # it keeps the garbage collector from rescanning it every few thousand requests.
         gc.freeze()
+        sampler = asyncio.create_task(usage.run_sampler(backends.status))  # container-seconds, cold starts
         try:
             yield
         finally:
+            sampler.cancel()
             await backends.close()
             await proxy.close()
 
@@ -211,6 +222,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.proxy = proxy
+    app.state.usage_snapshot = usage_snapshot
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -301,6 +313,13 @@ def create_app(
             entries=entries,
             teams=teams,
         )
+
+    @app.get("/fleet/usage", tags=["fleet"], dependencies=admin_only)
+    async def fleet_usage(since: str = "24h") -> JSONResponse:
+        """What each team and entry used and cost since ``since`` (admin): ISO 8601, unix seconds, 15m / 1h /
+        24h / 7d back from now, or today. In memory per router process; docs/OPERATIONS.md, "Usage and cost"."""
+        now = datetime.now(UTC)
+        return JSONResponse(usage_snapshot(parse_since(since, now)), headers={"cache-control": "no-store"})
 
     @app.post("/fleet/reload", response_model=ReloadResult, tags=["fleet"], dependencies=admin_only)
     async def fleet_reload() -> ReloadResult:

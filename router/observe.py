@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from router.usage import LATENCY_STEPS, Cell, EntryCell, Usage
 
 log = logging.getLogger("tabby_fleet.access")
 
@@ -52,8 +54,8 @@ def new_request_id() -> str:
 class RequestRecord:
     """One request's facts, filled in as the proxy learns them."""
 
-    __slots__ = ("code", "entry", "fallback_from", "method", "path", "queue_seconds", "reason", "request_id",
-                 "start_seconds", "started", "status", "team", "upstream_seconds")  # fmt: skip
+    __slots__ = ("code", "entry", "event", "fallback_from", "kind", "method", "path", "queue_seconds", "reason",
+                 "request_id", "start_seconds", "started", "status", "team", "upstream_seconds")  # fmt: skip
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
         self.request_id = request_id
@@ -69,10 +71,15 @@ class RequestRecord:
         self.queue_seconds = 0.0  # waited for a slot in the entry's queue
         self.start_seconds = 0.0  # waited for the entry's backend to start
         self.fallback_from: str | None = None  # the entry asked for, when its fallback served (cold start)
+        # What the path asks for (router.usage: completion, chat, events, health, ...; None: not routed)
+        # and, for POST /v1/events, the event's type (view, select, dismiss).
+        self.kind: str | None = None
+        self.event: str | None = None
 
 
 class Observer:
-    def __init__(self) -> None:
+    def __init__(self, usage: Usage | None = None) -> None:
+        self.usage = usage  # counts each finished request for /fleet/usage (router/usage.py)
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "fleet_requests", "Requests by team, entry, route reason and status (499: client left)",
@@ -119,6 +126,9 @@ class Observer:
         if counter is None:
             counter = self._request_counters[key] = self.requests.labels(*key[:3], str(record.status))
         counter.inc()
+        usage = self.usage
+        if usage is not None:
+            usage.observe(record, total)
         if record.status == CLIENT_LEFT:
             self.cancellations.labels(record.entry).inc()
         waited = record.queue_seconds + record.start_seconds
@@ -170,6 +180,11 @@ class Observer:
         """Export per-entry state (in flight, queued, backend state, starts, stops) at scrape time."""
         self.registry.register(_StateCollector(read))
 
+    def watch_usage(self, usage: Usage, read: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        """Export Usage's totals (completions, events, latency, cold waits, fallbacks, busy and container
+        seconds, GPU prices and cost) at scrape time; ``read`` is ``Backends.status()``."""
+        self.registry.register(_UsageCollector(usage, read))
+
 
 class _StateCollector:
     def __init__(self, read: Callable[[], dict[str, dict[str, Any]]]) -> None:
@@ -197,3 +212,94 @@ class _StateCollector:
 
     def describe(self) -> list[Metric]:
         return []
+
+
+# fleet_request_seconds' buckets: every 6th of Usage's latency buckets, 10**(k/8) s (1.33x apart), from
+# 10 ms to 316 s, so each is exact and histogram_quantile's p95 is within a bucket (about 15 %).
+REQUEST_SECONDS_BOUNDS = tuple(range(-16, 21))  # k
+_REQUEST_INDEX = {k: 6 * k + 3 * LATENCY_STEPS for k in REQUEST_SECONDS_BOUNDS}  # k -> Usage's latency index
+
+
+class _UsageCollector:
+    """Usage's lifetime totals as Prometheus counters, read at scrape time (after a fresh sample).
+
+    Labels come from settings only: a team or entry no longer in them is reported as "-"."""
+
+    def __init__(self, usage: Usage, read: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self._usage = usage
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        usage = self._usage
+        usage.sample(self._read())
+        cells, entry_cells = usage.lifetime()
+        teams, entries = set(usage.teams), set(usage.entries)
+        merged: dict[tuple[str, str], Cell] = {}
+        for (team, entry), cell in cells.items():
+            key = (team if team in teams else "-", entry if entry in entries else "-")
+            (merged.get(key) or merged.setdefault(key, Cell())).add(cell)
+        pair = ["team", "entry"]
+        completions = CounterMetricFamily("fleet_completions", "Completions answered 2xx", labels=pair)
+        events = CounterMetricFamily(
+            "fleet_completion_events", "The IDE's completion events (POST /v1/events, 2xx) by type",
+            labels=[*pair, "type"],
+        )  # fmt: skip
+        latency = HistogramMetricFamily(
+            "fleet_request_seconds", "Whole request time of 2xx completions (histogram_quantile for p50/p95)",
+            labels=pair,
+        )  # fmt: skip
+        cold_waits = CounterMetricFamily(
+            "fleet_cold_waits", "Requests that waited for the entry asked for to start", labels=pair
+        )
+        fallbacks = CounterMetricFamily(
+            "fleet_fallbacks", "Requests for entry served by its fallback while entry was cold",
+            labels=[*pair, "fallback"],
+        )  # fmt: skip
+        busy = CounterMetricFamily("fleet_busy_seconds", "Upstream seconds of the requests served", labels=pair)
+        for (team, entry), cell in sorted(merged.items()):
+            labels = [team, entry]
+            completions.add_metric(labels, cell.completions)
+            for kind, count in (("view", cell.views), ("select", cell.selects), ("dismiss", cell.dismisses)):
+                events.add_metric([*labels, kind], count)
+            latency.add_metric(labels, _cumulative(cell.latency), cell.latency_seconds)
+            cold_waits.add_metric(labels, cell.cold_waits)
+            fallbacks.add_metric([*labels, usage.fallbacks.get(entry, "-")], cell.fallbacks)
+            busy.add_metric(labels, cell.busy_seconds)
+        containers = CounterMetricFamily(
+            "fleet_container_seconds", "Container (local: process) seconds per entry", labels=["entry"]
+        )
+        gpu_seconds = CounterMetricFamily(
+            "fleet_gpu_seconds", "Container seconds x GPUs per container, by the entry's first-choice GPU",
+            labels=["entry", "gpu"],
+        )  # fmt: skip
+        price = GaugeMetricFamily("fleet_gpu_price_per_hour", "Price of one GPU-hour ([prices])", labels=["gpu"])
+        cost = CounterMetricFamily("fleet_cost", "Container time x the entry's hourly price", labels=["entry"])
+        priced: set[str] = set()
+        for entry, pricing in sorted(usage.pricing.items()):
+            entry_cell = entry_cells.get(entry) or EntryCell()
+            containers.add_metric([entry], entry_cell.container_seconds)
+            gpu_seconds.add_metric([entry, pricing.gpu_type], entry_cell.container_seconds * pricing.gpu_count)
+            if pricing.per_gpu_hour is not None:
+                cost.add_metric([entry], entry_cell.cost)
+                if pricing.gpu_type not in priced:
+                    priced.add(pricing.gpu_type)
+                    price.add_metric([pricing.gpu_type], pricing.per_gpu_hour)
+        yield from (completions, events, latency, cold_waits, fallbacks, busy, containers, gpu_seconds, price, cost)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+def _cumulative(histogram: dict[int, int]) -> list[tuple[str, float]]:
+    """Usage's sparse latency histogram as Prometheus buckets (cumulative counts up to each bound)."""
+    indexes = sorted(histogram)
+    buckets = []
+    seen = position = 0
+    for k in REQUEST_SECONDS_BOUNDS:
+        bound = _REQUEST_INDEX[k]
+        while position < len(indexes) and indexes[position] <= bound:
+            seen += histogram[indexes[position]]
+            position += 1
+        buckets.append((f"{10 ** (k / 8):.4g}", float(seen)))
+    buckets.append(("+Inf", float(sum(histogram.values()))))
+    return buckets

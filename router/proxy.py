@@ -42,6 +42,7 @@ from router.gate import EntryBusy, EntryGate, GateLimits
 from router.observe import CLIENT_LEFT, REQUEST_ID, Observer, RequestRecord, new_request_id
 from router.team_limits import TeamLimiter
 from router.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
+from router.usage import EVENT_TYPES, EVENTS, USAGE_PATHS, WHOAMI  # WHOAMI: /fleet/whoami's route label and kind
 
 log = logging.getLogger("tabby_fleet.proxy")
 
@@ -65,7 +66,6 @@ NOT_FORWARDED = HOP_BY_HOP | {
 NOT_RETURNED = HOP_BY_HOP | {b"server", b"date"}  # uvicorn writes its own date and server
 # A lease of a running backend does not suspend (microseconds); one that took longer waited for a start.
 START_WAIT_MIN = 0.001
-WHOAMI = "whoami"  # the route label of /fleet/whoami requests in metrics and logs
 
 
 class ColdPlan(NamedTuple):
@@ -195,7 +195,7 @@ class Proxy:
         state = self.state
         head = RequestHead(scope)
         record = RequestRecord(head.request_id, scope["method"], scope["path"])
-        record.reason = WHOAMI
+        record.reason = record.kind = WHOAMI
         try:
             try:
                 if scope["method"] != "GET":
@@ -223,9 +223,12 @@ class Proxy:
             _check_head(state, scope, head)
             route = state.table.route(head.raw_path.decode("latin-1"), head.authorization, head.team, head.model)
             record.team, record.entry, record.reason = route.team or "-", route.entry, route.reason
+            record.kind = route.kind or USAGE_PATHS.get(route.upstream_path)
             if head.content_length > state.max_body:
                 raise _too_large(state.max_body)
             body = await _read_body(receive, state.max_body, state.body_timeout)
+            if record.kind is EVENTS and scope["method"] == "POST":
+                record.event = _event_type(body)
         except FleetError as error:
             await _refuse(send, error, record)
             return
@@ -461,6 +464,17 @@ class Proxy:
 def _team_may_use(state: ProxyState, team: str | None, entry: str) -> bool:
     allowed = state.table.teams[team].allowed_entries if team in state.table.teams else ()
     return not allowed or entry in allowed
+
+
+def _event_type(body: bytes) -> str | None:
+    """The type of a POST /v1/events body (view, select, dismiss; a few hundred bytes), for usage counts;
+    None for anything else (not JSON, no string "type", another type)."""
+    try:
+        event = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    kind = event.get("type") if isinstance(event, dict) else None
+    return kind if kind in EVENT_TYPES else None
 
 
 def _cold_health(entry: Entry, version: str) -> dict[str, Any]:
