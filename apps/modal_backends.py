@@ -6,10 +6,12 @@ carries the workspace proxy token (the classes require Modal proxy auth), waits 
 ``first_byte_timeout`` for a cold container, and follows Modal's same-origin 303 if the call runs
 past Modal's 150 s web limit.
 
-Modal starts and stops containers itself, so the states reported here are the router's estimate:
-``cold`` until a request has succeeded within the entry's ``scaledown_window`` (or always ``ready``
-with ``min_containers``), ``starting`` while the first request of a cold entry is in flight,
-``failed`` when the class could not be found.
+Modal starts and stops containers itself, so an entry's state here is an estimate: the router's own
+view (a request or a wake succeeded within the entry's ``scaledown_window``, or ``min_containers``
+keeps one up) corrected by Modal's stats (``get_current_stats()``: runners and backlog), polled in the
+background every :data:`STATS_INTERVAL` seconds (:meth:`_ModalEntry.state` has the rules).
+:meth:`ModalBackends.warm` wakes a cold entry with one ``GET /v1/health`` to its class (at most one
+at a time per entry), which Modal answers once a container has loaded its model.
 """
 
 from __future__ import annotations
@@ -19,18 +21,42 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 from fleet.errors import FleetError
 from fleet.settings import Entry, FleetSettings
 from router.backends import StaticBackends, Upstream
+from router.upstream import UpstreamClient, UpstreamError
 
 log = logging.getLogger("tabby_fleet.modal")
 
 PROXY_KEY_ENV, PROXY_SECRET_ENV = "TABBY_FLEET_PROXY_KEY", "TABBY_FLEET_PROXY_SECRET"
+# Modal's stats are polled this often per entry (one call each): a container scaled down or died is
+# noticed within this long. Modal bills nothing for the call; 15 s keeps it to 4 calls a minute per entry.
+STATS_INTERVAL = 15.0
+STATS_TIMEOUT = 10.0  # one stats call gives up after this long (Modal's client retries for 10 s itself)
+# A sample older than this is not trusted (the calls have been failing): the router's own view decides.
+STATS_STALE_AFTER = 4 * STATS_INTERVAL
+# A failed wake is reported (health: 502 backend-failed) for this long; then the next health check or
+# completion tries again. Each wake may start a GPU container, so failures do not loop faster than this.
+WAKE_RETRY_SECONDS = 30.0
+WAKE_PATH = "/v1/health"  # no model work, and Modal starts a container to answer it
 
 UrlLookup = Callable[[Entry], str]
+
+
+class StatsLike(Protocol):
+    """What the router reads from Modal's ``FunctionCurrentStats``."""
+
+    @property
+    def num_total_runners(self) -> int: ...
+
+    @property
+    def backlog(self) -> int: ...
+
+
+StatsCall = Callable[[Entry], Awaitable[StatsLike]]
 
 
 def modal_url_lookup(app_name: str) -> UrlLookup:
@@ -47,6 +73,25 @@ def modal_url_lookup(app_name: str) -> UrlLookup:
     return lookup
 
 
+def modal_stats(app_name: str) -> StatsCall:
+    """An entry's current stats through Modal's API (``Function.get_current_stats``)."""
+    methods: dict[str, Any] = {}  # one handle per class: it is looked up (hydrated) on its first call only
+
+    async def stats(entry: Entry) -> StatsLike:
+        import modal
+
+        method = methods.get(entry.class_name)
+        if method is None:
+            # A class's bound method is hydrated with the object_id of the class's service function
+            # (modal/cls.py, _bind_instance_method), so these stats are the whole class's: all its
+            # containers and inputs, whichever method or web endpoint they serve.
+            method = methods[entry.class_name] = modal.Cls.from_name(app_name, entry.class_name)().serve
+        result: StatsLike = await method.get_current_stats.aio()
+        return result
+
+    return stats
+
+
 def proxy_auth_headers(environ: dict[str, str] | None = None) -> tuple[tuple[bytes, bytes], ...]:
     env = os.environ if environ is None else environ
     key, secret = env.get(PROXY_KEY_ENV), env.get(PROXY_SECRET_ENV)
@@ -61,19 +106,68 @@ def proxy_auth_headers(environ: dict[str, str] | None = None) -> tuple[tuple[byt
 
 
 class _ModalEntry:
-    def __init__(self, entry: Entry) -> None:
+    """One entry's class: its URL, and what the router knows of its containers."""
+
+    def __init__(self, entry: Entry, wake_retry: float) -> None:
         self.entry = entry
         self.url: str | None = None
-        self.error: str | None = None
+        self.error: str | None = None  # the class could not be found: failed for good
         self.in_flight = 0
-        self.last_ok = 0.0
+        self.last_ok = 0.0  # monotonic time a request or a wake last succeeded
+        self.wake_retry = wake_retry
+        self.waking: asyncio.Task[None] | None = None
+        self.wakes = 0
+        self.wake_error: str | None = None
+        self.wake_failed_at: float | None = None
+        self.runners: int | None = None  # Modal's stats: None until sampled once
+        self.backlog: int | None = None
+        self.stats_at = 0.0
+        self.gone = False  # a sample since the last success said no runners: that container is gone
+        self.stats_failing = False  # a failing stats call is logged once, not every interval
 
     def state(self, now: float) -> str:
+        """The estimate, from attributes only (the proxy asks on every health check and cold completion).
+
+        - no URL: ``failed`` if the class was not found, else ``starting`` (the lookup runs);
+        - a wake under way: ``starting``; a wake failed less than ``wake_retry`` s ago: ``failed``;
+        - Modal's latest sample (if fresh) taken after the last success says no runners: ``cold`` (the
+          container was scaled down or died), or ``starting`` if requests wait (in flight, backlog);
+        - a success within ``scaledown_window``, or ``min_containers`` > 0: ``ready``, unless a sample
+          since said no runners (the container that answered is gone);
+        - runners but no success seen from them (a container may still load its model), or a request
+          in flight: ``starting``; else ``cold``.
+        """
         if self.url is None:
             return "failed" if self.error else "starting"
-        if self.entry.min_containers > 0 or now - self.last_ok < self.entry.scaledown_window:
+        if self.waking is not None:
+            return "starting"
+        if self.wake_failed_at is not None and now - self.wake_failed_at < self.wake_retry:
+            return "failed"
+        runners = self.runners
+        fresh = runners is not None and now - self.stats_at < STATS_STALE_AFTER
+        if fresh and runners == 0 and self.stats_at > self.last_ok:
+            return "starting" if self.in_flight or self.backlog else "cold"
+        if not self.gone and (self.entry.min_containers > 0 or now - self.last_ok < self.entry.scaledown_window):
             return "ready"
-        return "starting" if self.in_flight else "cold"
+        return "starting" if self.in_flight or (fresh and runners) else "cold"
+
+    def succeeded(self) -> None:
+        self.last_ok = time.monotonic()
+        self.wake_failed_at = None
+        self.gone = False
+
+    def status(self, now: float) -> dict[str, Any]:
+        sampled = self.runners is not None
+        return {
+            "state": self.state(now),
+            "in_flight": self.in_flight,
+            "last_error": self.error or self.wake_error,
+            "url": self.url,
+            "wakes": self.wakes,
+            "containers": self.runners,  # Modal's num_total_runners at the latest sample; None: never sampled
+            "backlog": self.backlog,
+            "stats_at": round(now - self.stats_at, 1) if sampled else None,  # the sample's age in seconds
+        }
 
 
 class ModalBackends:
@@ -84,6 +178,10 @@ class ModalBackends:
         settings: FleetSettings,
         lookup: UrlLookup | None = None,
         headers: tuple[tuple[bytes, bytes], ...] | None = None,
+        stats: StatsCall | None = None,
+        *,
+        stats_interval: float = STATS_INTERVAL,
+        wake_retry: float = WAKE_RETRY_SECONDS,
     ) -> None:
         self.settings = settings
         # Each router container enforces its share of every entry's capacity and team's limits: an
@@ -91,8 +189,17 @@ class ModalBackends:
         self.router_share = settings.modal.router_max_containers
         self.static = StaticBackends(settings)
         self._lookup = lookup or modal_url_lookup(settings.modal.app_name)
+        self._stats = stats or modal_stats(settings.modal.app_name)
+        self._stats_interval = stats_interval
         self._headers = headers if headers is not None else proxy_auth_headers()
-        self.entries = {e.name: _ModalEntry(e) for e in settings.entries if e.name not in self.static}
+        self.entries = {e.name: _ModalEntry(e, wake_retry) for e in settings.entries if e.name not in self.static}
+        router = settings.router
+        # The wake requests' own client: the proxy's is not the runtime's to use.
+        self._client = UpstreamClient(
+            connect_timeout=router.connect_timeout, read_timeout=router.read_timeout,
+            keepalive=router.upstream_keepalive, ca_bundle=router.upstream_ca_bundle,
+        )  # fmt: skip
+        self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         async def find(state: _ModalEntry) -> None:
@@ -107,9 +214,16 @@ class ModalBackends:
                 log.error("entry %s: %s", state.entry.name, state.error)
 
         await asyncio.gather(*(find(state) for state in self.entries.values()))
+        self._poller = asyncio.create_task(self._poll_stats(), name="modal-stats")
 
     async def close(self) -> None:
-        return None
+        tasks = [state.waking for state in self.entries.values() if state.waking is not None]
+        if self._poller is not None:
+            tasks.append(self._poller)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._client.close()
 
     async def reconfigure(self, settings: FleetSettings) -> None:
         raise FleetError(
@@ -136,26 +250,101 @@ class ModalBackends:
                 first_byte_timeout=state.entry.first_byte_timeout or float(state.entry.startup_timeout),
                 follow_redirects=True,
             )
-            state.last_ok = time.monotonic()
+            state.succeeded()
         finally:
             state.in_flight -= 1
 
-    # Cold starts, part 1: the router cannot see a Modal container's state (status() is an estimate), and
-    # the request that wakes a container is a later part. So every entry counts as ready here: health
-    # is forwarded as before and completions never fall back on Modal yet.
     def backend_state(self, entry: str) -> str:
-        return "ready"
+        state = self.entries.get(entry)
+        return "ready" if state is None else state.state(time.monotonic())  # no class: a url entry
 
     def warm(self, entry: str) -> str:
-        return "ready"
+        state = self.entries.get(entry)
+        if state is None:
+            return "ready"
+        current = state.state(time.monotonic())
+        if current in ("ready", "failed") or state.url is None or state.waking is not None:
+            return current  # a failed wake is tried again once its wake_retry has passed
+        state.waking = asyncio.create_task(self._wake(state), name=f"wake-{entry}")
+        return "starting"
 
     async def wait_ready(self, entry: str, seconds: float) -> bool:
-        return True
+        state = self.entries.get(entry)
+        if state is None:
+            return True
+        waking = state.waking
+        if waking is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await asyncio.shield(waking)  # giving up does not stop the wake
+        return state.state(time.monotonic()) == "ready"
+
+    async def _wake(self, state: _ModalEntry) -> None:
+        """One ``GET /v1/health`` to the class, waiting up to its ``startup_timeout``: Modal answers it
+        once a container has started and loaded its model. Never raises (the outcome is the state)."""
+        entry = state.entry
+        state.wakes += 1
+        started = time.monotonic()
+        log.info("entry %s: waking %s (GET %s)", entry.name, entry.class_name, WAKE_PATH)
+        upstream = Upstream(
+            str(state.url),
+            headers=self._headers,
+            first_byte_timeout=float(entry.startup_timeout),
+            follow_redirects=True,
+        )
+        problem: str | None = None
+        try:
+            response = await self._client.request(upstream, "GET", WAKE_PATH, [], b"")
+            try:
+                async for _ in response.chunks():
+                    pass
+            finally:
+                response.close()
+            if response.status != 200:
+                problem = f"answered {response.status}"
+        except UpstreamError as exc:
+            problem = f"failed: {exc}"
+        except Exception as exc:  # anything else is a failed wake too, reported the same way
+            problem = f"failed: {type(exc).__name__}: {exc}"
+        finally:
+            state.waking = None
+        took = time.monotonic() - started
+        if problem is None:
+            state.succeeded()
+            state.wake_error = None
+            log.info("entry %s: awake after %.1fs", entry.name, took)
+            return
+        state.wake_failed_at = time.monotonic()
+        state.wake_error = (
+            f"waking class {entry.class_name} (GET {WAKE_PATH}, startup_timeout={entry.startup_timeout}s) {problem} "
+            f"after {took:.1f}s; see `modal app logs {self.settings.modal.app_name}`; "
+            f"tried again in {state.wake_retry:g}s"
+        )
+        log.error("entry %s: %s", entry.name, state.wake_error)
+
+    async def _poll_stats(self) -> None:
+        while True:
+            await asyncio.gather(*(self._sample(s) for s in self.entries.values() if s.url is not None))
+            await asyncio.sleep(self._stats_interval)
+
+    async def _sample(self, state: _ModalEntry) -> None:
+        asked = time.monotonic()  # the sample describes Modal at this time or later
+        try:
+            async with asyncio.timeout(STATS_TIMEOUT):
+                stats = await self._stats(state.entry)
+            runners, backlog = int(stats.num_total_runners), int(stats.backlog)
+        except Exception as exc:  # the estimate falls back to the router's own view; the next poll tries again
+            if not state.stats_failing:
+                log.warning("entry %s: Modal's stats unavailable (%s: %s)", state.entry.name, type(exc).__name__, exc)
+            state.stats_failing = True
+            return
+        if state.stats_failing:
+            log.info("entry %s: Modal's stats available again", state.entry.name)
+        state.stats_failing = False
+        state.runners, state.backlog, state.stats_at = runners, backlog, asked
+        if runners == 0 and asked > state.last_ok:
+            state.gone = True
 
     def status(self) -> dict[str, dict[str, Any]]:
         now = time.monotonic()
-        status = {
-            name: {"state": state.state(now), "in_flight": state.in_flight, "last_error": state.error, "url": state.url}
-            for name, state in self.entries.items()
-        }
-        return status | self.static.status()
+        return {name: state.status(now) for name, state in self.entries.items()} | self.static.status()

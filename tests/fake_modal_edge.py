@@ -1,11 +1,21 @@
-"""A stand-in for Modal's web edge in front of one backend: proxy auth, and the 303 of long calls.
+"""A stand-in for Modal's web edge in front of one backend: proxy auth, the 303 of long calls, cold starts.
 
-    python -m tests.fake_modal_edge --port P --backend URL --key K --secret S --redirect-after SECONDS
+    python -m tests.fake_modal_edge --port P --backend URL --key K --secret S [--redirect-after SECONDS]
+        [--start-delay SECONDS]
 
 Requests without ``Modal-Key``/``Modal-Secret`` get 401. A call still running after
 ``--redirect-after`` seconds is answered with a 303 to ``<same path>?__modal_function_call_id=<id>``;
 a GET there waits for the call and returns its result, as Modal documents for web requests over
-150 s. ``GET /_edge/stats`` counts what happened.
+150 s.
+
+Cold starts: with ``--start-delay S`` the edge starts cold (no container); the first request then
+"starts a container" (one wake, however many requests wait for it) and every waiting request is
+forwarded S seconds later. ``POST /_edge/scale_to_zero`` makes it cold again (Modal's scale-down).
+``POST /_edge/fail?status=500`` makes every wake fail at once with that status, as a container that
+crashes while starting (``status=0`` heals it).
+
+``GET /_edge/stats`` counts what happened, and says what Modal's ``get_current_stats()`` would:
+``runners`` (1 while a container runs or starts, else 0) and ``backlog`` (requests waiting for it).
 """
 
 from __future__ import annotations
@@ -13,17 +23,47 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import sys
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 
-def build(backend: str, key: str, secret: str, redirect_after: float) -> web.Application:
+class Container:
+    """The one container behind the edge: cold, starting (one wake task) or running."""
+
+    def __init__(self, start_delay: float) -> None:
+        self.start_delay = start_delay
+        self.running = start_delay <= 0  # without a start delay it is always up
+        self.waking: asyncio.Task[None] | None = None
+        self.waiting = 0
+        self.fail_status = 0
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.start_delay)
+        self.running = True
+
+
+def build(backend: str, key: str, secret: str, redirect_after: float, start_delay: float = 0.0) -> web.Application:
     calls: dict[str, asyncio.Task[tuple[int, bytes, str]]] = {}
     counter = itertools.count(1)
-    stats = {"requests": 0, "redirects": 0, "result_gets": 0, "unauthorized": 0}
+    stats: dict[str, Any] = {"requests": 0, "redirects": 0, "result_gets": 0, "unauthorized": 0, "wakes": 0}
+    container = Container(start_delay)
 
     async def forward(request: web.Request, body: bytes) -> tuple[int, bytes, str]:
+        if not container.running:
+            if container.fail_status:
+                stats["wakes"] += 1
+                return container.fail_status, b"container failed to start (fake edge)", "text/plain"
+            if container.waking is None or container.waking.done():
+                stats["wakes"] += 1
+                container.waking = asyncio.create_task(container.start())
+            container.waiting += 1
+            try:
+                await asyncio.shield(container.waking)
+            finally:
+                container.waiting -= 1
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "modal-key", "modal-secret")}
         async with (
             aiohttp.ClientSession() as session,
@@ -31,9 +71,22 @@ def build(backend: str, key: str, secret: str, redirect_after: float) -> web.App
         ):
             return response.status, await response.read(), response.headers.get("Content-Type", "")
 
+    async def control(request: web.Request) -> web.Response:
+        if request.path == "/_edge/scale_to_zero":
+            container.running = False
+        elif request.path == "/_edge/fail":
+            container.fail_status = int(request.query.get("status", "500"))
+        else:
+            raise web.HTTPNotFound()
+        return web.json_response({"running": container.running, "fail_status": container.fail_status})
+
     async def handle(request: web.Request) -> web.Response:
         if request.path == "/_edge/stats":
-            return web.json_response(stats)
+            starting = container.waking is not None and not container.waking.done()
+            runners = 1 if container.running or starting else 0
+            return web.json_response(stats | {"runners": runners, "backlog": container.waiting})
+        if request.path.startswith("/_edge/") and request.method == "POST":
+            return await control(request)
         stats["requests"] += 1
         if request.headers.get("Modal-Key") != key or request.headers.get("Modal-Secret") != secret:
             stats["unauthorized"] += 1
@@ -59,6 +112,12 @@ def build(backend: str, key: str, secret: str, redirect_after: float) -> web.App
     return app
 
 
+def edge_argv(port: int, backend: str, key: str, secret: str, *options: str) -> list[str]:
+    """The command line that runs this edge in front of ``backend`` (for tests.fleetproc.serve_process)."""
+    return [sys.executable, "-m", "tests.fake_modal_edge", "--port", str(port), "--backend", backend,
+            "--key", key, "--secret", secret, *options]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -66,9 +125,10 @@ def main() -> None:
     parser.add_argument("--key", required=True)
     parser.add_argument("--secret", required=True)
     parser.add_argument("--redirect-after", type=float, default=150.0)
+    parser.add_argument("--start-delay", type=float, default=0.0, help="seconds a cold start takes (0: always up)")
     args = parser.parse_args()
-    web.run_app(build(args.backend, args.key, args.secret, args.redirect_after), host="127.0.0.1", port=args.port,
-                print=None, access_log=None)  # fmt: skip
+    app = build(args.backend, args.key, args.secret, args.redirect_after, args.start_delay)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

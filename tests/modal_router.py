@@ -1,22 +1,42 @@
-"""The router with its Modal backends, for tests: Modal's URL lookup is replaced by a table.
+"""The router with its Modal backends, for tests: Modal's URL lookup and stats are replaced.
 
     python -m tests.modal_router --config fleet.toml --port P --urls '{"TabbySmall": "http://..."}'
+        [--stats-interval SECONDS] [--wake-retry SECONDS]
 
+The lookup is a table (a class missing from it fails its lookup, as Modal would say). The stats of a
+class are read from ``<its URL>/_edge/stats`` (tests/fake_modal_edge.py says what Modal's
+``get_current_stats()`` would); a URL that is not a fake edge has no stats, like a failing call.
 Everything else is the production path: create_app, ModalBackends (proxy-auth headers from
-TABBY_FLEET_PROXY_KEY / TABBY_FLEET_PROXY_SECRET, redirects followed), uvicorn.
+TABBY_FLEET_PROXY_KEY / TABBY_FLEET_PROXY_SECRET, redirects followed, wakes, the stats poll), uvicorn.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
+import aiohttp
 import uvicorn
 
-from apps.modal_backends import ModalBackends
+from apps.modal_backends import STATS_INTERVAL, WAKE_RETRY_SECONDS, ModalBackends, StatsLike
 from fleet.loading import load_settings
 from fleet.settings import Entry
 from router.app import create_app
+
+
+def router_argv(config: Path, port: int, urls: dict[str, str], *options: str) -> list[str]:
+    """The command line that runs this router (for tests.fleetproc.serve_process)."""
+    return [sys.executable, "-m", "tests.modal_router", "--config", str(config), "--port", str(port),
+            "--urls", json.dumps(urls), *options]  # fmt: skip
+
+
+def router_env(key: str, secret: str) -> dict[str, str]:
+    """The environment with the workspace proxy token the router sends (from a Modal Secret in production)."""
+    return {**os.environ, "TABBY_FLEET_PROXY_KEY": key, "TABBY_FLEET_PROXY_SECRET": secret}
 
 
 def main() -> None:
@@ -24,6 +44,8 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--urls", required=True, help="JSON: class name -> URL; a missing class fails its lookup")
+    parser.add_argument("--stats-interval", type=float, default=STATS_INTERVAL)
+    parser.add_argument("--wake-retry", type=float, default=WAKE_RETRY_SECONDS)
     args = parser.parse_args()
     urls = json.loads(args.urls)
 
@@ -32,8 +54,18 @@ def main() -> None:
             raise LookupError(f"App function/class {entry.class_name!r} not found")  # what Modal says
         return str(urls[entry.class_name])
 
+    async def stats(entry: Entry) -> StatsLike:
+        async with aiohttp.ClientSession() as session, session.get(f"{lookup(entry)}/_edge/stats") as response:
+            if response.status != 200:
+                raise LookupError(f"no stats for {entry.class_name} (HTTP {response.status})")
+            sample = await response.json()
+        return SimpleNamespace(num_total_runners=sample["runners"], backlog=sample["backlog"])  # type: ignore[return-value]
+
     settings = load_settings(args.config)
-    app = create_app(settings, ModalBackends(settings, lookup=lookup))
+    backends = ModalBackends(
+        settings, lookup=lookup, stats=stats, stats_interval=args.stats_interval, wake_retry=args.wake_retry
+    )
+    app = create_app(settings, backends)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", loop="uvloop", http="httptools")
 
 

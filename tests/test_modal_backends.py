@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -16,7 +13,9 @@ import pytest
 from apps.modal_backends import proxy_auth_headers
 from fleet.errors import FleetError
 
+from .fake_modal_edge import edge_argv
 from .fleetproc import COMPLETION, free_port, serve_process, standin_argv
+from .modal_router import router_argv, router_env
 
 KEY, SECRET = "wk-test", "ws-test"
 CONFIG = """
@@ -49,14 +48,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         slow = stack.enter_context(
             serve_process(standin_argv(slow_port, "--completion-delay", "1.5", model="TabbyML/StarCoder-3B"), slow_port)
         )
-        edge_argv = [sys.executable, "-m", "tests.fake_modal_edge", "--port", str(edge_port), "--backend", slow,
-                     "--key", KEY, "--secret", SECRET, "--redirect-after", "0.5"]  # fmt: skip
-        edge = stack.enter_context(serve_process(edge_argv, edge_port))
+        edge = stack.enter_context(
+            serve_process(edge_argv(edge_port, slow, KEY, SECRET, "--redirect-after", "0.5"), edge_port)
+        )
         urls = {"TabbySmall": small, "TabbySlow": edge}  # no TabbyMissing: its lookup fails
-        router_argv = [sys.executable, "-m", "tests.modal_router", "--config", str(workdir / "fleet.toml"),
-                       "--port", str(router_port), "--urls", json.dumps(urls)]  # fmt: skip
-        env = {**os.environ, "TABBY_FLEET_PROXY_KEY": KEY, "TABBY_FLEET_PROXY_SECRET": SECRET}
-        router = stack.enter_context(serve_process(router_argv, router_port, env=env))
+        argv = router_argv(workdir / "fleet.toml", router_port, urls)
+        router = stack.enter_context(serve_process(argv, router_port, env=router_env(KEY, SECRET)))
         deadline = time.monotonic() + 10
         while httpx.get(f"{router}/fleet/health").json()["entries"]["missing"]["state"] != "failed":
             assert time.monotonic() < deadline, "URL lookups did not finish"
