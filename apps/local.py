@@ -3,6 +3,8 @@
 A backend starts on the first request for its entry (that request waits up to
 ``router.start_timeout``; the start itself may take up to the entry's ``startup_timeout``), stops
 after ``scaledown_window`` seconds without requests, and starts again on the next request if it died.
+During the entry's warm hours (``warm``, fleet/warm.py) it is started at the window's start without
+waiting for a request, and not stopped for idleness until the window ends.
 It is ``tabby serve`` when a tabby binary is found, otherwise the built-in stand-in.
 Entries with a ``url`` are used as they are (see :class:`StaticBackends`).
 """
@@ -19,13 +21,15 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from apps.tabby_cmd import standin_argv, tabby_env, tabby_serve_argv, write_tabby_config
 from fleet.errors import FleetError
 from fleet.settings import Entry, FleetSettings
+from fleet.warm import warm_containers_at
 from router.backends import StaticBackends, Upstream
 
 log = logging.getLogger("tabby_fleet.local")
@@ -35,6 +39,13 @@ STOP_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this long
 READY_POLL_SECONDS = 0.02  # how often a starting backend's port is tried
 START_RETRY_AFTER = 5  # Retry-After while a backend is still starting
 LOG_TAIL_BYTES = 2000
+# How often warm hours are checked: a window's process starts within this long of its start, and one
+# that died is started again. A check only compares times, so it costs nothing.
+WARM_CHECK_SECONDS = 15.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def find_tabby(settings: FleetSettings) -> str | None:
@@ -72,6 +83,12 @@ class LocalBackend:
         self._starting: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self.kept_warm = False  # in a warm window: started without a request, not stopped when idle
+        # Process lifetime for GPU-seconds: of the processes that ended, and when the current one began.
+        self._lived_seconds = 0.0
+        self._spawned_at: float | None = None
+        self._lifetimes: set[asyncio.Task[None]] = set()
+        self.previous: LocalBackend | None = None  # the one this replaced on a reload, counted until it ends
 
     @property
     def kind(self) -> str:
@@ -153,6 +170,7 @@ class LocalBackend:
         self.starts += 1
         self._stopping = False
         process = self.process
+        self._count_lifetime(process)
         log.info("entry %s: starting %s (pid %d, port %d)", self.entry.name, self.kind, process.pid, self.port)
         try:
             async with asyncio.timeout(self.entry.startup_timeout):
@@ -222,13 +240,50 @@ class LocalBackend:
             await process.wait()
 
     def is_idle(self, now: float) -> bool:
+        if self.kept_warm:
+            return False
         return self.state == "ready" and self.in_flight == 0 and now - self.last_used >= self.entry.scaledown_window
+
+    def _count_lifetime(self, process: asyncio.subprocess.Process) -> None:
+        """Add the process's lifetime to container_seconds when it ends, however it ends."""
+        spawned = self._spawned_at = time.monotonic()
+
+        async def wait() -> None:
+            await process.wait()
+            self._lived_seconds += time.monotonic() - spawned
+            if self._spawned_at == spawned:
+                self._spawned_at = None
+
+        task = asyncio.create_task(wait(), name=f"lifetime-{self.entry.name}")
+        self._lifetimes.add(task)
+        task.add_done_callback(self._lifetimes.discard)
+
+    @property
+    def alive(self) -> bool:
+        """A process exists (starting, ready or stopping)."""
+        return self.process is not None and self.process.returncode is None
+
+    def containers(self) -> int:
+        """Processes of this entry that exist now: 0 or 1, plus one a reload replaced that still runs."""
+        return int(self.alive) + (self.previous.containers() if self.previous is not None else 0)
+
+    def container_seconds(self) -> float:
+        """Cumulative process lifetime since the router started, the current process included."""
+        previous = self.previous
+        if previous is not None and not previous.alive:  # it ended: keep its total, drop the object
+            self._lived_seconds += previous.container_seconds()
+            self.previous = previous = None
+        current = time.monotonic() - self._spawned_at if self._spawned_at is not None else 0.0
+        return self._lived_seconds + current + (previous.container_seconds() if previous is not None else 0.0)
 
     def status(self) -> dict[str, Any]:
         process = self.process
         alive = process is not None and process.returncode is None
         return {
             "state": self.state,
+            "containers": self.containers(),
+            "container_seconds": round(self.container_seconds(), 3),
+            "kept_warm": self.kept_warm,
             "backend": self.kind,
             "in_flight": self.in_flight,
             "starts": self.starts,
@@ -246,11 +301,19 @@ class LocalBackends:
     runtime = "local"
     router_share = 1  # one router process
 
-    def __init__(self, settings: FleetSettings) -> None:
+    def __init__(
+        self,
+        settings: FleetSettings,
+        clock: Callable[[], datetime] = utc_now,
+        warm_check_seconds: float = WARM_CHECK_SECONDS,
+    ) -> None:
         self.tabby_bin = find_tabby(settings)
         self.backends: dict[str, LocalBackend] = {}
         self._retired: list[LocalBackend] = []  # removed by a reload, still serving in-flight requests
         self._reaper: asyncio.Task[None] | None = None
+        self._warmer: asyncio.Task[None] | None = None
+        self._clock = clock  # warm hours are wall-clock times; the tests pass their own
+        self._warm_check_seconds = warm_check_seconds
         self._configure(settings)
 
     def _configure(self, settings: FleetSettings) -> None:
@@ -265,7 +328,8 @@ class LocalBackends:
                 # A changed entry: the running process keeps serving what it has in flight, then
                 # stops; the next request starts one from the new definition.
                 self._retired.append(backend)
-                self.backends[entry.name] = LocalBackend(entry, settings, self.tabby_bin)
+                replacement = self.backends[entry.name] = LocalBackend(entry, settings, self.tabby_bin)
+                replacement.previous = backend  # its process lifetime still counts for the entry
         names = {e.name for e in settings.entries if e.url is None}
         for name in list(self.backends):
             if name not in names:
@@ -278,15 +342,19 @@ class LocalBackends:
 
     async def reconfigure(self, settings: FleetSettings) -> None:
         self._configure(settings)
+        if self._warmer is not None:
+            self.apply_warm_hours()  # a new or changed entry in its window starts now, not at the next check
 
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap(), name="local-backends-reaper")
+        self._warmer = asyncio.create_task(self._keep_warm(), name="local-backends-warm-hours")
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        for task in (self._reaper, self._warmer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         everything = [*self.backends.values(), *self._retired]
         await asyncio.gather(*(backend.stop("router shutdown") for backend in everything))
 
@@ -319,6 +387,23 @@ class LocalBackends:
     async def wait_ready(self, entry: str, seconds: float) -> bool:
         backend = self.backends.get(entry)
         return True if backend is None else await backend.wait_ready(seconds)
+
+    def apply_warm_hours(self) -> None:
+        """Mark the entries in a warm window now (no lead: a local start takes seconds) and start those
+        not running; the others may stop when idle again."""
+        now = self._clock()
+        for backend in self.backends.values():
+            warm = warm_containers_at(backend.entry, now, lead=timedelta(0)) > 0
+            if warm != backend.kept_warm:
+                log.info("entry %s: warm hours %s", backend.entry.name, "begin: keeping it running" if warm else "end")
+            backend.kept_warm = warm
+            if warm:
+                backend.warm()  # starts it unless ready or starting (also after a crash)
+
+    async def _keep_warm(self) -> None:
+        while True:
+            self.apply_warm_hours()
+            await asyncio.sleep(self._warm_check_seconds)
 
     async def _reap(self) -> None:
         while True:
