@@ -15,6 +15,7 @@ from fleet.errors import FleetError
 from fleet.loading import SettingsError, env_warnings, load_settings, resolve_config_path
 from fleet.routing import RoutingTable, hash_token
 from fleet.settings import LEGACY_LABEL, PACKAGED_EXAMPLE, FleetSettings, TokenRef, settings_warnings
+from fleet.warm import warm_plan
 
 if TYPE_CHECKING:
     from tomlkit.container import Container
@@ -166,6 +167,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(plan_table(settings))
     print()
     print(access_summary(settings))
+    warm = warm_plan(settings.entries, settings.prices)
+    if warm:
+        print()
+        print("\n".join(warm))
     if not args.local_only:
         from apps.modal_plan import modal_plan
 
