@@ -1,9 +1,10 @@
 """``fleet status``: the status page's tables in a terminal, read from a running router over HTTP.
 
-It fetches ``/fleet/usage?since=...`` and ``/fleet/health`` with the admin token and prints the rows
-``router/status_page.py`` builds for the page, as aligned plain text. Every failure is one piece of
-advice: the router is not there (start it, or name its URL), the token is missing or wrong (how to pass
-one, how to make one), the window is not understood (the router's own words).
+It fetches ``/fleet/usage?since=...``, ``/fleet/health`` and ``/fleet/entries`` (for the warm hours)
+with the admin token and prints the rows ``router/status_page.py`` builds for the page, as aligned plain
+text. Every failure is one piece of advice: the router is not there (start it, or name its URL), the
+token is missing or wrong (how to pass one, how to make one), the window is not understood (the
+router's own words).
 """
 
 from __future__ import annotations
@@ -47,34 +48,36 @@ def add_status_command(sub: Any) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
     try:
-        snapshot, health = fetch_status(args.url, token, args.since)
+        answers = fetch_status(args.url, token, args.since)
     except StatusError as error:
         for line in error.lines:
             print(f"fleet: {line}", file=sys.stderr)
         return 1
-    print(status_text(snapshot, health))
+    print(status_text(*answers))
     return 0
 
 
-def fetch_status(url: str, token: str | None, since: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The usage snapshot and the health answer of the router at ``url``, or a StatusError saying what to do."""
+def fetch_status(url: str, token: str | None, since: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The usage snapshot, health and entries of the router at ``url``, or a StatusError saying what to do."""
     import httpx
 
     base = url.rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    answers = []
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=TIMEOUT_SECONDS) as client:
-            usage = client.get("/fleet/usage", params={"since": since})
-            _check(usage, base, token, since)
-            health = client.get("/fleet/health")
-            _check(health, base, token, since)
+            for path, params in (("/fleet/usage", {"since": since}), ("/fleet/health", {}), ("/fleet/entries", {})):
+                answer = client.get(path, params=params)
+                _check(answer, base, token, since)
+                answers.append(answer.json())
     except (httpx.TransportError, httpx.InvalidURL) as exc:
         raise StatusError(
             f"cannot reach a router at {base} ({exc or type(exc).__name__}).",
             f"Is it running? Start one with `fleet up` (it listens on {DEFAULT_URL}), or pass --url with "
             f"your router's URL.",
         ) from None
-    return usage.json(), health.json()
+    usage, health, entries = answers
+    return usage, health, entries
 
 
 def _check(response: Any, base: str, token: str | None, since: str) -> None:
@@ -119,13 +122,14 @@ def _error(response: Any) -> tuple[str, str]:
     return "", ""
 
 
-def status_text(snapshot: dict[str, Any], health: dict[str, Any]) -> str:
-    """The status as plain text: the header facts, each table aligned, the price note."""
+def status_text(snapshot: dict[str, Any], health: dict[str, Any], table: dict[str, Any] | None = None) -> str:
+    """The status as plain text: the header facts, each table aligned, the price note; ``table`` is
+    /fleet/entries' answer, for the warm hours (without it, or from a router that has none, no such column)."""
     facts = status_facts(snapshot, health)
     width = max(len(label) for label, _ in facts)
     lines = [f"{label.ljust(width)}  {value}" for label, value in facts]
-    entries = snapshot.get("entries", {})
-    warm = {name: entry["warm"] for name, entry in entries.items() if "warm" in entry} or None
+    entries = (table or {}).get("entries", [])
+    warm = {entry["name"]: entry["warm"] for entry in entries if "warm" in entry} or None
     for table in status_tables(snapshot, health, warm):
         lines += ["", table.title, *text_table(table)]
     lines += ["", price_note(snapshot)]

@@ -3,8 +3,8 @@
 Tabby's API paths (``/v1/...``, ``/v1beta/...`` and their ``/teams/<team>/`` and ``/models/<entry>/``
 prefixed forms) go straight to the streaming :class:`Proxy`, and so does ``/fleet/whoami`` (also under
 those prefixes: ``<endpoint>/fleet/whoami``). Everything else is a small FastAPI app: ``/fleet/health``
-(liveness for anyone, details for admins), ``/fleet/entries``, ``/fleet/reload``, ``/metrics`` and the
-OpenAPI docs at ``/fleet/docs``.
+(liveness for anyone, details for admins), ``/fleet/entries``, ``/fleet/reload``, ``/metrics``, the status
+page ``/fleet/status`` (router/status_page.py) and the OpenAPI docs at ``/fleet/docs``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,11 +32,13 @@ from fleet.errors import FleetError
 from fleet.loading import SettingsError, resolve_config_path
 from fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX, WHOAMI_PATH
 from fleet.settings import FleetSettings
+from router.admin import BASIC_CHALLENGE
 from router.backends import Backends
 from router.changes import describe_changes
 from router.observe import Observer
 from router.openapi import fleet_openapi
 from router.proxy import Proxy, ProxyState, RequestAborted
+from router.status_page import render_refusal, render_status
 from router.usage import Usage, parse_since
 
 log = logging.getLogger("router")
@@ -102,6 +104,7 @@ class EntryInfo(BaseModel):
     teams: list[str]
     default: bool
     runtime: dict[str, Any]
+    warm: list[str] = []  # its warm hours, as `fleet plan` and the status page show them
 
 
 class TeamInfo(BaseModel):
@@ -243,8 +246,8 @@ def create_app(
                 404,
                 "unknown-path",
                 f"{request.url.path!r} is not served here; Tabby's API lives at {PATH_HELP}; "
-                f"the router's own endpoints are /fleet/whoami, /fleet/health, /fleet/entries, /fleet/docs "
-                f"and /metrics",
+                f"the router's own endpoints are /fleet/whoami, /fleet/health, /fleet/entries, /fleet/status, "
+                f"/fleet/docs and /metrics",
             )
         elif exc.status_code == 405:
             error = FleetError(405, "method-not-allowed", f"{request.method} is not allowed on {request.url.path}")
@@ -278,6 +281,20 @@ def create_app(
             entries=entries,
         )
 
+    @app.get("/fleet/status", response_class=HTMLResponse, tags=["fleet"])
+    async def fleet_status(request: Request) -> HTMLResponse:
+        """The status page: entries, teams, costs and refusals today, as HTML that refreshes itself (admin; a
+        browser logs in with any user name and an admin token as the password)."""
+        try:
+            proxy.state.admin.require(request)
+        except FleetError as error:
+            challenge = {"WWW-Authenticate": BASIC_CHALLENGE} if error.status == 401 else {}
+            return HTMLResponse(render_refusal(error.status, error.code, error.message), error.status, challenge)
+        health = (await fleet_health(request)).model_dump(exclude_none=True)
+        snapshot = usage_snapshot(parse_since("today", datetime.now(UTC)))
+        page = render_status(snapshot, health, proxy.state.settings)
+        return HTMLResponse(page, headers={"cache-control": "no-store"})
+
     @app.get("/fleet/entries", response_model=FleetTable, tags=["fleet"], dependencies=admin_only)
     async def fleet_entries() -> FleetTable:
         """The routing table: every entry with its model, limits, teams and runtime state (admin)."""
@@ -296,6 +313,7 @@ def create_app(
                 teams=[t.name for t in current.teams if t.entry == entry.name],
                 default=entry.name == current.router.default_entry,
                 runtime=status.get(entry.name, {"state": "cold"}),
+                warm=[str(window) for window in entry.warm],
             )
             for entry in current.entries
         ]

@@ -109,7 +109,7 @@ def _team_rows(teams: Mapping[str, Any], currency: str) -> list[tuple[str, ...]]
             _team(name), _count(team.get("requests")), _count(team.get("completions")),
             percent(team.get("acceptance_rate")), milliseconds(_p95(team)),
             _count(sum((team.get("refusals") or {}).values())),
-            money(team.get("cost"), currency) if team.get("requests") else "-",
+            _team_cost(team, currency),
         )
         for name, team in sorted(teams.items(), key=lambda item: (item[0] == NO_TEAM, item[0]))
     ]  # fmt: skip
@@ -140,7 +140,7 @@ def price_note(snapshot: Mapping[str, Any]) -> str:
 
 def render_status(snapshot: Mapping[str, Any], health: Mapping[str, Any], settings: FleetSettings) -> str:
     """The whole status page for a usage ``snapshot`` and the ``health`` answer (``/fleet/health``'s shape)."""
-    warm = {entry.name: [str(w) for w in getattr(entry, "warm", ())] for entry in settings.entries}
+    warm = {entry.name: [str(window) for window in entry.warm] for entry in settings.entries}
     facts = "".join(
         f"<div><dt>{_e(label)}</dt><dd>{_e(value)}</dd></div>" for label, value in status_facts(snapshot, health)
     )
@@ -209,6 +209,13 @@ def duration(seconds: float | None) -> str:
 
 def _count(value: float | int | None) -> str:
     return "-" if value is None else f"{round(value):,}"
+
+
+def _team_cost(team: Mapping[str, Any], currency: str) -> str:
+    """A team's share of the cost; "-" when it used no entry's time (its requests were all refused, or none)."""
+    if team.get("cost") is None and not team.get("busy_seconds"):
+        return "-"
+    return money(team.get("cost"), currency)
 
 
 def _team(name: str) -> str:

@@ -1,0 +1,292 @@
+"""The status page (GET /fleet/status) and `fleet status`, against a real fleet; the page in headless Chromium.
+
+Chromium is Debian's `chromium` (`./dev test` installs it when missing). Every Chromium run is bounded
+by CHROMIUM_SECONDS and its process group killed afterwards. The screenshot docs/OPERATIONS.md shows
+(docs/img/fleet-status.png) is written by this run.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+
+from fleet.errors import FleetError
+from fleet.loading import load_settings
+from fleet.routing import hash_token
+from fleet.settings import FleetSettings
+from router.admin import AdminAuth
+from router.status_page import render_status
+
+from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "img" / "fleet-status.png"
+CHROMIUM_SECONDS = 60
+ADMIN = "tfa_status-page-admin"
+
+FLEET = """
+[[entries]]
+name = "small"
+model = "TabbyML/StarCoder-1B"
+gpu = "L4"
+
+[[entries]]
+name = "large"
+model = "TabbyML/StarCoder-7B"
+gpu = "A100-80GB"
+warm = [{days = "mon-fri", start = "08:00", end = "19:00", timezone = "Europe/Berlin", min_containers = 1}]
+
+[[teams]]
+name = "frontend"
+entry = "small"
+allowed_entries = ["small"]
+
+[[teams]]
+name = "ml"
+entry = "large"
+"""
+GUARDED_FLEET = f"""
+[router]
+admin_tokens = [{{label = "ops", sha256 = "{hash_token(ADMIN)}"}}]
+{FLEET}
+"""
+
+
+class Rows(HTMLParser):
+    """The status page's table rows: {(table key, first cell): [cell texts]} (rows carry data-<table>)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[tuple[str, str], list[str]] = {}
+        self._row: tuple[str, str] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            keyed = [(name[5:], value or "") for name, value in attrs if name.startswith("data-")]
+            self._row = keyed[0] if keyed else None
+            if self._row:
+                self.rows[self._row] = []
+        elif tag == "td" and self._row:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._row and self._cell is not None:
+            self.rows[self._row].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr":
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def rows(page: str) -> dict[tuple[str, str], list[str]]:
+    parser = Rows()
+    parser.feed(page)
+    return parser.rows
+
+
+def use_the_fleet(fleet: RunningFleet) -> None:
+    """small started; frontend: 3 completions, 2 views and a select; 2 refusals (an entry not allowed to
+    frontend, an unknown team)."""
+    fleet.start("small")
+    with fleet.client() as client:
+        ids = []
+        for _ in range(3):
+            answer = client.post("/teams/frontend/v1/completions", json=COMPLETION)
+            assert answer.status_code == 200, answer.text
+            ids.append(answer.json()["id"])
+        for kind, completion_id in (("view", ids[0]), ("view", ids[1]), ("select", ids[1])):
+            event = {"type": kind, "completion_id": completion_id, "choice_index": 0}
+            assert client.post("/teams/frontend/v1/events", json=event).status_code == 200
+        refused = client.post("/teams/frontend/v1/completions", json=COMPLETION, headers={"X-Tabby-Model": "large"})
+        assert refused.status_code >= 400
+        assert client.post("/teams/nobody/v1/completions", json=COMPLETION).status_code >= 400
+
+
+@contextlib.contextmanager
+def chromium_profile(tmp_path: Path) -> Iterator[list[str]]:
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.fail("chromium is not installed: run `apt-get install -y chromium` (./dev test installs it)")
+    profile = tmp_path / "chromium-profile"
+    yield [
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--no-first-run", f"--user-data-dir={profile}",
+    ]  # fmt: skip
+
+
+def run_chromium(argv: list[str]) -> str:
+    """Run Chromium to its end (at most CHROMIUM_SECONDS), then kill whatever of its process group is left."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=CHROMIUM_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        raise AssertionError(f"chromium ran over {CHROMIUM_SECONDS}s: {err.decode()[-2000:]}") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, err.decode()[-2000:]
+    return out.decode()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
+def test_chromium_shows_a_started_entry_and_a_teams_usage(tmp_path: Path) -> None:
+    with run_fleet(tmp_path / "fleet", FLEET) as fleet, chromium_profile(tmp_path) as chromium:
+        use_the_fleet(fleet)
+        url = f"{fleet.base_url}/fleet/status"
+        dom = run_chromium([*chromium, "--dump-dom", url])
+        shot = tmp_path / "status.png"
+        run_chromium([*chromium, f"--screenshot={shot}", "--window-size=1280,900", url])
+    shown = rows(dom)
+    assert shown[("entries", "small")][1] == "ready", shown
+    frontend = shown[("teams", "frontend")]
+    assert int(frontend[1]) >= 3 and frontend[2] == "3", frontend  # requests (events too), completions
+    assert ("teams", "(no team)") in shown or ("teams", "nobody") in shown, shown
+    assert "mon-fri" in shown[("entries", "large")][-1], shown  # its warm hours
+    assert any(key[0] == "recent-refusals" for key in shown), shown
+    assert png_size(shot) == (1280, 900)
+    assert shot.stat().st_size > 20_000, "the screenshot is nearly empty"
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, SCREENSHOT)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
+    """A fleet with an admin token, used by the team frontend."""
+    with run_fleet(tmp_path_factory.mktemp("guarded"), GUARDED_FLEET) as fleet:
+        use_the_fleet(fleet)
+        yield fleet
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_the_status_page_asks_a_browser_for_the_admin_token(guarded: RunningFleet) -> None:
+    with guarded.client() as client:
+        missing = client.get("/fleet/status")
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"] == 'Basic realm="tabby-fleet"'
+        assert "admin token as the password" in missing.text
+        wrong = client.get("/fleet/status", headers=basic("anyone", "tfa_wrong"))
+        assert wrong.status_code == 403 and "admin-token-invalid" in wrong.text
+        page = client.get("/fleet/status", headers=basic("anyone", ADMIN))
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert client.get("/fleet/status", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+        assert client.get("/fleet/entries", headers=basic("", ADMIN)).status_code == 200  # Basic is an admin login
+        other = client.get("/fleet/entries")
+        assert other.status_code == 401 and "Basic" not in other.headers["www-authenticate"]  # only the page asks
+    shown = rows(page.text)
+    assert shown[("entries", "small")][1] == "ready"
+    assert shown[("teams", "frontend")][2] == "3"
+    assert '<meta http-equiv="refresh" content="15">' in page.text
+    for fetches in ("<script", "<link", "@import", "url(", "<img", "http://", "https://"):
+        assert fetches not in page.text, fetches  # complete on its own: nothing loaded from anywhere
+
+
+def test_basic_login_takes_the_password_as_the_admin_token() -> None:
+    auth = AdminAuth(
+        FleetSettings(entries=[{"name": "a", "model": "m"}], router={"admin_token_sha256": [hash_token(ADMIN)]})
+    )
+
+    def refusal(authorization: str) -> tuple[int, str] | None:
+        headers = [(b"authorization", authorization.encode())]
+        scope = {"type": "http", "method": "GET", "path": "/fleet/status", "headers": headers, "query_string": b""}
+        request = Request({**scope, "client": ("10.1.2.3", 5555)})
+        try:
+            auth.require(request)
+        except FleetError as error:
+            return error.status, error.code
+        return None
+
+    assert refusal(basic("alice", ADMIN)["Authorization"]) is None
+    assert refusal(basic("", ADMIN)["Authorization"]) is None  # any user name, even none
+    assert refusal(basic(ADMIN, "")["Authorization"]) == (401, "admin-token-missing")  # the token is the password
+    assert refusal(basic("alice", "tfa_wrong")["Authorization"]) == (403, "admin-token-invalid")
+    assert refusal("Basic not base64!") == (401, "admin-token-missing")
+    assert refusal("Basic " + base64.b64encode(ADMIN.encode()).decode()) == (401, "admin-token-missing")  # no colon
+    assert refusal(f"Bearer {ADMIN}") is None
+
+
+def test_the_status_page_escapes_every_value() -> None:
+    evil = '<script>alert("x")</script>'
+    snapshot: dict[str, Any] = {
+        "since": "2026-11-27T00:00:00+00:00", "until": "2026-11-27T10:31:02+00:00",
+        "covers_from": "2026-11-27T09:58:00+00:00",
+        "prices": {"currency": "USD", "date": "2026-05-07", "source": f"a <b>source</b> {evil}"},
+        "entries": {"small": {"state": evil, "containers": 1, "requests": 2, "cost": None}},
+        "teams": {evil: {"requests": 2, "completions": 2, "acceptance_rate": 0.5, "cost": 0.25,
+                         "latency_ms": {"p50": 10.0, "p95": 20.0}, "refusals": {evil: 1}}},
+        "refusals": [{"at": "2026-11-27T10:30:59+00:00", "team": evil, "entry": evil, "status": 429, "code": evil}],
+    }  # fmt: skip
+    health = {"version": evil, "runtime": "local", "uptime_seconds": 5, "entries": {}}
+    page = render_status(snapshot, health, load_settings(None))
+    assert "<script" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    shown = rows(page)
+    assert shown[("teams", evil)][-1] == "0.2500 USD"  # an escaped name reads back as itself
+    assert shown[("entries", "small")][9] == "unknown"  # no price: cost unknown
+    assert "2026-05-07" in page  # the prices' date in the footer
+
+
+def fleet_status(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "apps.cli", "status", *args],
+        capture_output=True, text=True, timeout=60, env=child_env, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_fleet_status_prints_the_teams_and_entries(guarded: RunningFleet) -> None:
+    done = fleet_status("--url", guarded.base_url, env={"FLEET_ADMIN_TOKEN": ADMIN})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    small = next(line.split() for line in lines if line.startswith("small "))
+    assert small[1] == "ready", done.stdout
+    frontend = next(line.split() for line in lines if line.startswith("frontend "))
+    assert frontend[2] == "3", done.stdout  # completions
+    large = next(line for line in lines if line.startswith("large "))
+    assert "mon-fri" in large, done.stdout  # its warm hours
+    assert "Refusals by code" in done.stdout and "GPU time only" in done.stdout
+    flag = fleet_status("--url", guarded.base_url, "--admin-token", ADMIN, "--since", "1h")
+    assert flag.returncode == 0 and "frontend" in flag.stdout, flag.stderr
+
+
+def test_fleet_status_says_what_to_do_when_it_cannot_show_the_status(guarded: RunningFleet) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    unreachable = fleet_status("--url", nowhere)
+    assert unreachable.returncode == 1
+    assert nowhere in unreachable.stderr and "fleet up" in unreachable.stderr, unreachable.stderr
+    no_token = fleet_status("--url", guarded.base_url)
+    assert no_token.returncode == 1
+    assert "--admin-token" in no_token.stderr and "FLEET_ADMIN_TOKEN" in no_token.stderr, no_token.stderr
+    assert "fleet token new --admin" in no_token.stderr, no_token.stderr
+    wrong = fleet_status("--url", guarded.base_url, "--admin-token", "tfa_wrong")
+    assert wrong.returncode == 1 and "admin-token-invalid" in wrong.stderr, wrong.stderr
+    since = fleet_status("--url", guarded.base_url, "--admin-token", ADMIN, "--since", "yesterday-ish")
+    assert since.returncode == 1 and "'yesterday-ish'" in since.stderr and "15m" in since.stderr, since.stderr
+    assert not (unreachable.stdout or no_token.stdout or wrong.stdout or since.stdout)
