@@ -105,3 +105,15 @@ def test_missing_proxy_token_names_the_fix() -> None:
         (b"modal-key", b"k"),
         (b"modal-secret", b"s"),
     )
+
+
+def test_the_stats_the_router_polls_are_modals_current_stats_of_the_class() -> None:
+    # Offline (Modal's servers are out of reach): the installed client has what modal_stats calls and reads.
+    import dataclasses
+
+    import modal
+    from modal.types import FunctionCurrentStats
+
+    method = modal.Cls.from_name("tabby-fleet", "TabbySmall")().serve  # lazy: no call to Modal yet
+    assert callable(method.get_current_stats.aio)
+    assert {"num_total_runners", "backlog"} <= {field.name for field in dataclasses.fields(FunctionCurrentStats)}
