@@ -434,7 +434,8 @@ class Usage:
     def _teams(self, cells: dict[tuple[str, str], Cell], entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
         per_team: dict[str, dict[str, Cell]] = {team: {} for team in self.teams}
         for (team, entry), cell in cells.items():
-            per_team.setdefault(team, {})[entry] = cell
+            if not _idle(cell):  # e.g. only health checks: nothing to report
+                per_team.setdefault(team, {})[entry] = cell
         teams = {}
         for team, by_entry in per_team.items():
             total = Cell()
@@ -473,6 +474,10 @@ def _share(entry_row: dict[str, Any] | None, busy: float) -> float | None:
         return None
     entry_busy = entry_row["busy_seconds"]
     return float(entry_row["_cost"] * min(1.0, round(busy, 3) / entry_busy))
+
+
+def _idle(cell: Cell) -> bool:
+    return not (cell.requests or cell.refusals or cell.busy_seconds or cell.cold_waits or cell.fallbacks)
 
 
 def _counts(cell: Cell) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import time
@@ -99,8 +100,10 @@ def test_counts_land_in_minute_buckets_and_since_sums_from_its_minute() -> None:
     usage.observe(_record(kind="health"), 0.01)  # no model work: not a request
     usage.observe(_record(status=499), 0.2)  # the client left: a request, not a completion
 
+    usage.observe(_record(team="-", kind="health"), 0.01)  # an open fleet's health check: no team, no work
+
     recent = usage.snapshot(_since(clock, "1m"))
-    assert recent["entries"]["small"] | {} == recent["entries"]["small"]
+    assert "-" not in recent["teams"]  # nothing to report for it
     small = recent["entries"]["small"]
     assert (small["requests"], small["completions"], small["chats"], small["busy_seconds"]) == (3, 1, 1, 0.25)
     everything = usage.snapshot(_since(clock, "1h"))
@@ -388,3 +391,29 @@ def test_usage_end_to_end_counts_teams_entries_events_refusals_fallbacks_and_cos
             seconds / 3600 * H100X2_HOURLY, rel=0.05
         )
         assert re.search(r'fleet_request_seconds_bucket\{entry="small",le="\+Inf",team="alpha"\} 3\.0', metrics)
+
+
+ADMIN = "tfa_usage-admin"
+GUARDED = f"""
+[router]
+admin_token_sha256 = ["{hashlib.sha256(ADMIN.encode()).hexdigest()}"]
+
+[[entries]]
+name = "small"
+model = "TabbyML/StarCoder-1B"
+"""
+
+
+def test_usage_needs_the_admin_token_and_refuses_a_bad_since(tmp_path: Path) -> None:
+    with run_fleet(tmp_path, GUARDED) as fleet:
+        url = f"{fleet.base_url}/fleet/usage"
+        missing = httpx.get(url, timeout=10)
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "admin-token-missing"
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        bad = httpx.get(url, params={"since": "last week"}, headers=admin, timeout=10)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad-since"
+        assert "'last week'" in bad.json()["error"]["message"]
+        answer = httpx.get(url, params={"since": "today"}, headers=admin, timeout=10)
+        assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+        assert answer.json()["since"].endswith("T00:00:00+00:00") and set(answer.json()["entries"]) == {"small"}
+        assert "/fleet/usage" in httpx.get(f"{fleet.base_url}/fleet/openapi.json", timeout=10).json()["paths"]
