@@ -172,7 +172,7 @@ class _Seen:
 
     def __init__(self) -> None:
         self.container_seconds: float | None = None
-        self.containers = 0
+        self.containers: int | None = None  # None: not seen yet (containers already up then are no start)
         self.starts: int | None = None
 
 
@@ -313,7 +313,7 @@ class Usage:
                 seconds = reported - before if reported >= before else reported  # a new backend counts anew
                 seen.container_seconds = reported
             elif containers is not None:
-                seconds = seen.containers * elapsed  # the count seen last held until now
+                seconds = (seen.containers or 0) * elapsed  # the count seen last held until now
             starts = state.get("starts")
             cold_starts = 0
             if starts is not None:

@@ -234,6 +234,11 @@ def test_a_container_count_is_integrated_over_time_and_rising_from_zero_is_a_col
     large = usage.snapshot(_since(clock, "1h"), {"large": {"state": "ready", "containers": 1}})["entries"]["large"]
     assert large["container_seconds"] == 2 * 10 + 2 * 10 + 0 + 1 * 10  # the partial interval counted too
     assert (large["cold_starts"], large["containers"]) == (2, 1)
+    restarted = Usage(SETTINGS, clock=clock)  # a new router process finds containers up: no start of its own
+    restarted.sample({"large": {"state": "ready", "containers": 1}})
+    clock.now += 10
+    large = restarted.snapshot(_since(clock, "1h"), {"large": {"state": "ready", "containers": 1}})["entries"]["large"]
+    assert (large["cold_starts"], large["container_seconds"]) == (0, 10.0)
 
 
 def test_a_local_backends_cumulative_seconds_add_their_delta_and_a_new_process_counts_anew() -> None:
