@@ -3,8 +3,9 @@
 Tabby's API paths (``/v1/...``, ``/v1beta/...`` and their ``/teams/<team>/`` and ``/models/<entry>/``
 prefixed forms) go straight to the streaming :class:`Proxy`, and so does ``/fleet/whoami`` (also under
 those prefixes: ``<endpoint>/fleet/whoami``). Everything else is a small FastAPI app: ``/fleet/health``
-(liveness for anyone, details for admins), ``/fleet/entries``, ``/fleet/reload``, ``/metrics``, the status
-page ``/fleet/status`` (router/status_page.py) and the OpenAPI docs at ``/fleet/docs``.
+(liveness for anyone, details for admins), ``/fleet/entries``, ``/fleet/usage`` (router/usage.py),
+``/fleet/reload``, ``/metrics``, the status page ``/fleet/status`` (router/status_page.py) and the
+OpenAPI docs at ``/fleet/docs``.
 """
 
 from __future__ import annotations
@@ -246,8 +247,8 @@ def create_app(
                 404,
                 "unknown-path",
                 f"{request.url.path!r} is not served here; Tabby's API lives at {PATH_HELP}; "
-                f"the router's own endpoints are /fleet/whoami, /fleet/health, /fleet/entries, /fleet/status, "
-                f"/fleet/docs and /metrics",
+                f"the router's own endpoints are /fleet/whoami, /fleet/health, /fleet/entries, /fleet/usage, "
+                f"/fleet/status, /fleet/docs and /metrics",
             )
         elif exc.status_code == 405:
             error = FleetError(405, "method-not-allowed", f"{request.method} is not allowed on {request.url.path}")

@@ -250,6 +250,22 @@ def test_a_local_backends_cumulative_seconds_add_their_delta_and_a_new_process_c
     assert (small["container_seconds"], small["cold_starts"]) == (18.0, 2)
 
 
+def test_a_reload_brings_its_teams_entries_and_prices_and_keeps_what_was_counted() -> None:
+    clock = Clock()
+    usage = _usage(clock)
+    usage.observe(_record(team="beta", entry="large"), 0.1)
+    reloaded = SETTINGS.model_copy(
+        update={
+            "teams": (*SETTINGS.teams, SETTINGS.teams[0].model_copy(update={"name": "delta"})),
+            "prices": SETTINGS.prices.model_copy(update={"gpu_hour": {"H200": 4.5}}),
+        }
+    )
+    usage.configure(reloaded)
+    snapshot = usage.snapshot(_since(clock, "1h"))
+    assert set(snapshot["teams"]) == {"alpha", "beta", "delta"} and snapshot["teams"]["beta"]["completions"] == 1
+    assert snapshot["entries"]["odd"]["price_per_hour"] == 4.5
+
+
 def test_fleet_check_warns_about_an_entry_whose_gpu_has_no_price() -> None:
     warnings = settings_warnings(SETTINGS)
     assert 'entries["odd"]: no price for GPU H200; add it under [prices] gpu_hour to see its cost' in warnings
