@@ -343,7 +343,7 @@ class LocalBackends:
     async def reconfigure(self, settings: FleetSettings) -> None:
         self._configure(settings)
         if self._warmer is not None:
-            self.apply_warm_hours()  # a new or changed entry in its window starts now, not at the next check
+            self.check_warm_hours()  # a new or changed entry in its window starts now, not at the next check
 
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap(), name="local-backends-reaper")
@@ -388,7 +388,7 @@ class LocalBackends:
         backend = self.backends.get(entry)
         return True if backend is None else await backend.wait_ready(seconds)
 
-    def apply_warm_hours(self) -> None:
+    def check_warm_hours(self) -> None:
         """Mark the entries in a warm window now (no lead: a local start takes seconds) and start those
         not running; the others may stop when idle again."""
         now = self._clock()
@@ -402,7 +402,7 @@ class LocalBackends:
 
     async def _keep_warm(self) -> None:
         while True:
-            self.apply_warm_hours()
+            self.check_warm_hours()
             await asyncio.sleep(self._warm_check_seconds)
 
     async def _reap(self) -> None:

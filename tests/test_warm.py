@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from apps.local import LocalBackends
@@ -439,6 +440,24 @@ def test_fleet_up_keeps_an_entry_running_in_its_warm_hours(tmp_path: Path) -> No
         assert 2 <= plain["container_seconds"] <= 30  # lived at least its idle window
         time.sleep(1)
         assert fleet.entries()["plain"]["runtime"]["container_seconds"] == plain["container_seconds"]
+
+
+def test_a_reload_that_adds_a_window_covering_now_starts_the_entry_at_once(tmp_path: Path) -> None:
+    config = """
+    [[entries]]
+    name = "small"
+    model = "TabbyML/StarCoder-1B"
+    """
+    with run_fleet(tmp_path, config) as fleet:
+        time.sleep(1)
+        assert fleet.entries()["small"]["runtime"]["state"] == "cold"
+        now = datetime.now(UTC)
+        window = f'{{days = "daily", start = "{_hhmm(now - timedelta(hours=1))}", end = "{_hhmm(now + timedelta(hours=1))}", timezone = "UTC"}}'  # noqa: E501
+        path = tmp_path / "fleet.toml"
+        path.write_text(path.read_text() + f"    warm = [{window}]\n")
+        assert httpx.post(f"{fleet.base_url}/fleet/reload", timeout=10).status_code == 200
+        # not at the next 15 s check: the reload itself checks the windows
+        fleet.wait_for(lambda: fleet.entries()["small"]["runtime"]["state"] == "ready", 10, "started by the reload")
 
 
 class Clock:
