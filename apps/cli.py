@@ -679,6 +679,7 @@ def up_banner(settings: FleetSettings, host: str, port: int, source: Path, tabby
     if not settings.teams:
         parts.append(f'# ~/.tabby-client/agent/config.toml\n[server]\nendpoint = "{base_url}"\n')
     parts.append(f"Router endpoints: {base_url}/fleet/health, {base_url}/fleet/entries, {base_url}/fleet/docs")
+    parts.append(f"Status page (admin): {base_url}/fleet/status; in a terminal: fleet status --url {base_url}")
     parts.append("Developers: <endpoint>/fleet/whoami shows the team, entry and chat a token selects, and why.")
     if settings.router.admin_token_digests:
         parts.append("Admin endpoints (/fleet/entries, /fleet/reload, /metrics) need an admin token.")

@@ -35,10 +35,15 @@ def add_status_command(sub: Any) -> None:
     help_text = "Show a running router's entries, teams, costs and refusals (what /fleet/status shows)."
     status = sub.add_parser("status", help=help_text, description=help_text)
     status.add_argument("--url", default=DEFAULT_URL, help=f"the router's URL (default {DEFAULT_URL}, fleet up's)")
-    status.add_argument("--admin-token", help=f"an admin token of that router (default: ${TOKEN_ENV})")
+    status.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        help=f"an admin token of that router (default: ${TOKEN_ENV}, which other users cannot see in `ps`)",
+    )
     status.add_argument(
         "--since",
         default="today",
+        metavar="WHEN",
         help="the window: an ISO time, unix seconds, a duration back from now (15m, 24h, 7d) or 'today' "
         "(00:00 UTC; the default)",
     )
