@@ -34,7 +34,7 @@ class Table:
 
 
 def status_facts(snapshot: Mapping[str, Any], health: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The header: router version, runtime, uptime, now, and the window the numbers cover."""
+    """The header: router version, runtime, uptime, now, the window the numbers cover and its cost."""
     since, until = snapshot.get("since", ""), snapshot.get("until", "")
     window = f"{_time(since, date=True)} to {_time(until)[:5]} UTC"
     covers = snapshot.get("covers_from")
@@ -46,7 +46,17 @@ def status_facts(snapshot: Mapping[str, Any], health: Mapping[str, Any]) -> list
         ("uptime", duration(health.get("uptime_seconds"))),
         ("now", f"{_time(until, date=True)} UTC"),
         ("window", window),
+        ("cost", total_cost(snapshot)),
     ]
+
+
+def total_cost(snapshot: Mapping[str, Any]) -> str:
+    """What the entries' GPU time in the window cost, naming the entries that ran without a known price."""
+    currency = snapshot.get("prices", {}).get("currency", "USD")
+    entries: Mapping[str, Any] = snapshot.get("entries", {})
+    unpriced = [name for name, entry in entries.items() if entry.get("cost") is None and entry.get("container_seconds")]
+    total = money(sum(entry.get("cost") or 0.0 for entry in entries.values()), currency)
+    return f"{total} + unknown ({', '.join(unpriced)} unpriced)" if unpriced else total
 
 
 def status_tables(
@@ -67,7 +77,8 @@ def status_tables(
         Table("entries", "Entries", header, entries, "no entries", frozenset(range(2, 10))),
         Table(
             "teams", "Teams", ("team", "requests", "completions", "acceptance", "p95", "refusals", "cost"),
-            _team_rows(teams, currency), "no requests in this window", frozenset(range(1, 7)),
+            _team_rows(teams, snapshot.get("entries", {}), currency), "no requests in this window",
+            frozenset(range(1, 7)),
         ),
         Table(
             "refusal-codes", "Refusals by code", ("code", "refusals", "teams"), _code_rows(teams),
@@ -103,8 +114,10 @@ def _entry_rows(
     return rows
 
 
-def _team_rows(teams: Mapping[str, Any], currency: str) -> list[tuple[str, ...]]:
-    return [
+def _team_rows(teams: Mapping[str, Any], entries: Mapping[str, Any], currency: str) -> list[tuple[str, ...]]:
+    """Each team's use and share of the cost; then the cost of entries no team used (warm, idle), so the
+    column adds up to the entries' cost."""
+    rows = [
         (
             _team(name), _count(team.get("requests")), _count(team.get("completions")),
             percent(team.get("acceptance_rate")), milliseconds(_p95(team)),
@@ -113,6 +126,10 @@ def _team_rows(teams: Mapping[str, Any], currency: str) -> list[tuple[str, ...]]
         )
         for name, team in sorted(teams.items(), key=lambda item: (item[0] == NO_TEAM, item[0]))
     ]  # fmt: skip
+    idle = sum(entry.get("unattributed_cost") or 0.0 for entry in entries.values())
+    if idle:
+        rows.append(("(unused entries)", "-", "-", "-", "-", "-", money(idle, currency)))
+    return rows
 
 
 def _code_rows(teams: Mapping[str, Any]) -> list[tuple[str, ...]]:

@@ -253,6 +253,33 @@ def test_the_status_page_escapes_every_value() -> None:
     assert "2026-05-07" in page  # the prices' date in the footer
 
 
+def test_costs_add_up_and_say_what_is_unknown() -> None:
+    """The header's cost is the entries'; a cost no team incurred (an idle warm entry) has its own row in the
+    teams table, so that column adds up too; an entry without a price is named, never counted as 0."""
+    snapshot: dict[str, Any] = {
+        "since": "2026-11-27T00:00:00+00:00", "until": "2026-11-27T10:31:02+00:00",
+        "prices": {"currency": "EUR", "date": "2026-11-01", "source": "our invoice"},
+        "entries": {
+            "small": {"cost": 0.5, "unattributed_cost": 0.0, "container_seconds": 600.0, "busy_seconds": 3.0},
+            "large": {"cost": 2.0, "unattributed_cost": 2.0, "container_seconds": 3600.0, "busy_seconds": 0.0},
+            "exotic": {"cost": None, "unattributed_cost": None, "container_seconds": 60.0},
+            "external": {"cost": None, "unattributed_cost": None, "container_seconds": 0.0},
+        },
+        "teams": {"frontend": {"requests": 4, "completions": 4, "busy_seconds": 3.0, "cost": 0.5},
+                  "ml": {"requests": 0, "busy_seconds": 0.0, "cost": None}},
+        "refusals": [],
+    }  # fmt: skip
+    health = {"version": "1", "runtime": "local", "uptime_seconds": 90, "entries": {}}
+    page = render_status(snapshot, health, load_settings(None))
+    shown = rows(page)
+    assert shown[("teams", "frontend")][-1] == "0.5000 EUR"
+    assert shown[("teams", "ml")][-1] == "-"  # used nothing: no share, not "unknown"
+    assert shown[("teams", "(unused entries)")][-1] == "2.00 EUR"
+    assert shown[("entries", "exotic")][9] == "unknown"
+    assert "2.50 EUR + unknown (exotic unpriced)" in page  # external ran no container of ours: not named
+    assert "2026-11-01 (our invoice)" in page
+
+
 def fleet_status(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")} | (env or {})
     return subprocess.run(
