@@ -60,7 +60,7 @@ _raw_capture: ContextVar[list[Any] | None] = ContextVar("fleet_raw_capture", def
 AuthMode = Literal["tokens", "open"]
 ENV_PREFIX = "FLEET_"
 ENV_DELIMITER = "__"
-KNOWN_OTHER_ENV = ("FLEET_CONFIG",)  # read by resolve_config_path, not a setting
+KNOWN_OTHER_ENV = ("FLEET_CONFIG", "FLEET_ADMIN_TOKEN")  # read by resolve_config_path and `fleet status`: not settings
 
 
 class StandInOptions(BaseModel):
