@@ -380,7 +380,7 @@ class Usage:
         kept_from = self._current.start - RETENTION  # older buckets are dropped (_roll)
         covers_from = max(asked, self.started, kept_from)
         cells, entry_cells = self.window(covers_from)
-        entries = self._entries(cells, entry_cells, status)
+        entries, costs = self._entries(cells, entry_cells, status)
         return {
             "since": _iso(asked),
             "until": _iso(now),
@@ -388,7 +388,7 @@ class Usage:
             "bucket_seconds": BUCKET_SECONDS,
             "prices": dict(self.prices),
             "entries": entries,
-            "teams": self._teams(cells, entries),
+            "teams": self._teams(cells, costs),
             "refusals": [
                 {"at": _iso(r.at), "team": r.team, "entry": r.entry, "status": r.status, "code": r.code}
                 for r in reversed(self.recent)
@@ -398,19 +398,22 @@ class Usage:
 
     def _entries(
         self, cells: dict[tuple[str, str], Cell], entry_cells: dict[str, EntryCell], status: dict[str, dict[str, Any]]
-    ) -> dict[str, dict[str, Any]]:
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[float | None, float]]]:
+        """The entries' rows, and each entry's (cost, busy seconds) for the teams' shares."""
         by_entry: dict[str, Cell] = {name: Cell() for name in self.entries}
         for (_, entry), cell in cells.items():
             if entry != "-":
                 (by_entry.get(entry) or by_entry.setdefault(entry, Cell())).add(cell)
         entries = {}
+        costs = {}
         for name, cell in by_entry.items():
             pricing = self.pricing.get(name)
             containers_cell = entry_cells.get(name) or EntryCell()
             state = status.get(name, {})
             seconds = containers_cell.container_seconds
             cost = _cost(seconds, pricing)
-            row = {
+            costs[name] = (cost, cell.busy_seconds)
+            entries[name] = {
                 "gpu": pricing.gpu if pricing else None,
                 "price_per_hour": pricing.hourly if pricing else None,
                 "state": state.get("state", "cold"),
@@ -427,11 +430,11 @@ class Usage:
                 # The cost of container time while the entry served nothing in the window: no team's.
                 "unattributed_cost": _round_cost(cost) if cost is None or not cell.busy_seconds else 0.0,
             }
-            row["_cost"] = cost
-            entries[name] = row
-        return entries
+        return entries, costs
 
-    def _teams(self, cells: dict[tuple[str, str], Cell], entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _teams(
+        self, cells: dict[tuple[str, str], Cell], costs: dict[str, tuple[float | None, float]]
+    ) -> dict[str, Any]:
         per_team: dict[str, dict[str, Cell]] = {team: {} for team in self.teams}
         for (team, entry), cell in cells.items():
             if not _idle(cell):  # e.g. only health checks: nothing to report
@@ -440,15 +443,14 @@ class Usage:
         for team, by_entry in per_team.items():
             total = Cell()
             rows: dict[str, Any] = {}
-            costs: list[float] = []
+            shares: list[float] = []
             for entry, cell in by_entry.items():
                 total.add(cell)
                 if entry == "-":
                     continue  # refused before an entry was chosen: counted in the team's totals only
-                entry_row = entries.get(entry)
-                share = _share(entry_row, cell.busy_seconds)
+                share = _share(*costs.get(entry, (None, 0.0)), cell.busy_seconds)
                 if share is not None:
-                    costs.append(share)
+                    shares.append(share)
                 rows[entry] = {
                     "requests": cell.requests, "completions": cell.completions,
                     "busy_seconds": round(cell.busy_seconds, 3), "cost": _round_cost(share),
@@ -460,20 +462,17 @@ class Usage:
                 "fallbacks": total.fallbacks,
                 "refusals": dict(total.refusals),
                 "busy_seconds": round(total.busy_seconds, 3),
-                "cost": _round_cost(sum(costs)) if costs else None,
+                "cost": _round_cost(sum(shares)) if shares else None,
                 "entries": rows,
             }
-        for row in entries.values():
-            row.pop("_cost")
         return teams
 
 
-def _share(entry_row: dict[str, Any] | None, busy: float) -> float | None:
+def _share(entry_cost: float | None, entry_busy: float, busy: float) -> float | None:
     """A team's part of an entry's cost: the entry's cost times the team's share of its busy seconds."""
-    if entry_row is None or entry_row["_cost"] is None or not entry_row["busy_seconds"]:
+    if entry_cost is None or not entry_busy:
         return None
-    entry_busy = entry_row["busy_seconds"]
-    return float(entry_row["_cost"] * min(1.0, round(busy, 3) / entry_busy))
+    return entry_cost * min(1.0, busy / entry_busy)
 
 
 def _idle(cell: Cell) -> bool:
