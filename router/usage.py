@@ -53,6 +53,9 @@ WHOAMI = "whoami"  # /fleet/whoami: its route label in metrics and logs, and its
 USAGE_PATHS = {"/v1/completions": COMPLETION, "/v1/events": EVENTS}  # by the upstream path
 NOT_REQUESTS = frozenset({HEALTH, SERVER_SETTING, WHOAMI})  # no model work: not counted as requests
 EVENT_TYPES = ("view", "select", "dismiss")  # Tabby's event types (protocol reference 1.4)
+# The acceptance rate is selects / views, as Tabby's own usage report computes it: github.com/TabbyML/tabby,
+# ee/tabby-ui/app/(dashboard)/reports/components/completion-daily-activity.tsx, StatsSummary:
+# acceptRate = totalAcceptances / totalViews (the sums of the daily stats' selects and views).
 
 # Completion latency histogram: bucket i holds (10**((i-1)/STEPS), 10**(i/STEPS)] milliseconds, so a
 # percentile read as its bucket's geometric middle is within half a step (2.4 %) of the true value.
