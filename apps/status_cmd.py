@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
+from apps.command import CliError
 from router.status_page import Table, price_note, status_facts, status_tables
 
 DEFAULT_URL = "http://127.0.0.1:8080"  # where `fleet up` listens unless told otherwise (--host, --port)
 TOKEN_ENV = "FLEET_ADMIN_TOKEN"
 TIMEOUT_SECONDS = 10.0
 MAKE_TOKEN = "fleet token new --admin --label NAME --write"
-
-
-class StatusError(Exception):
-    """Why the status could not be shown: lines of advice (exit status 1)."""
-
-    def __init__(self, *lines: str) -> None:
-        self.lines = lines
-        super().__init__("\n".join(lines))
 
 
 def add_status_command(sub: Any) -> None:
@@ -52,18 +44,13 @@ def add_status_command(sub: Any) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
-    try:
-        answers = fetch_status(args.url, token, args.since)
-    except StatusError as error:
-        for line in error.lines:
-            print(f"fleet: {line}", file=sys.stderr)
-        return 1
+    answers = fetch_status(args.url, token, args.since)  # CliError: printed by fleet's main, exit 1
     print(status_text(*answers))
     return 0
 
 
 def fetch_status(url: str, token: str | None, since: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The usage snapshot, health and entries of the router at ``url``, or a StatusError saying what to do."""
+    """The usage snapshot, health and entries of the router at ``url``, or a CliError saying what to do."""
     import httpx
 
     base = url.rstrip("/")
@@ -76,7 +63,7 @@ def fetch_status(url: str, token: str | None, since: str) -> tuple[dict[str, Any
                 _check(answer, base, token, since)
                 answers.append(answer.json())
     except (httpx.TransportError, httpx.InvalidURL) as exc:
-        raise StatusError(
+        raise CliError(
             f"cannot reach a router at {base} ({exc or type(exc).__name__}).",
             f"Is it running? Start one with `fleet up` (it listens on {DEFAULT_URL}), or pass --url with "
             f"your router's URL.",
@@ -86,13 +73,13 @@ def fetch_status(url: str, token: str | None, since: str) -> tuple[dict[str, Any
 
 
 def _check(response: Any, base: str, token: str | None, since: str) -> None:
-    """Raise StatusError with advice unless ``response`` is a 200 with a JSON body."""
+    """Raise CliError with advice unless ``response`` is a 200 with a JSON body."""
     path = response.request.url.path
     code, message = _error(response)
     if response.status_code == 200 and code != "not-json":
         return
     if response.status_code == 401:
-        raise StatusError(
+        raise CliError(
             f"the router at {base} wants an admin token for {path}.",
             f"Pass --admin-token TOKEN or set {TOKEN_ENV}; make one with `{MAKE_TOKEN}`, then reload the router "
             f"(POST /fleet/reload or SIGHUP).",
@@ -104,15 +91,15 @@ def _check(response: Any, base: str, token: str | None, since: str) -> None:
             else f"add an admin token to it with `{MAKE_TOKEN}`, reload it, and pass it here with --admin-token "
             f"or {TOKEN_ENV}."
         )
-        raise StatusError(f"the router at {base} refused {path} ({code}): {message}", f"Fix: {fix}")
+        raise CliError(f"the router at {base} refused {path} ({code}): {message}", f"Fix: {fix}")
     if code == "bad-since":
-        raise StatusError(f"--since {since!r} is not a window the router understands: {message}")
+        raise CliError(f"--since {since!r} is not a window the router understands: {message}")
     if response.status_code == 404 and path == "/fleet/usage":
-        raise StatusError(
+        raise CliError(
             f"{base} has no /fleet/usage: is it a tabby-fleet router, and one recent enough to count usage? "
             f"(its answer: {message})"
         )
-    raise StatusError(f"the router at {base} answered {path} with HTTP {response.status_code} ({code}): {message}")
+    raise CliError(f"the router at {base} answered {path} with HTTP {response.status_code} ({code}): {message}")
 
 
 def _error(response: Any) -> tuple[str, str]:

@@ -1,0 +1,67 @@
+"""What every ``fleet`` command shares: its error, how it loads settings, and how it prints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fleet.loading import env_warnings, load_settings
+from fleet.settings import FleetSettings, settings_warnings
+
+
+class CliError(Exception):
+    """A refusal of the command line: one or more lines of advice, exit status 1."""
+
+    def __init__(self, *lines: str) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+def load_for_command(args: argparse.Namespace, *, check_auth: bool = True) -> FleetSettings:
+    """Settings for a command, after printing the warnings about them (a mistyped FLEET_* variable)."""
+    for warning in env_warnings():
+        print(f"fleet: warning: {warning}", file=sys.stderr)
+    settings = load_settings(args.config, check_auth=check_auth)
+    for warning in settings_warnings(settings):
+        print(f"fleet: warning: {warning}", file=sys.stderr)
+    return settings
+
+
+def access_summary(settings: FleetSettings) -> str:
+    """Who can reach the router and what they can do, in words (fleet plan, fleet check, fleet up)."""
+    teams = len(settings.teams)
+    if settings.auth_mode == "tokens":
+        count = sum(len(team.labelled_tokens) for team in settings.teams)
+        auth = (
+            f"auth: tokens - {teams} team{plural(teams)}, {count} token{plural(count)}; anyone without a team "
+            f"token gets 401 (fleet token list)"
+        )
+    elif settings.teams:
+        auth = (
+            "auth: open - anyone who can reach the URL can use every entry a team may use, by naming the team "
+            "(X-Tabby-Team or /teams/<team>/); give every team a token to close it"
+        )
+    else:
+        auth = "auth: open - no teams, so anyone who can reach the URL can use every entry"
+    admins = len(settings.router.admin_token_digests)
+    metrics = "; /metrics is public (router.metrics_public)" if settings.router.metrics_public else ""
+    if admins:
+        guarded = f"/fleet/entries, /fleet/reload, /metrics{metrics}"
+        admin = f"admin: {admins} admin token{plural(admins)} guarding {guarded}"
+    else:
+        admin = (
+            "admin: no admin token - /fleet/entries, /fleet/reload and /metrics answer clients on the router's "
+            f"own machine only (on Modal: nobody){metrics}"
+        )
+    return f"{auth}\n{admin}"
+
+
+def plural(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
