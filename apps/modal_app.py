@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import modal
@@ -58,6 +59,8 @@ ROUTER_FUNCTION = "router"
 # Tabby 0.32 always loads this embedding model at start-up (0.33 only with TABBY_EMBEDDING_ENABLED):
 # baked in too, or every cold start would download it.
 EMBEDDING_MODEL = "TabbyML/Nomic-Embed-Text"
+# router.upstream_ca_bundle names a file on the deploying machine; the router image carries it here.
+ROUTER_CA_BUNDLE = "/etc/tabby-fleet/upstream-ca.pem"
 ROUTER_TIMEOUT = 600  # seconds one router request may run; Modal answers web requests over 150 s with a 303
 # Warm hours: a scheduled function sets each warm entry's min_containers. It runs every WARM_LEAD (5
 # min): often enough that a window's containers are asked for one run before it starts (a cold GPU
@@ -146,12 +149,21 @@ def warm_settings_json(settings: FleetSettings) -> str | None:
     return json.dumps({"entries": warm, "modal": {"app_name": settings.modal.app_name}}, sort_keys=True)
 
 
-def router_image() -> modal.Image:
-    return (
-        modal.Image.debian_slim(python_version=PYTHON_VERSION)
-        .pip_install(*pinned(ROUTER_PACKAGES))
-        .add_local_python_source(*FLEET_PACKAGES, ignore=PACKAGE_FILES)
-    )
+def router_image(ca_bundle: Path | None = None) -> modal.Image:
+    """Debian with the router's packages and this project's; ``ca_bundle`` (router.upstream_ca_bundle,
+    a file on the deploying machine) copied in at ``ROUTER_CA_BUNDLE``."""
+    image = modal.Image.debian_slim(python_version=PYTHON_VERSION).pip_install(*pinned(ROUTER_PACKAGES))
+    if ca_bundle is not None:
+        image = image.add_local_file(ca_bundle, ROUTER_CA_BUNDLE, copy=True)
+    return image.add_local_python_source(*FLEET_PACKAGES, ignore=PACKAGE_FILES)
+
+
+def router_settings_json(settings: FleetSettings) -> str:
+    """The router's frozen settings: all of them, with the CA bundle's path as it is in the router image."""
+    if settings.router.upstream_ca_bundle is None:
+        return settings.model_dump_json()
+    router = settings.router.model_dump(mode="json") | {"upstream_ca_bundle": ROUTER_CA_BUNDLE}
+    return json.dumps(settings.model_dump(mode="json") | {"router": router})
 
 
 @dataclass
@@ -177,7 +189,7 @@ def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> Fleet
     volume = modal.Volume.from_name(settings.modal.volume, create_if_missing=True)
     # The router gets every setting. The GPU classes only need what names and shapes them, so a
     # change to teams or router options does not replace their (slow to start) containers.
-    frozen_all = {FROZEN_SETTINGS_ENV: settings.model_dump_json()}
+    frozen_all = {FROZEN_SETTINGS_ENV: router_settings_json(settings)}
     proxy_auth = modal.Secret.from_name(settings.modal.proxy_auth_secret)
     classes = {}
     user_classes = {}
@@ -220,7 +232,7 @@ def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> Fleet
     web_app = modal.asgi_app(label=settings.modal.router_label)(router)
     web_app = modal.concurrent(max_inputs=settings.modal.router_max_inputs)(web_app)
     router_function = app.function(
-        image=router_image(),
+        image=router_image(settings.router.upstream_ca_bundle),
         name=ROUTER_FUNCTION,
         secrets=[proxy_auth],
         env=frozen_all,

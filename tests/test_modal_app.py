@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from apps.modal_app import DATA_MOUNT, FROZEN_SETTINGS_ENV, build_fleet_app, current_settings
+from apps.modal_app import (
+    DATA_MOUNT,
+    FROZEN_SETTINGS_ENV,
+    ROUTER_CA_BUNDLE,
+    build_fleet_app,
+    current_settings,
+    router_settings_json,
+)
 from apps.modal_inspect import describe_app
 from apps.tabby_cmd import container_root
 from fleet.loading import load_settings
@@ -322,3 +329,21 @@ def test_gpu_fallback_lists_and_router_sizing_are_declared(tmp_path: Path) -> No
     assert (classes["router"]["cpu"], classes["router"]["memory"]) == (0.5, 1024)
     _, defaults = build(settings_from(tmp_path, THREE))
     assert (defaults["router"]["cpu"], defaults["router"]["memory"]) == (None, None)  # Modal's defaults
+
+
+def test_the_routers_ca_bundle_travels_in_its_image(tmp_path: Path) -> None:
+    """router.upstream_ca_bundle is a file on the deploying machine: the router image carries a copy and
+    the router's frozen settings name that copy, so its container does not fail at start."""
+    bundle = tmp_path / "private-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = settings_from(tmp_path, THREE + f'\n[router]\nupstream_ca_bundle = "{bundle}"\n')
+    _, classes = build(settings)
+    _, without = build(settings_from(tmp_path, THREE))
+    # Modal lists a copied local file as a "COPY . /" layer of its own (the file names are in its context).
+    assert classes["router"]["image"] == [*without["router"]["image"], "COPY . /"]
+    frozen = json.loads(router_settings_json(settings))
+    assert frozen["router"]["upstream_ca_bundle"] == ROUTER_CA_BUNDLE
+    assert frozen | {"router": None} == settings.model_dump(mode="json") | {"router": None}
+    assert json.loads(router_settings_json(settings_from(tmp_path, THREE))) == json.loads(
+        settings_from(tmp_path, THREE).model_dump_json()
+    )
