@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from apps.command import CliError, access_summary, load_for_command, text_table
+from apps.command import ADMIN_ENDPOINTS, CliError, access_summary, load_for_command, text_table
 from apps.status_cmd import add_status_command
 from apps.token_cmd import add_token_commands
 from fleet.errors import FleetError
@@ -179,7 +179,7 @@ def deploy_refusals(settings: FleetSettings, *, public: bool, no_admin: bool) ->
         )
     if not settings.router.admin_token_digests and not no_admin:
         refusals.append(
-            "no admin token is set: on Modal no client is local, so /metrics, /fleet/entries, /fleet/reload "
+            f"no admin token is set: on Modal no client is local, so {ADMIN_ENDPOINTS} "
             "and the details of /fleet/health would answer nobody. Add one (fleet token new --admin --label "
             "LABEL --write), or pass --no-admin to deploy without them"
         )
@@ -305,7 +305,7 @@ def up_banner(settings: FleetSettings, host: str, port: int, source: Path, tabby
     parts.append(f"Status page (admin): {base_url}/fleet/status; in a terminal: fleet status --url {base_url}")
     parts.append("Developers: <endpoint>/fleet/whoami shows the team, entry and chat a token selects, and why.")
     if settings.router.admin_token_digests:
-        parts.append("Admin endpoints (/fleet/entries, /fleet/reload, /metrics) need an admin token.")
+        parts.append(f"Admin endpoints ({ADMIN_ENDPOINTS}) need an admin token.")
     else:
         parts.append(
             "Admin endpoints answer local clients only: add an admin token (fleet token new --admin --label NAME)."

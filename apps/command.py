@@ -8,6 +8,9 @@ import sys
 from fleet.loading import env_warnings, load_settings
 from fleet.settings import FleetSettings, settings_warnings
 
+# What an admin token guards (with none set: answered to the router's own machine only).
+ADMIN_ENDPOINTS = "/fleet/entries, /fleet/usage, /fleet/status, /fleet/reload, /metrics"
+
 
 class CliError(Exception):
     """A refusal of the command line: one or more lines of advice, exit status 1."""
@@ -46,11 +49,11 @@ def access_summary(settings: FleetSettings) -> str:
     admins = len(settings.router.admin_token_digests)
     metrics = "; /metrics is public (router.metrics_public)" if settings.router.metrics_public else ""
     if admins:
-        guarded = f"/fleet/entries, /fleet/reload, /metrics{metrics}"
+        guarded = f"{ADMIN_ENDPOINTS}{metrics}"
         admin = f"admin: {admins} admin token{plural(admins)} guarding {guarded}"
     else:
         admin = (
-            "admin: no admin token - /fleet/entries, /fleet/reload and /metrics answer clients on the router's "
+            f"admin: no admin token - {ADMIN_ENDPOINTS} answer clients on the router's "
             f"own machine only (on Modal: nobody){metrics}"
         )
     return f"{auth}\n{admin}"

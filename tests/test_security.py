@@ -56,7 +56,7 @@ def get(fleet: RunningFleet, path: str, **headers: str) -> httpx.Response:
     return httpx.get(f"{fleet.base_url}{path}", headers=headers, timeout=10)
 
 
-@pytest.mark.parametrize("path", ["/fleet/entries", "/metrics"])
+@pytest.mark.parametrize("path", ["/fleet/entries", "/fleet/usage", "/metrics"])  # /fleet/status: test_status_page.py
 def test_admin_endpoints_need_the_admin_token(fleet: RunningFleet, path: str) -> None:
     missing = get(fleet, path)
     as_team = get(fleet, path, **TEAM_AUTH)
