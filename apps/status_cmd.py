@@ -10,7 +10,9 @@ router's own words).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import time
 from typing import Any
 
 from apps.command import CliError
@@ -18,7 +20,15 @@ from router.status_page import Table, price_note, status_facts, status_tables
 
 DEFAULT_URL = "http://127.0.0.1:8080"  # where `fleet up` listens unless told otherwise (--host, --port)
 TOKEN_ENV = "FLEET_ADMIN_TOKEN"
-TIMEOUT_SECONDS = 10.0
+TIMEOUT_SECONDS = 10.0  # to connect, and between two pieces of an answer
+DEADLINE_SECONDS = 30.0  # for all three answers: a body trickling in a byte at a time is not waited for
+MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a snapshot of a hundred teams on ten entries is a few hundred kB
+# What each answer holds (key -> type; the items of a dict or list are objects): anything else is not a router.
+SHAPES: dict[str, dict[str, type]] = {
+    "/fleet/usage": {"entries": dict, "teams": dict, "refusals": list},
+    "/fleet/health": {"entries": dict},
+    "/fleet/entries": {"entries": list},
+}
 MAKE_TOKEN = "fleet token new --admin --label NAME --write"
 
 
@@ -49,19 +59,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def fetch_status(url: str, token: str | None, since: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The usage snapshot, health and entries of the router at ``url``, or a CliError saying what to do."""
+def fetch_status(
+    url: str, token: str | None, since: str, *, deadline: float = DEADLINE_SECONDS
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The usage snapshot, health and entries of the router at ``url``, or a CliError saying what to do;
+    within ``deadline`` seconds (plus at most one TIMEOUT_SECONDS read) and MAX_ANSWER_BYTES an answer."""
     import httpx
 
     base = url.rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     answers = []
+    ends = time.monotonic() + deadline
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=TIMEOUT_SECONDS) as client:
             for path, params in (("/fleet/usage", {"since": since}), ("/fleet/health", {}), ("/fleet/entries", {})):
-                answer = client.get(path, params=params)
-                _check(answer, base, token, since)
-                answers.append(answer.json())
+                with client.stream("GET", path, params=params) as answer:
+                    body = _read(answer.iter_bytes(), base, path, ends, deadline)
+                answers.append(_check(answer, body, base, token, since))
+    except httpx.TimeoutException:
+        raise CliError(
+            f"the router at {base} took longer than {TIMEOUT_SECONDS:g} s to answer.",
+            "Is it busy or stuck? Try again, or look at its log.",
+        ) from None
     except (httpx.TransportError, httpx.InvalidURL) as exc:
         raise CliError(
             f"cannot reach a router at {base} ({exc or type(exc).__name__}).",
@@ -72,12 +91,37 @@ def fetch_status(url: str, token: str | None, since: str) -> tuple[dict[str, Any
     return usage, health, entries
 
 
-def _check(response: Any, base: str, token: str | None, since: str) -> None:
-    """Raise CliError with advice unless ``response`` is a 200 with a JSON body."""
+def _read(chunks: Any, base: str, path: str, ends: float, deadline: float) -> bytes:
+    """An answer's body, unless it takes past ``ends`` or grows past MAX_ANSWER_BYTES (CliError)."""
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise CliError(
+                f"{base} answered {path} with more than {MAX_ANSWER_BYTES // 2**20} MB, larger than any "
+                f"router's answer: is --url a tabby-fleet router's URL?"
+            )
+        if time.monotonic() > ends:
+            raise CliError(
+                f"{base} took longer than {deadline:g} s to answer {path}: is it a tabby-fleet router, and not "
+                f"stuck? Try again, or look at its log."
+            )
+    return bytes(body)
+
+
+def _check(response: Any, body: bytes, base: str, token: str | None, since: str) -> dict[str, Any]:
+    """The JSON of a 200 answer of a router's shape, else CliError with advice."""
     path = response.request.url.path
-    code, message = _error(response)
+    code, message = _error(body)
     if response.status_code == 200 and code != "not-json":
-        return
+        answer = json.loads(body)
+        if not _router_shaped(answer, SHAPES.get(path, {})):
+            raise CliError(
+                f"{base} answered {path} with JSON that is not a tabby-fleet router's: is --url the router's "
+                f"URL (where `fleet up` listens, or the Modal router's URL)? (its answer: "
+                f"{body[:200].decode(errors='replace')})"
+            )
+        return dict(answer)
     if response.status_code == 401:
         raise CliError(
             f"the router at {base} wants an admin token for {path}.",
@@ -102,12 +146,24 @@ def _check(response: Any, base: str, token: str | None, since: str) -> None:
     raise CliError(f"the router at {base} answered {path} with HTTP {response.status_code} ({code}): {message}")
 
 
-def _error(response: Any) -> tuple[str, str]:
+def _router_shaped(answer: Any, shape: dict[str, type]) -> bool:
+    if not isinstance(answer, dict):
+        return False
+    for key, kind in shape.items():
+        value = answer.get(key)
+        if not isinstance(value, kind):
+            return False
+        if not all(isinstance(item, dict) for item in (value.values() if isinstance(value, dict) else value)):
+            return False
+    return True
+
+
+def _error(raw: bytes) -> tuple[str, str]:
     """The error code and message of a router answer; ("not-json", the text) when it is not JSON."""
     try:
-        body = response.json()
+        body = json.loads(raw)
     except ValueError:
-        return "not-json", response.text[:300] or "(empty body)"
+        return "not-json", raw[:300].decode(errors="replace") or "(empty body)"
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         return str(error.get("code", "")), str(error.get("message", ""))

@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from router.usage import LATENCY_STEPS, Cell, EntryCell, Usage
+from router.usage import LATENCY_STEPS, EntryCell, Usage
 
 log = logging.getLogger("tabby_fleet.access")
 
@@ -223,7 +223,10 @@ _REQUEST_INDEX = {k: 6 * k + 3 * LATENCY_STEPS for k in REQUEST_SECONDS_BOUNDS} 
 class _UsageCollector:
     """Usage's lifetime totals as Prometheus counters, read at scrape time (after a fresh sample).
 
-    Labels come from settings only: a team or entry no longer in them is reported as "-"."""
+    Each count keeps the labels it was counted under: the team and entry named in the settings then (or "-"),
+    the entry that served a fallback, the GPU the entry ran on. A reload that removes or changes one leaves
+    its series as they were, so no counter ever moves between label sets (a phantom increase in one, a
+    reset in the other). The label sets stay bounded: every name comes from some settings, never a client."""
 
     def __init__(self, usage: Usage, read: Callable[[], dict[str, dict[str, Any]]]) -> None:
         self._usage = usage
@@ -233,11 +236,6 @@ class _UsageCollector:
         usage = self._usage
         usage.sample(self._read())
         cells, entry_cells = usage.lifetime()
-        teams, entries = set(usage.teams), set(usage.entries)
-        merged: dict[tuple[str, str], Cell] = {}
-        for (team, entry), cell in cells.items():
-            key = (team if team in teams else "-", entry if entry in entries else "-")
-            (merged.get(key) or merged.setdefault(key, Cell())).add(cell)
         pair = ["team", "entry"]
         completions = CounterMetricFamily("fleet_completions", "Completions answered 2xx", labels=pair)
         events = CounterMetricFamily(
@@ -256,14 +254,15 @@ class _UsageCollector:
             labels=[*pair, "fallback"],
         )  # fmt: skip
         busy = CounterMetricFamily("fleet_busy_seconds", "Upstream seconds of the requests served", labels=pair)
-        for (team, entry), cell in sorted(merged.items()):
+        for (team, entry), cell in sorted(cells.items()):
             labels = [team, entry]
             completions.add_metric(labels, cell.completions)
             for kind, count in (("view", cell.views), ("select", cell.selects), ("dismiss", cell.dismisses)):
                 events.add_metric([*labels, kind], count)
             latency.add_metric(labels, _cumulative(cell.latency), cell.latency_seconds)
             cold_waits.add_metric(labels, cell.cold_waits)
-            fallbacks.add_metric([*labels, usage.fallbacks.get(entry, "-")], cell.fallbacks)
+            for fallback, count in sorted((cell.served_by or {usage.fallbacks.get(entry, "-"): 0}).items()):
+                fallbacks.add_metric([*labels, fallback], count)
             busy.add_metric(labels, cell.busy_seconds)
         containers = CounterMetricFamily(
             "fleet_container_seconds", "Container (local: process) seconds per entry", labels=["entry"]
@@ -274,16 +273,18 @@ class _UsageCollector:
         )  # fmt: skip
         price = GaugeMetricFamily("fleet_gpu_price_per_hour", "Price of one GPU-hour ([prices])", labels=["gpu"])
         cost = CounterMetricFamily("fleet_cost", "Container time x the entry's hourly price", labels=["entry"])
-        priced: set[str] = set()
-        for entry, pricing in sorted(usage.pricing.items()):
+        for entry in sorted(usage.pricing.keys() | entry_cells.keys()):  # a removed entry's series stay
             entry_cell = entry_cells.get(entry) or EntryCell()
+            pricing = usage.pricing.get(entry)
             containers.add_metric([entry], entry_cell.container_seconds)
-            gpu_seconds.add_metric([entry, pricing.gpu_type], entry_cell.container_seconds * pricing.gpu_count)
-            if pricing.per_gpu_hour is not None:
+            gpus = entry_cell.gpu_seconds or ({pricing.gpu_type: 0.0} if pricing else {})
+            for gpu, seconds in sorted(gpus.items()):
+                gpu_seconds.add_metric([entry, gpu], seconds)
+            if entry_cell.cost or (pricing and pricing.per_gpu_hour is not None):
                 cost.add_metric([entry], entry_cell.cost)
-                if pricing.gpu_type not in priced:
-                    priced.add(pricing.gpu_type)
-                    price.add_metric([pricing.gpu_type], pricing.per_gpu_hour)
+        for gpu, per_gpu_hour in sorted({p.gpu_type: p.per_gpu_hour for p in usage.pricing.values()}.items()):
+            if per_gpu_hour is not None:
+                price.add_metric([gpu], per_gpu_hour)
         yield from (completions, events, latency, cold_waits, fallbacks, busy, containers, gpu_seconds, price, cost)
 
     def describe(self) -> list[Metric]:

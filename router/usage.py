@@ -7,11 +7,12 @@ Per router process, per ``BUCKET_SECONDS`` bucket, kept for ``RETENTION``:
   view/select/dismiss events, a latency histogram of completions, cold waits, fallbacks, refusals by
   code and busy (upstream) seconds;
 - per entry, from a sampler reading ``Backends.status()`` every ``SAMPLE_SECONDS``
-  (:meth:`Usage.sample`): container-seconds and cold starts.
+  (:meth:`Usage.sample`): container-seconds and cold starts, and their GPU-seconds and cost at the
+  settings of the time (a reload that changes or removes an entry does not rewrite what it cost).
 
 :meth:`Usage.snapshot` sums the buckets since a time into the JSON of /fleet/usage (the schema is in
-docs/OPERATIONS.md, "Usage and cost"), with GPU-seconds and cost from the settings' price table; a
-team's share of an entry's cost is its share of that entry's busy seconds. Lifetime totals (merged as
+docs/OPERATIONS.md, "Usage and cost"); a team's share of an entry's cost is its share of that entry's
+busy seconds. Lifetime totals (merged as
 each bucket closes, so they never decrease when old buckets are dropped) feed the Prometheus series.
 
 Everything here is an estimate kept in one process: lost on restart, and with several router
@@ -91,7 +92,7 @@ class Cell:
     """One (team, entry)'s counts in one bucket (or summed over many)."""
 
     __slots__ = ("busy_seconds", "chats", "cold_waits", "completions", "dismisses", "fallbacks", "latency",
-                 "latency_seconds", "refusals", "requests", "selects", "views")  # fmt: skip
+                 "latency_seconds", "refusals", "requests", "selects", "served_by", "views")  # fmt: skip
 
     def __init__(self) -> None:
         self.requests = self.completions = self.chats = 0
@@ -100,6 +101,7 @@ class Cell:
         self.busy_seconds = self.latency_seconds = 0.0
         self.latency: dict[int, int] = {}  # latency_index -> completions
         self.refusals: dict[str, int] = {}  # error code -> refusals
+        self.served_by: dict[str, int] = {}  # the entry that served this one's fallbacks -> how many
 
     def add(self, other: Cell) -> None:
         self.requests += other.requests
@@ -116,22 +118,36 @@ class Cell:
             self.latency[index] = self.latency.get(index, 0) + count
         for code, count in other.refusals.items():
             self.refusals[code] = self.refusals.get(code, 0) + count
+        for entry, count in other.served_by.items():
+            self.served_by[entry] = self.served_by.get(entry, 0) + count
 
 
 class EntryCell:
-    """One entry's containers in one bucket (or summed)."""
+    """One entry's containers in one bucket (or summed): GPU-seconds and cost at the settings of the time,
+    so a reload that changes or removes the entry leaves what was counted as it was."""
 
-    __slots__ = ("cold_starts", "container_seconds", "cost")
+    __slots__ = ("cold_starts", "container_seconds", "cost", "gpu_seconds", "unpriced_seconds")
 
     def __init__(self) -> None:
         self.container_seconds = 0.0
         self.cold_starts = 0
-        self.cost = 0.0  # at the price of the time (lifetime totals only: Prometheus' fleet_cost_total)
+        self.cost = 0.0  # the priced seconds at the price of the time
+        self.unpriced_seconds = 0.0  # container seconds on a GPU without a price
+        self.gpu_seconds: dict[str, float] = {}  # GPU type -> container seconds x GPUs per container
 
     def add(self, other: EntryCell) -> None:
         self.container_seconds += other.container_seconds
         self.cold_starts += other.cold_starts
         self.cost += other.cost
+        self.unpriced_seconds += other.unpriced_seconds
+        for gpu, seconds in other.gpu_seconds.items():
+            self.gpu_seconds[gpu] = self.gpu_seconds.get(gpu, 0.0) + seconds
+
+    def window_cost(self, pricing: Pricing | None) -> float | None:
+        """What the time cost; None when some of it ran without a price (or none ran and there is none)."""
+        if self.unpriced_seconds or (not self.container_seconds and (pricing is None or pricing.hourly is None)):
+            return None
+        return self.cost
 
 
 class Bucket:
@@ -267,6 +283,7 @@ class Usage:
             key = (record.team, record.fallback_from)
             cell = bucket.cells.get(key) or bucket.cells.setdefault(key, Cell())
             cell.fallbacks += 1
+            cell.served_by[record.entry] = cell.served_by.get(record.entry, 0) + 1
         if record.start_seconds:
             cell.cold_waits += 1
 
@@ -331,8 +348,13 @@ class Usage:
                 cell = bucket.entry(name)
                 cell.container_seconds += seconds
                 cell.cold_starts += cold_starts
-                if pricing.hourly is not None:
-                    cell.cost += seconds / 3600 * pricing.hourly
+                if seconds:
+                    gpu_seconds = cell.gpu_seconds
+                    gpu_seconds[pricing.gpu_type] = gpu_seconds.get(pricing.gpu_type, 0.0) + seconds * pricing.gpu_count
+                    if pricing.hourly is None:
+                        cell.unpriced_seconds += seconds
+                    else:
+                        cell.cost += seconds / 3600 * pricing.hourly
 
     async def run_sampler(self, read: Callable[[], dict[str, dict[str, Any]]]) -> None:
         """Sample every SAMPLE_SECONDS until cancelled (the router's lifespan)."""
@@ -407,6 +429,8 @@ class Usage:
         for (_, entry), cell in cells.items():
             if entry != "-":
                 (by_entry.get(entry) or by_entry.setdefault(entry, Cell())).add(cell)
+        for name in entry_cells:  # an entry a reload removed still ran (and cost) in the window
+            by_entry.setdefault(name, Cell())
         entries = {}
         costs = {}
         for name, cell in by_entry.items():
@@ -414,7 +438,7 @@ class Usage:
             containers_cell = entry_cells.get(name) or EntryCell()
             state = status.get(name, {})
             seconds = containers_cell.container_seconds
-            cost = _cost(seconds, pricing)
+            cost = containers_cell.window_cost(pricing)
             costs[name] = (cost, cell.busy_seconds)
             entries[name] = {
                 "gpu": pricing.gpu if pricing else None,
@@ -428,7 +452,7 @@ class Usage:
                 "refusals": dict(cell.refusals),
                 "busy_seconds": round(cell.busy_seconds, 3),
                 "container_seconds": round(seconds, 3),
-                "gpu_seconds": round(seconds * pricing.gpu_count, 3) if pricing else 0.0,
+                "gpu_seconds": round(sum(containers_cell.gpu_seconds.values()), 3),
                 "cost": _round_cost(cost),
                 # The cost of container time while the entry served nothing in the window: no team's.
                 "unattributed_cost": _round_cost(cost) if cost is None or not cell.busy_seconds else 0.0,
@@ -489,12 +513,6 @@ def _counts(cell: Cell) -> dict[str, Any]:
         "acceptance_rate": round(cell.selects / cell.views, 4) if cell.views else None,
         "latency_ms": _percentiles(cell.latency),
     }  # fmt: skip
-
-
-def _cost(container_seconds: float, pricing: Pricing | None) -> float | None:
-    if pricing is None or pricing.hourly is None:
-        return None
-    return container_seconds / 3600 * pricing.hourly
 
 
 def _round_cost(cost: float | None) -> float | None:

@@ -1,0 +1,189 @@
+"""Attacks on usage, cost and the status (issue 11, parts 2 and 3): what a reload, a hostile client or a
+router that is not one does to /fleet/usage, the Prometheus series and `fleet status`.
+
+Usage runs with an injected clock (only clocks are faked); `fleet status` talks to real sockets: a raw
+HTTP server (tests/rude_backend.py) that answers like something that is not a router."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from apps.command import CliError
+from apps.status_cmd import fetch_status
+from fleet.settings import FleetSettings
+from router.observe import Observer, RequestRecord
+from router.usage import Usage, parse_since
+
+from .rude_backend import Connection, Request, head, ok, rude_backend
+
+T0 = 1_800_000_000.0  # a bucket boundary
+H100_HOURLY = 3.9492
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _settings(
+    *, teams: tuple[str, ...] = ("alpha", "beta"), large: str | None = "H100:2", fallback: str = "small"
+) -> FleetSettings:
+    entries: list[dict[str, Any]] = [{"name": "small", "model": "TabbyML/StarCoder-1B", "gpu": "L4"}]
+    entries.append({"name": "medium", "model": "TabbyML/StarCoder-3B", "gpu": "L4"})
+    if large is not None:
+        entries.append({"name": "large", "model": "TabbyML/StarCoder-7B", "gpu": large, "fallback": fallback})
+    return FleetSettings.model_validate(
+        {"entries": entries, "teams": [{"name": team, "entry": "small"} for team in teams]}
+    )
+
+
+def _record(team: str, entry: str, **facts: Any) -> RequestRecord:
+    record = RequestRecord("id", "POST", "/v1/completions")
+    record.team, record.entry, record.kind, record.status = team, entry, "completion", 200
+    for name, value in facts.items():
+        setattr(record, name, value)
+    return record
+
+
+def _series(observer: Observer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every usage sample /metrics exposes (parsed as Prometheus parses it), by name and labels."""
+    text = generate_latest(observer.registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.name.startswith(("fleet_requests", "fleet_in_flight", "fleet_queued", "fleet_backend"))
+    }
+
+
+# --- Prometheus: a counter never moves to other labels ------------------------------------------------
+
+
+def test_a_reload_leaves_every_usage_series_where_it_was_counted() -> None:
+    """Before: a reload that removed team beta moved its counts to team "-" (a phantom jump there, and a
+    drop, read as a counter reset, if beta came back), and one that changed large's fallback relabelled
+    the fallbacks already counted with the new fallback; a changed GPU count rescaled past GPU-seconds."""
+    clock = Clock()
+    usage = Usage(_settings(), clock=clock)
+    observer = Observer(usage)
+    status = {"large": {"containers": 1}}
+    observer.watch_usage(usage, lambda: status)
+    usage.sample(status)
+    usage.observe(_record("beta", "small", fallback_from="large", start_seconds=1.0, upstream_seconds=0.2), 1.2)
+    usage.observe(_record("beta", "large", upstream_seconds=0.3), 0.3)
+    clock.now += 600
+    before = _series(observer)
+    assert before[("fleet_fallbacks_total", (("entry", "large"), ("fallback", "small"), ("team", "beta")))] == 1
+    assert before[("fleet_gpu_seconds_total", (("entry", "large"), ("gpu", "H100")))] == pytest.approx(1200)
+
+    for settings in (_settings(teams=("alpha",), large="H100:4", fallback="medium"), _settings()):
+        usage.configure(settings)  # beta removed, large on 4 GPUs falling back to medium; then as before
+        after = _series(observer)
+        moved = {key: (value, after.get(key)) for key, value in before.items() if after.get(key) != value}
+        assert not moved, (
+            f"{len(moved)} series changed without traffic after a reload, e.g. {sorted(moved.items())[:3]}"
+        )
+        assert not any(dict(labels).get("team") == "-" for _, labels in after)
+        assert not any(dict(labels).get("fallback") == "medium" and value for (_, labels), value in after.items())
+
+
+# --- the window's cost after a reload -----------------------------------------------------------------
+
+
+def test_a_reload_that_removes_an_entry_keeps_what_its_time_cost() -> None:
+    """Before: an entry a reload removed lost its price, so the hour it ran read "unknown" (its GPU-seconds
+    0), or vanished from the snapshot when it had served nothing; a changed price rewrote past costs."""
+    clock = Clock()
+    usage = Usage(_settings(), clock=clock)
+    usage.sample({"large": {"containers": 1}, "medium": {"containers": 1}})
+    clock.now += 3600
+    usage.observe(_record("beta", "large", upstream_seconds=1.0), 1.0)
+    usage.sample({"large": {"containers": 0}, "medium": {"containers": 0}})
+    usage.configure(
+        FleetSettings.model_validate(
+            {
+                "entries": [
+                    {"name": "small", "model": "TabbyML/StarCoder-1B", "gpu": "L4"},
+                    {"name": "medium", "model": "TabbyML/StarCoder-3B", "gpu": "H200"},  # no price now
+                ],
+                "teams": [{"name": "alpha", "entry": "small"}],
+            }
+        )
+    )
+    snapshot = usage.snapshot(parse_since("2h", datetime.fromtimestamp(clock.now, UTC)), {})
+    large, medium = snapshot["entries"]["large"], snapshot["entries"]["medium"]
+    assert large["cost"] == pytest.approx(2 * H100_HOURLY, rel=1e-6) and large["gpu_seconds"] == pytest.approx(7200)
+    assert snapshot["teams"]["beta"]["cost"] == pytest.approx(2 * H100_HOURLY, rel=1e-6)
+    assert medium["container_seconds"] == pytest.approx(3600) and medium["cost"] == pytest.approx(0.7992, rel=1e-6)
+
+
+# --- fleet status against something that is not a router ----------------------------------------------
+
+
+def _answering(body: bytes, content_type: str = "application/json") -> Any:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request, conn: Connection
+    ) -> bool:
+        writer.write(ok(body, content_type))
+        return True
+
+    return handler
+
+
+@pytest.mark.parametrize("body", [b"[1, 2, 3]", b'"text"', b'{"entries": [1], "teams": 5}', b"null"])
+def test_fleet_status_says_json_of_another_shape_is_not_a_router(body: bytes) -> None:
+    """Before: a JSON answer that was not an object of the router's shape ended `fleet status` in a traceback
+    (AttributeError: 'list' object has no attribute 'get')."""
+    with rude_backend(_answering(body)) as server, pytest.raises(CliError) as refused:
+        fetch_status(server.url, None, "today")
+    assert "tabby-fleet router" in str(refused.value)
+
+
+async def _trickle(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request, conn: Connection
+) -> bool:
+    writer.write(head(200, ("content-type", "application/json"), ("content-length", 10_000)))
+    for _ in range(200):  # a byte every 0.1 s: never a read timeout, 20 s in all
+        writer.write(b" ")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _flood(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: Request, conn: Connection
+) -> bool:
+    writer.write(head(200, ("content-type", "application/json"), ("transfer-encoding", "chunked")))
+    piece = b"[" + b"1," * 512 * 1024  # 1 MiB
+    for _ in range(1024):  # a GiB, unless the client stops reading
+        writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await writer.drain()
+    return False
+
+
+def test_fleet_status_gives_up_on_a_slow_answer_within_its_deadline() -> None:
+    """Before: httpx's timeout bounds each read, not the answer, so a body trickling a byte at a time held
+    `fleet status` for as long as the server liked."""
+    with rude_backend(_trickle) as server:
+        started = time.monotonic()
+        with pytest.raises(CliError) as refused:
+            fetch_status(server.url, None, "today", deadline=2.0)
+        assert time.monotonic() - started < 8
+    assert "took longer than" in str(refused.value)
+
+
+def test_fleet_status_stops_reading_an_answer_too_large_to_be_a_routers() -> None:
+    """Before: the whole body was read into memory (a GiB answer: a GiB of memory, then a JSON error)."""
+    with rude_backend(_flood) as server, pytest.raises(CliError) as refused:
+        fetch_status(server.url, None, "today")
+    assert "larger than" in str(refused.value)
