@@ -143,8 +143,8 @@ class LocalBackend:
             raise FleetError(502, "backend-failed", f"entry {self.entry.name!r} did not start")
         return self.url
 
-    async def _start(self) -> None:
-        self.state = "starting"
+    async def _spawn(self) -> None:
+        """Make the entry's folder and run its process (self.process); raises OSError if either fails."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         if self.tabby_bin:
@@ -155,7 +155,6 @@ class LocalBackend:
         else:
             argv = standin_argv(self.entry, port=self.port, host=HOST)
         env = {**os.environ, **tabby_env(self.root)}
-        started = time.monotonic()
         with self.log_path.open("ab") as log_file:
             log_file.write(f"\n--- starting: {' '.join(argv)}\n".encode())
             log_file.flush()
@@ -167,6 +166,15 @@ class LocalBackend:
                 env=env,
                 preexec_fn=_die_with_parent,
             )
+
+    async def _start(self) -> None:
+        self.state = "starting"
+        started = time.monotonic()
+        try:
+            await self._spawn()
+        except OSError as exc:  # no process at all (data_dir not writable, binary not runnable): failed, not starting
+            reason = f"could not start {self.kind}: {exc}"
+            raise self._failed(reason, reason, "Fix data_dir or tabby_bin") from None
         self.starts += 1
         self._stopping = False
         process = self.process
@@ -181,16 +189,8 @@ class LocalBackend:
         except (TimeoutError, _StartFailed) as exc:
             reason = str(exc) or f"did not open its port within startup_timeout={self.entry.startup_timeout}s"
             await self._terminate(process)
-            self.state = "failed"
-            self.last_error = f"{reason}; log: {self.log_path}\n{_tail(self.log_path)}"
-            log.error("entry %s: start failed: %s", self.entry.name, self.last_error)
-            raise FleetError(
-                502,
-                "backend-failed",
-                f"entry {self.entry.name!r} failed to start: {reason}. See {self.log_path}; "
-                f"the next request tries again",
-                retry_after=START_RETRY_AFTER,
-            ) from None
+            detail = f"{reason}; log: {self.log_path}\n{_tail(self.log_path)}"
+            raise self._failed(reason, detail, f"See {self.log_path}") from None
         except asyncio.CancelledError:
             await self._terminate(process)
             self.state = "cold"
@@ -201,6 +201,18 @@ class LocalBackend:
         self.start_seconds += self.last_used - started
         self._watcher = asyncio.create_task(self._watch(process), name=f"watch-{self.entry.name}")
         log.info("entry %s: ready in %.2fs at %s", self.entry.name, time.monotonic() - started, self.url)
+
+    def _failed(self, reason: str, detail: str, advice: str) -> FleetError:
+        """Mark the start failed (``detail`` becomes last_error, and is logged); the 502 a request gets."""
+        self.state = "failed"
+        self.last_error = detail
+        log.error("entry %s: start failed: %s", self.entry.name, detail)
+        return FleetError(
+            502,
+            "backend-failed",
+            f"entry {self.entry.name!r} failed to start: {reason}. {advice}; the next request tries again",
+            retry_after=START_RETRY_AFTER,
+        )
 
     async def _watch(self, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()

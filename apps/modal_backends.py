@@ -42,6 +42,7 @@ STATS_STALE_AFTER = 4 * STATS_INTERVAL
 # completion tries again. Each wake may start a GPU container, so failures do not loop faster than this.
 WAKE_RETRY_SECONDS = 30.0
 WAKE_PATH = "/v1/health"  # no model work, and Modal starts a container to answer it
+WAKE_BODY_LIMIT = 64 * 1024  # a health answer is a few hundred bytes; reading stops after this much
 
 UrlLookup = Callable[[Entry], str]
 
@@ -294,14 +295,22 @@ class ModalBackends:
         )
         problem: str | None = None
         try:
-            response = await self._client.request(upstream, "GET", WAKE_PATH, [], b"")
-            try:
-                async for _ in response.chunks():
-                    pass
-            finally:
-                response.close()
+            # One deadline for the whole wake, redirects and body included: each 303 hop would otherwise
+            # get its own first-byte timeout, and a body that trickles for ever would keep it "starting".
+            async with asyncio.timeout(entry.startup_timeout):
+                response = await self._client.request(upstream, "GET", WAKE_PATH, [], b"")
+                try:
+                    read = 0
+                    async for chunk, _ in response.chunks():
+                        read += len(chunk)
+                        if read > WAKE_BODY_LIMIT:
+                            break  # the status says it is awake; the rest of a huge answer is not needed
+                finally:
+                    response.close()
             if response.status != 200:
                 problem = f"answered {response.status}"
+        except TimeoutError:
+            problem = "had no whole answer within startup_timeout"
         except UpstreamError as exc:
             problem = f"failed: {exc}"
         except Exception as exc:  # anything else is a failed wake too, reported the same way

@@ -30,7 +30,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any, NamedTuple
 
 from fleet.errors import FleetError
@@ -254,30 +254,35 @@ class Proxy:
                 return
             await self._forward(scope, receive, send, route, head.forwarded, body, record, advert)
             return
-        if route.entry in state.cold_plans:
-            route = await self._cold_route(state, route, record)
+        # The team's limits first: a team over its rate is told at once, not after a cold wait.
         limiter = state.limiters.get(route.team) if route.team else None
-        gate = state.gates[route.entry]
-        try:
-            if limiter is not None:
+        if limiter is not None:
+            try:
                 limiter.acquire()
+            except FleetError as error:
+                await _refuse(send, error, record, route.entry)
+                return
+        try:
+            if route.entry in state.cold_plans:
+                cold = await self._cold_route(state, route, record, receive)
+                if cold is None:  # the client left while it waited
+                    return
+                route = cold
+            gate = state.gates[route.entry]
             try:
                 waited = await gate.acquire()
-            except BaseException:
-                if limiter is not None:
-                    limiter.release()
-                raise
-        except FleetError as error:
-            if isinstance(error, EntryBusy):
-                record.queue_seconds = error.waited
-            await _refuse(send, error, record, route.entry)
-            return
-        if waited:
-            record.queue_seconds = waited
-        try:
-            await self._forward(scope, receive, send, route, head.forwarded, body, record, None)
+            except FleetError as error:
+                if isinstance(error, EntryBusy):
+                    record.queue_seconds = error.waited
+                await _refuse(send, error, record, route.entry)
+                return
+            if waited:
+                record.queue_seconds = waited
+            try:
+                await self._forward(scope, receive, send, route, head.forwarded, body, record, None)
+            finally:
+                gate.release()
         finally:
-            gate.release()
             if limiter is not None:
                 limiter.release()
 
@@ -316,9 +321,12 @@ class Proxy:
             self.backends.warm(plan.fallback)
         return self.backends.warm(entry)
 
-    async def _cold_route(self, state: ProxyState, route: Route, record: RequestRecord) -> Route:
+    async def _cold_route(
+        self, state: ProxyState, route: Route, record: RequestRecord, receive: Receive
+    ) -> Route | None:
         """The route to serve: the asked-for entry once ready (waiting up to its cold_wait), else its
-        fallback when that is ready and the team may use it. The asked-for entry keeps starting."""
+        fallback when that is ready and the team may use it. The asked-for entry keeps starting.
+        None when the client disconnects during the wait (noticed at once: nothing is sent for it)."""
         plan = state.cold_plans[route.entry]
         backends = self.backends
         if backends.backend_state(route.entry) == "ready" or (route.kind is CHAT and not plan.chat):
@@ -327,8 +335,11 @@ class Proxy:
             return route  # waits for its own entry, as without a fallback
         self._warm(state, route.entry)
         waiting = time.perf_counter()
-        ready = await backends.wait_ready(route.entry, plan.cold_wait)
+        ready = await _unless_client_leaves(receive, backends.wait_ready(route.entry, plan.cold_wait))
         record.start_seconds = time.perf_counter() - waiting
+        if ready is None:
+            record.status = CLIENT_LEFT
+            return None
         if ready or backends.backend_state(plan.fallback) != "ready":
             return route
         log.info("entry %s not ready after %gs: served by %s (id %s)", route.entry, plan.cold_wait, plan.fallback,
@@ -459,6 +470,24 @@ class Proxy:
         record.status = response.status
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _unless_client_leaves(receive: Receive, waiting: Coroutine[Any, Any, bool]) -> bool | None:
+    """``waiting``'s answer, or None as soon as the client disconnects (``waiting`` is then cancelled)."""
+
+    async def client_left() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    wait, watch = asyncio.ensure_future(waiting), asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait((wait, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        wait.cancel()
+        watch.cancel()
+    if watch.done() and not watch.cancelled():
+        return None
+    return wait.result()
 
 
 def _team_may_use(state: ProxyState, team: str | None, entry: str) -> bool:
