@@ -14,6 +14,7 @@ import json
 import os
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from apps.command import CliError
 from router.status_page import Table, price_note, status_facts, status_tables
@@ -66,7 +67,7 @@ def fetch_status(
     within ``deadline`` seconds (plus at most one TIMEOUT_SECONDS read) and MAX_ANSWER_BYTES an answer."""
     import httpx
 
-    base = url.rstrip("/")
+    base = router_base(url)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     answers = []
     ends = time.monotonic() + deadline
@@ -82,6 +83,11 @@ def fetch_status(
             "Is it busy or stuck? Try again, or look at its log.",
         ) from None
     except (httpx.TransportError, httpx.InvalidURL) as exc:
+        if base.startswith("https://") and "SSL" in str(exc):
+            raise CliError(
+                f"{base} does not answer TLS ({exc}).",
+                f"If it is `fleet up`'s router, it serves plain HTTP: --url http://{base.removeprefix('https://')}",
+            ) from None
         raise CliError(
             f"cannot reach a router at {base} ({exc or type(exc).__name__}).",
             f"Is it running? Start one with `fleet up` (it listens on {DEFAULT_URL}), or pass --url with "
@@ -89,6 +95,21 @@ def fetch_status(
         ) from None
     usage, health, entries = answers
     return usage, health, entries
+
+
+def router_base(url: str) -> str:
+    """The router's address from --url (scheme, host, port; a path only where a proxy serves the router
+    under one), or a CliError showing how to write it."""
+    base = url.strip().rstrip("/")
+    if "://" not in base:
+        raise CliError(f"--url {url!r} has no scheme: write http://{base} (fleet up) or https://... (a Modal router).")
+    parts = urlsplit(base)
+    if parts.query or parts.fragment:
+        raise CliError(
+            f"--url {url!r} has a query or fragment: give the router's address alone, e.g. "
+            f"--url {parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        )
+    return base
 
 
 def _read(chunks: Any, base: str, path: str, ends: float, deadline: float) -> bytes:
@@ -138,6 +159,14 @@ def _check(response: Any, body: bytes, base: str, token: str | None, since: str)
         raise CliError(f"the router at {base} refused {path} ({code}): {message}", f"Fix: {fix}")
     if code == "bad-since":
         raise CliError(f"--since {since!r} is not a window the router understands: {message}")
+    prefix = urlsplit(base).path
+    if response.status_code == 404 and prefix and code == "unknown-path":
+        address = base.removesuffix(prefix)
+        raise CliError(
+            f"{base} is not the router's address ({address} answered {path} with 404).",
+            f"Pass the router's address alone: --url {address} (with a path only where a proxy serves the router "
+            f"under one).",
+        )
     if response.status_code == 404 and path == "/fleet/usage":
         raise CliError(
             f"{base} has no /fleet/usage: is it a tabby-fleet router, and one recent enough to count usage? "

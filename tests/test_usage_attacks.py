@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from fleet.settings import FleetSettings
 from router.observe import Observer, RequestRecord
 from router.usage import Usage, parse_since
 
+from .fleetproc import run_fleet
 from .rude_backend import Connection, Request, head, ok, rude_backend
 
 T0 = 1_800_000_000.0  # a bucket boundary
@@ -187,3 +189,23 @@ def test_fleet_status_stops_reading_an_answer_too_large_to_be_a_routers() -> Non
     with rude_backend(_flood) as server, pytest.raises(CliError) as refused:
         fetch_status(server.url, None, "today")
     assert "larger than" in str(refused.value)
+
+
+def test_fleet_status_explains_a_url_that_is_not_the_routers_address(tmp_path: Path) -> None:
+    """Before: the status page's own URL (`fleet up`'s banner names it) as --url was a 404 about
+    '/fleet/status/fleet/usage'; a URL without http:// and an https URL to fleet up's plain HTTP port
+    asked whether the router was running; a query string made the requests go to '/'."""
+    with run_fleet(tmp_path, '[[entries]]\nname = "small"\nmodel = "TabbyML/StarCoder-1B"\n') as fleet:
+        base = fleet.base_url
+        address = base.removeprefix("http://")
+        for url, advice in (
+            (f"{base}/fleet/status", f"--url {base}"),
+            (address, f"http://{address}"),
+            (f"https://{address}", f"--url http://{address}"),
+            (f"{base}?since=today", f"--url {base}"),
+        ):
+            with pytest.raises(CliError) as refused:
+                fetch_status(url, None, "today")
+            assert advice in str(refused.value), (url, str(refused.value))
+            assert "Is it running" not in str(refused.value)
+        assert set(fetch_status(f"{base}/", None, "today")[0]["entries"]) == {"small"}
