@@ -289,8 +289,11 @@ def create_app(
         try:
             proxy.state.admin.require(request)
         except FleetError as error:
-            challenge = {"WWW-Authenticate": BASIC_CHALLENGE} if error.status == 401 else {}
-            return HTMLResponse(render_refusal(error.status, error.code, error.message), error.status, challenge)
+            # A token refused is a 401 here too (RFC 9110 11.6.1): a browser asks for a login only on a 401,
+            # so after a 403 it would keep sending a mistyped one until restarted.
+            status = 401 if error.code == "admin-token-invalid" else error.status
+            challenge = {"WWW-Authenticate": BASIC_CHALLENGE} if status == 401 else {}
+            return HTMLResponse(render_refusal(status, error.code, error.message), status, challenge)
         health = (await fleet_health(request)).model_dump(exclude_none=True)
         snapshot = usage_snapshot(parse_since("today", datetime.now(UTC)))
         page = render_status(snapshot, health, proxy.state.settings)

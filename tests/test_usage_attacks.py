@@ -7,6 +7,8 @@ HTTP server (tests/rude_backend.py) that answers like something that is not a ro
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -209,3 +211,29 @@ def test_fleet_status_explains_a_url_that_is_not_the_routers_address(tmp_path: P
             assert advice in str(refused.value), (url, str(refused.value))
             assert "Is it running" not in str(refused.value)
         assert set(fetch_status(f"{base}/", None, "today")[0]["entries"]) == {"small"}
+
+
+ADMIN = "tfa_attacks-admin"
+GUARDED = f"""
+[router]
+admin_token_sha256 = ["{hashlib.sha256(ADMIN.encode()).hexdigest()}"]
+
+[[entries]]
+name = "small"
+model = "TabbyML/StarCoder-1B"
+"""
+
+
+def test_a_mistyped_login_on_the_status_page_lets_the_browser_ask_again(tmp_path: Path) -> None:
+    """Before: a wrong admin token typed into the browser's login was a 403 without a challenge; a browser
+    then keeps sending the login it has (it asks only on a 401), so one typo locked the page until the
+    browser was restarted. RFC 9110 11.6.1: a 401 also means "these credentials were refused"."""
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"admin:tfa_typo").decode()}
+    with run_fleet(tmp_path, GUARDED) as fleet, fleet.client() as client:
+        page = client.get("/fleet/status", headers=wrong)
+        assert page.status_code == 401 and page.headers["www-authenticate"] == 'Basic realm="tabby-fleet"'
+        assert "admin-token-invalid" in page.text and "admin token as the password" in page.text
+        api = client.get("/fleet/usage", headers=wrong)  # an API client is told the token is wrong, as before
+        assert api.status_code == 403 and api.json()["error"]["code"] == "admin-token-invalid"
+        right = {"Authorization": "Basic " + base64.b64encode(f"admin:{ADMIN}".encode()).decode()}
+        assert client.get("/fleet/status", headers=right).status_code == 200
