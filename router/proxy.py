@@ -42,7 +42,7 @@ from router.gate import EntryBusy, EntryGate, GateLimits
 from router.observe import CLIENT_LEFT, REQUEST_ID, Observer, RequestRecord, new_request_id
 from router.team_limits import TeamLimiter
 from router.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
-from router.usage import EVENT_TYPES, EVENTS, USAGE_PATHS, WHOAMI  # WHOAMI: /fleet/whoami's route label and kind
+from router.usage import EVENT_BODY_MAX, EVENT_TYPES, EVENTS, USAGE_PATHS, WHOAMI  # WHOAMI: whoami's route and kind
 
 log = logging.getLogger("tabby_fleet.proxy")
 
@@ -497,7 +497,9 @@ def _team_may_use(state: ProxyState, team: str | None, entry: str) -> bool:
 
 def _event_type(body: bytes) -> str | None:
     """The type of a POST /v1/events body (view, select, dismiss; a few hundred bytes), for usage counts;
-    None for anything else (not JSON, no string "type", another type)."""
+    None for anything else (not JSON, no string "type", another type, a body past EVENT_BODY_MAX)."""
+    if len(body) > EVENT_BODY_MAX:  # parsing it on the event loop would cost more than the event is worth
+        return None
     try:
         event = json.loads(body)
     except (ValueError, RecursionError):

@@ -54,6 +54,9 @@ WHOAMI = "whoami"  # /fleet/whoami: its route label in metrics and logs, and its
 USAGE_PATHS = {"/v1/completions": COMPLETION, "/v1/events": EVENTS}  # by the upstream path
 NOT_REQUESTS = frozenset({HEALTH, SERVER_SETTING, WHOAMI})  # no model work: not counted as requests
 EVENT_TYPES = ("view", "select", "dismiss")  # Tabby's event types (protocol reference 1.4)
+# Tabby's events are a few hundred bytes; the router reads the type of bodies up to this size only (json.loads
+# of 60 MiB of small objects takes seconds and GBs on the event loop; tests/test_usage_attacks.py).
+EVENT_BODY_MAX = 16 * 1024
 # The acceptance rate is selects / views, as Tabby's own usage report computes it: github.com/TabbyML/tabby,
 # ee/tabby-ui/app/(dashboard)/reports/components/completion-daily-activity.tsx, StatsSummary:
 # acceptRate = totalAcceptances / totalViews (the sums of the daily stats' selects and views).
