@@ -109,9 +109,15 @@ class LocalBackend:
         """Wait up to ``seconds`` for the start under way (if any); True when ready. Never raises."""
         starting = self._starting
         if starting is not None and not starting.done():
-            with contextlib.suppress(TimeoutError, FleetError):
+            try:
                 async with asyncio.timeout(seconds):
                     await asyncio.shield(starting)  # giving up does not stop the start
+            except (TimeoutError, FleetError):
+                pass
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not starting.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this waiter was cancelled; a start stopped (by a reload) is just not ready
         return self.state == "ready" and self.url is not None
 
     def _start_once(self) -> asyncio.Task[None]:

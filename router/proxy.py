@@ -340,8 +340,8 @@ class Proxy:
         if ready is None:
             record.status = CLIENT_LEFT
             return None
-        if ready or backends.backend_state(plan.fallback) != "ready":
-            return route
+        if ready or backends.backend_state(plan.fallback) != "ready" or plan.fallback not in self.state.gates:
+            return route  # (a reload during the wait may have removed the fallback)
         log.info("entry %s not ready after %gs: served by %s (id %s)", route.entry, plan.cold_wait, plan.fallback,
                  record.request_id)  # fmt: skip
         record.fallback_from = route.entry
@@ -659,7 +659,7 @@ async def _refuse(send: Send, error: FleetError, record: RequestRecord, entry: s
         record.team = error.team
     if error.entry is not None and record.entry == "-":
         record.entry = error.entry
-    await send_error(send, error, entry, record.request_id)
+    await send_error(send, error, entry, record.request_id, record.fallback_from)
 
 
 async def _send_json(
@@ -673,11 +673,16 @@ async def _send_json(
     await send({"type": "http.response.body", "body": b"" if head else body, "more_body": False})
 
 
-async def send_error(send: Send, error: FleetError, entry: str | None = None, request_id: str | None = None) -> None:
+async def send_error(
+    send: Send, error: FleetError, entry: str | None = None, request_id: str | None = None,
+    fallback_from: str | None = None,
+) -> None:  # fmt: skip
     headers = error.headers()
     if entry is not None:
         headers.append((b"x-fleet-entry", entry.encode()))
     if request_id is not None:
         headers.append((b"x-request-id", request_id.encode()))
+    if fallback_from is not None:  # a refusal by the fallback: the IDE's admin sees why that entry answered
+        headers.append((b"x-fleet-fallback", fallback_from.encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": error.body(), "more_body": False})

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process
+from .fake_modal_edge import edge_argv
+from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
 from .modal_router import router_argv, router_env
 from .rude_backend import Connection, Request, chunk, head, rude_backend
 
@@ -149,3 +155,180 @@ def test_a_team_over_its_rate_is_refused_without_waiting_out_cold_wait(tmp_path:
         second = client.post("/v1/completions", json=COMPLETION, headers={"X-Tabby-Team": "ml"})
         assert second.status_code == 429, second.text
         assert time.monotonic() - started < 3  # not big's cold_wait (8 s)
+
+
+# --- a thundering herd on a cold entry ----------------------------------------------------------------
+
+HERD = """
+[[entries]]
+name = "small"
+model = "TabbyML/StarCoder-1B"
+max_inputs = 8
+max_queue = 300
+
+[[entries]]
+name = "big"
+model = "TabbyML/StarCoder-7B"
+fallback = "small"
+cold_wait = 1
+standin = { start_delay = 4 }
+"""
+HERD_SIZE = 200
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _herd(base_url: str, path_prefix: str) -> list[httpx.Response]:
+    """HERD_SIZE requests at once: health checks and completions in turn, each on its own connection."""
+
+    def one(index: int) -> httpx.Response:
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            if index % 2:
+                return client.get(f"{path_prefix}/v1/health")
+            return client.post(f"{path_prefix}/v1/completions", json=COMPLETION)
+
+    with ThreadPoolExecutor(HERD_SIZE) as pool:
+        return list(pool.map(one, range(HERD_SIZE)))
+
+
+def test_a_herd_on_a_cold_local_entry_starts_it_once_and_leaks_nothing(tmp_path: Path) -> None:
+    with run_fleet(tmp_path, HERD) as fleet:
+        fleet.start("small")
+        fds = _open_fds(fleet.process.pid)
+        answers = _herd(fleet.base_url, "/models/big")
+        assert [r.status_code for r in answers] == [200] * HERD_SIZE, {r.status_code for r in answers}
+        assert all(r.headers.get("x-fleet-fallback") == "big" for r in answers[::2])  # all during big's start
+        assert all(r.headers.get("x-fleet-backend") == "starting" for r in answers[1::2])
+        fleet.wait_for(lambda: _state(fleet, "big") == "ready", 20, "big ready")
+        entries = fleet.entries()
+        assert entries["big"]["runtime"]["starts"] == 1 and entries["small"]["runtime"]["starts"] == 1
+        health = fleet.health()["entries"]
+        assert all(health[e]["in_flight"] == 0 and health[e]["queued"] == 0 for e in ("small", "big")), health
+        # The herd's connections close, its tasks end: the router's descriptors come back to where they were
+        # (big's stand-in adds its log file and pipes, and a pooled connection or two).
+        fleet.wait_for(lambda: _open_fds(fleet.process.pid) <= fds + 8, 10, f"descriptors back near {fds}")
+
+
+def test_a_herd_on_a_cold_modal_class_wakes_it_once(tmp_path: Path) -> None:
+    config = HERD.replace("standin = { start_delay = 4 }\n", "")
+    with ExitStack() as stack:
+        small_port, big_port, edge_port = free_port(), free_port(), free_port()
+        small = stack.enter_context(serve_process(standin_argv(small_port), small_port))
+        big = stack.enter_context(serve_process(standin_argv(big_port, model="TabbyML/StarCoder-7B"), big_port))
+        edge = stack.enter_context(
+            serve_process(edge_argv(edge_port, big, KEY, SECRET, "--start-delay", "10"), edge_port)
+        )
+        router = stack.enter_context(modal_router(tmp_path, config, {"TabbySmall": small, "TabbyBig": edge}))
+        httpx.get(f"{router}/models/small/v1/health", timeout=10)
+        _wait_for(lambda: _runtime(router, "small")["state"] == "ready", 10, "small ready")
+        answers = _herd(router, "/models/big")
+        assert [r.status_code for r in answers] == [200] * HERD_SIZE, {r.status_code for r in answers}
+        assert all(r.headers.get("x-fleet-fallback") == "big" for r in answers[::2])
+        _wait_for(lambda: _runtime(router, "big")["state"] == "ready", 20, "big awake")
+        edge_stats = httpx.get(f"{edge}/_edge/stats", timeout=10).json()
+        assert edge_stats["wakes"] == 1 and _runtime(router, "big")["wakes"] == 1, edge_stats
+        # one wake request; health checks and completions of the herd sent nothing to the cold class
+        assert edge_stats["requests"] == 1, edge_stats
+
+
+# --- the router shut down while a start or a wake is under way ----------------------------------------
+
+
+def _stopped_within(process: subprocess.Popen[bytes], seconds: float) -> float:
+    """SIGTERM ``process`` (as a service manager, or Modal, stops it); how long it took to exit."""
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"the router did not exit within {seconds}s of SIGTERM") from None
+    return time.monotonic() - started
+
+
+def test_sigterm_during_a_local_start_exits_at_once_and_leaves_no_backend(tmp_path: Path) -> None:
+    config = LEAVING.replace("start_delay = 30", "start_delay = 60")
+    with run_fleet(tmp_path, config) as fleet:
+        assert httpx.get(f"{fleet.base_url}/models/big/v1/health", timeout=10).headers["x-fleet-backend"] == "starting"
+        pid = fleet.wait_for(lambda: fleet.entries()["big"]["runtime"]["pid"], 10, "big's process")
+        assert _stopped_within(fleet.process, 8) < 8
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_sigterm_during_a_modal_wake_and_stats_poll_exits_at_once(tmp_path: Path) -> None:
+    config = """
+[[entries]]
+name = "big"
+model = "TabbyML/StarCoder-7B"
+"""
+    (tmp_path / "fleet.toml").write_text(config)
+    with ExitStack() as stack:
+        big_port, edge_port, router_port = free_port(), free_port(), free_port()
+        big = stack.enter_context(serve_process(standin_argv(big_port, model="TabbyML/StarCoder-7B"), big_port))
+        edge = stack.enter_context(
+            serve_process(edge_argv(edge_port, big, KEY, SECRET, "--start-delay", "30"), edge_port)
+        )
+        argv = router_argv(tmp_path / "fleet.toml", router_port, {"TabbyBig": edge}, "--stats-interval", "0.5")
+        process = subprocess.Popen(argv, env=router_env(KEY, SECRET), stderr=subprocess.DEVNULL)
+        stack.callback(lambda: process.poll() is None and (process.kill(), process.wait()))
+        router = f"http://127.0.0.1:{router_port}"
+        _wait_for(lambda: _reachable(router), 20, "the router")
+        assert httpx.get(f"{router}/v1/health", timeout=10).headers["x-fleet-backend"] == "starting"
+        _wait_for(lambda: httpx.get(f"{edge}/_edge/stats", timeout=10).json()["backlog"] == 1, 10, "the wake")
+        assert _stopped_within(process, 8) < 8
+
+
+def _reachable(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/fleet/health", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+# --- a reload while completions wait out cold_wait ----------------------------------------------------
+
+
+def test_a_reload_removing_the_fallback_during_cold_wait_does_not_route_to_it(tmp_path: Path) -> None:
+    config = LEAVING.replace("[[entries]]", "[router]\nstart_timeout = 2\n\n[[entries]]", 1)
+    with run_fleet(tmp_path, config) as fleet:
+        fleet.start("small")
+        answers: list[httpx.Response] = []
+        waiting = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(f"{fleet.base_url}/models/big/v1/completions", json=COMPLETION, timeout=30)
+            )
+        )
+        waiting.start()
+        time.sleep(2)  # inside big's cold_wait (8 s)
+        path = tmp_path / "fleet.toml"
+        without_small = path.read_text().replace('fallback = "small"\n', "")
+        without_small = without_small.replace('[[entries]]\nname = "small"\nmodel = "TabbyML/StarCoder-1B"\n\n', "")
+        path.write_text(without_small)
+        reloaded = httpx.post(f"{fleet.base_url}/fleet/reload", timeout=10)
+        assert reloaded.status_code == 200 and reloaded.json()["entries"] == ["big"], reloaded.text
+        waiting.join(30)
+        # Not a 502 "entry 'small' has no url and no runtime": the request waits for big, as without a fallback.
+        assert answers[0].status_code == 503, answers[0].text
+        assert answers[0].json()["error"]["code"] == "backend-starting"
+
+
+def test_a_refusal_by_the_fallback_says_it_was_a_fallback(tmp_path: Path) -> None:
+    small = 'model = "TabbyML/StarCoder-1B"\nmax_inputs = 1\nmax_queue = 0\nstandin = { completion_delay = 3 }\n'
+    config = LEAVING.replace('model = "TabbyML/StarCoder-1B"\n', small).replace("cold_wait = 8", "cold_wait = 0.5")
+    with run_fleet(tmp_path, config) as fleet:
+        fleet.start("small")
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: httpx.post(f"{fleet.base_url}/models/big/v1/completions", json=COMPLETION, timeout=30),
+                    range(2),
+                )
+            )
+        busy = next(r for r in answers if r.status_code != 200)
+        served = next(r for r in answers if r.status_code == 200)
+        assert served.headers["x-fleet-fallback"] == "big"
+        assert busy.status_code == 503 and busy.headers["x-fleet-entry"] == "small", busy.text
+        assert busy.headers.get("x-fleet-fallback") == "big"  # the IDE's admin can tell why small said no
