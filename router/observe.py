@@ -268,7 +268,7 @@ class _UsageCollector:
             "fleet_container_seconds", "Container (local: process) seconds per entry", labels=["entry"]
         )
         gpu_seconds = CounterMetricFamily(
-            "fleet_gpu_seconds", "Container seconds x GPUs per container, by the entry's first-choice GPU",
+            "fleet_gpu_seconds", "Container seconds x GPUs per container, by the GPU they ran on (first choice then)",
             labels=["entry", "gpu"],
         )  # fmt: skip
         price = GaugeMetricFamily("fleet_gpu_price_per_hour", "Price of one GPU-hour ([prices])", labels=["gpu"])
@@ -277,11 +277,12 @@ class _UsageCollector:
             entry_cell = entry_cells.get(entry) or EntryCell()
             pricing = usage.pricing.get(entry)
             containers.add_metric([entry], entry_cell.container_seconds)
-            gpus = entry_cell.gpu_seconds or ({pricing.gpu_type: 0.0} if pricing else {})
-            for gpu, seconds in sorted(gpus.items()):
-                gpu_seconds.add_metric([entry, gpu], seconds)
+            if pricing is not None and (entry, pricing.gpu_type) not in usage.gpu_totals:
+                gpu_seconds.add_metric([entry, pricing.gpu_type], 0.0)
             if entry_cell.cost or (pricing and pricing.per_gpu_hour is not None):
                 cost.add_metric([entry], entry_cell.cost)
+        for (entry, gpu), seconds in sorted(usage.gpu_totals.items()):  # by the GPU the time ran on
+            gpu_seconds.add_metric([entry, gpu], seconds)
         for gpu, per_gpu_hour in sorted({p.gpu_type: p.per_gpu_hour for p in usage.pricing.values()}.items()):
             if per_gpu_hour is not None:
                 price.add_metric([gpu], per_gpu_hour)

@@ -136,15 +136,14 @@ class EntryCell:
         self.cold_starts = 0
         self.cost = 0.0  # the priced seconds at the price of the time
         self.unpriced_seconds = 0.0  # container seconds on a GPU without a price
-        self.gpu_seconds: dict[str, float] = {}  # GPU type -> container seconds x GPUs per container
+        self.gpu_seconds = 0.0  # container seconds x GPUs per container
 
     def add(self, other: EntryCell) -> None:
         self.container_seconds += other.container_seconds
         self.cold_starts += other.cold_starts
         self.cost += other.cost
         self.unpriced_seconds += other.unpriced_seconds
-        for gpu, seconds in other.gpu_seconds.items():
-            self.gpu_seconds[gpu] = self.gpu_seconds.get(gpu, 0.0) + seconds
+        self.gpu_seconds += other.gpu_seconds
 
     def window_cost(self, pricing: Pricing | None) -> float | None:
         """What the time cost; None when some of it ran without a price (or none ran and there is none)."""
@@ -211,6 +210,7 @@ class Usage:
         self._closed_entries: dict[str, EntryCell] = {}
         self.recent: deque[Refusal] = deque(maxlen=RECENT_REFUSALS)
         self._seen: dict[str, _Seen] = {}
+        self.gpu_totals: dict[tuple[str, str], float] = {}  # (entry, GPU type) -> lifetime GPU-seconds
         self._last_sample = now
         self.pricing: dict[str, Pricing] = {}
         self.teams: tuple[str, ...] = ()
@@ -352,8 +352,9 @@ class Usage:
                 cell.container_seconds += seconds
                 cell.cold_starts += cold_starts
                 if seconds:
-                    gpu_seconds = cell.gpu_seconds
-                    gpu_seconds[pricing.gpu_type] = gpu_seconds.get(pricing.gpu_type, 0.0) + seconds * pricing.gpu_count
+                    cell.gpu_seconds += seconds * pricing.gpu_count
+                    key = (name, pricing.gpu_type)  # Prometheus' fleet_gpu_seconds_total{entry, gpu}
+                    self.gpu_totals[key] = self.gpu_totals.get(key, 0.0) + seconds * pricing.gpu_count
                     if pricing.hourly is None:
                         cell.unpriced_seconds += seconds
                     else:
@@ -455,7 +456,7 @@ class Usage:
                 "refusals": dict(cell.refusals),
                 "busy_seconds": round(cell.busy_seconds, 3),
                 "container_seconds": round(seconds, 3),
-                "gpu_seconds": round(sum(containers_cell.gpu_seconds.values()), 3),
+                "gpu_seconds": round(containers_cell.gpu_seconds, 3),
                 "cost": _round_cost(cost),
                 # The cost of container time while the entry served nothing in the window: no team's.
                 "unattributed_cost": _round_cost(cost) if cost is None or not cell.busy_seconds else 0.0,
