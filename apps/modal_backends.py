@@ -342,6 +342,8 @@ class ModalBackends:
             async with asyncio.timeout(STATS_TIMEOUT):
                 stats = await self._stats(state.entry)
             runners, backlog = int(stats.num_total_runners), int(stats.backlog)
+            if runners < 0 or backlog < 0:  # counts cannot be negative: not a sample to estimate (or bill) from
+                raise ValueError(f"negative counts (runners {runners}, backlog {backlog})")
         except Exception as exc:  # the estimate falls back to the router's own view; the next poll tries again
             if not state.stats_failing:
                 log.warning("entry %s: Modal's stats unavailable (%s: %s)", state.entry.name, type(exc).__name__, exc)

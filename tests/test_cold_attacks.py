@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -17,9 +18,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+
+from apps.modal_backends import STATS_TIMEOUT, ModalBackends
+from fleet.settings import Entry, FleetSettings
 
 from .fake_modal_edge import edge_argv
 from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
@@ -332,3 +337,109 @@ def test_a_refusal_by_the_fallback_says_it_was_a_fallback(tmp_path: Path) -> Non
         assert served.headers["x-fleet-fallback"] == "big"
         assert busy.status_code == 503 and busy.headers["x-fleet-entry"] == "small", busy.text
         assert busy.headers.get("x-fleet-fallback") == "big"  # the IDE's admin can tell why small said no
+
+
+# --- a flaky cloud: Modal's stats raise, hang, lie ----------------------------------------------------
+
+
+async def _answer(status: int, reader: Any, writer: Any, request: Request, conn: Connection) -> bool:
+    body = b'{"model": "TabbyML/StarCoder-1B"}'
+    writer.write(head(status, ("content-type", "application/json"), ("content-length", len(body))) + body)
+    return True
+
+
+class FakeStats:
+    """Modal's get_current_stats(), as the test says: a sample, an exception, or a hang."""
+
+    def __init__(self) -> None:
+        self.sample: Any = SimpleNamespace(num_total_runners=0, backlog=0)
+        self.calls = 0
+
+    async def __call__(self, entry: Entry) -> Any:
+        self.calls += 1
+        if isinstance(self.sample, BaseException):
+            raise self.sample
+        if self.sample == "hang":
+            await asyncio.sleep(3600)
+        return self.sample
+
+
+def _modal_backends(url: str, stats: FakeStats, **entry: Any) -> ModalBackends:
+    settings = FleetSettings(entries=[Entry(name="big", model="TabbyML/StarCoder-7B", startup_timeout=5, **entry)])
+    return ModalBackends(
+        settings, lookup=lambda _: url, headers=((b"modal-key", b"k"),), stats=stats, stats_interval=0.1, wake_retry=1
+    )
+
+
+async def _until_async(predicate: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {seconds}s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def test_modal_stats_that_lie_are_not_believed(tmp_path: Path) -> None:
+    """Negative or missing counts are a failing call (the router's own view decides), never containers."""
+    stats = FakeStats()
+
+    async def run(url: str) -> None:
+        backends = _modal_backends(url, stats)
+        await backends.start()
+        try:
+            lies = [SimpleNamespace(num_total_runners=r, backlog=b) for r, b in ((-2, 0), (None, 0), (1, -5))]
+            for sample in [*lies, ValueError("boom")]:
+                stats.sample = sample
+                calls = stats.calls
+                await _until_async(lambda c=calls: stats.calls > c + 1, 5, "two polls")
+                status = backends.status()["big"]
+                assert status["containers"] is None and status["backlog"] is None, (sample, status)
+                assert status["state"] == "cold"
+            stats.sample = SimpleNamespace(num_total_runners=0, backlog=0)
+            await _until_async(lambda: backends.status()["big"]["containers"] == 0, 5, "a true sample")
+        finally:
+            await backends.close()
+
+    with rude_backend(functools.partial(_answer, 200)) as backend:
+        asyncio.run(run(backend.url))
+
+
+def test_modal_state_machine_under_flapping_stats_a_hang_and_a_failed_wake(tmp_path: Path) -> None:
+    """ready -> stats 0 -> cold -> health wakes -> ready; a hanging stats call is given up after its timeout;
+    a failed wake is failed until wake_retry, then tried again; a request that succeeds meanwhile is ready."""
+    stats = FakeStats()
+    status = {"code": 200}
+
+    async def run(url: str) -> None:
+        backends = _modal_backends(url, stats)
+        await backends.start()
+        try:
+            assert backends.backend_state("big") == "cold" and backends.warm("big") == "starting"
+            assert backends.warm("big") == "starting"  # one wake at a time
+            assert await backends.wait_ready("big", 5) and backends.entries["big"].wakes == 1
+            for _ in range(3):  # Modal's stats flap: each 0 makes it cold, each wake ready again
+                stats.sample = SimpleNamespace(num_total_runners=0, backlog=0)
+                await _until_async(lambda: backends.backend_state("big") == "cold", 5, "cold from the stats")
+                stats.sample = SimpleNamespace(num_total_runners=1, backlog=0)
+                backends.warm("big")
+                assert await backends.wait_ready("big", 5)
+            assert backends.entries["big"].wakes == 4
+            stats.sample = "hang"
+            await asyncio.sleep(0.5)
+            assert backends.backend_state("big") == "ready"  # a hanging call changes nothing
+            status["code"] = 500  # the class crashes on start
+            stats.sample = SimpleNamespace(num_total_runners=0, backlog=0)
+            await _until_async(lambda: backends.backend_state("big") == "cold", STATS_TIMEOUT + 5, "a sample again")
+            backends.warm("big")
+            assert not await backends.wait_ready("big", 5)
+            assert backends.backend_state("big") == "failed" and backends.warm("big") == "failed"
+            async with backends.lease("big"):  # a real request gets through meanwhile
+                pass
+            assert backends.backend_state("big") == "ready"
+        finally:
+            await backends.close()
+
+    async def answer(reader: Any, writer: Any, request: Request, conn: Connection) -> bool:
+        return await _answer(status["code"], reader, writer, request, conn)
+
+    with rude_backend(answer) as backend:
+        asyncio.run(run(backend.url))
