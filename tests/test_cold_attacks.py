@@ -17,14 +17,17 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 
+from apps.local import LocalBackends
 from apps.modal_backends import STATS_TIMEOUT, ModalBackends
-from fleet.settings import Entry, FleetSettings
+from fleet.settings import Entry, FleetSettings, StandInOptions
+from fleet.warm import WarmWindow
 
 from .fake_modal_edge import edge_argv
 from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
@@ -431,7 +434,17 @@ def test_modal_state_machine_under_flapping_stats_a_hang_and_a_failed_wake(tmp_p
             await _until_async(lambda: backends.backend_state("big") == "cold", STATS_TIMEOUT + 5, "a sample again")
             backends.warm("big")
             assert not await backends.wait_ready("big", 5)
-            assert backends.backend_state("big") == "failed" and backends.warm("big") == "failed"
+            wakes = backends.entries["big"].wakes
+            assert backends.backend_state("big") == "failed" and backends.warm("big") == "failed"  # no new wake
+            status["code"] = 200
+            await asyncio.sleep(1.5)  # wake_retry (1 s) has passed: the next health check wakes it again
+            assert backends.warm("big") == "starting" and await backends.wait_ready("big", 5)
+            assert backends.entries["big"].wakes == wakes + 1
+            status["code"] = 500
+            stats.sample = SimpleNamespace(num_total_runners=0, backlog=0)
+            await _until_async(lambda: backends.backend_state("big") == "cold", 5, "cold from the stats")
+            backends.warm("big")
+            assert not await backends.wait_ready("big", 5) and backends.backend_state("big") == "failed"
             async with backends.lease("big"):  # a real request gets through meanwhile
                 pass
             assert backends.backend_state("big") == "ready"
@@ -443,3 +456,77 @@ def test_modal_state_machine_under_flapping_stats_a_hang_and_a_failed_wake(tmp_p
 
     with rude_backend(answer) as backend:
         asyncio.run(run(backend.url))
+
+
+# --- warm hours: a backend that dies in its window, one that never starts, a reload that removes it ---
+
+
+def test_local_warm_hours_restart_a_crashed_backend_never_in_a_tight_loop_and_let_a_removed_one_go(
+    tmp_path: Path,
+) -> None:
+    all_day = WarmWindow(days="daily", start="00:00", end="24:00", timezone="Etc/UTC")
+    kept = Entry(name="kept", model="TabbyML/StarCoder-1B", scaledown_window=2, warm=(all_day,))
+    never = Entry(name="never", model="TabbyML/StarCoder-1B", startup_timeout=1, warm=(all_day,),
+                  standin=StandInOptions(start_delay=30))  # fmt: skip
+    settings = FleetSettings(data_dir=tmp_path, entries=[kept, never])
+    clock = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # Europe's spring-forward night; UTC has none
+
+    async def run() -> None:
+        backends = LocalBackends(settings, clock=lambda: clock, warm_check_seconds=0.3)
+        for backend in backends.backends.values():
+            backend.tabby_bin = None  # the stand-in, wherever a tabby binary is installed
+        await backends.start()
+        try:
+            await _until_async(lambda: backends.backend_state("kept") == "ready", 20, "kept started by its window")
+            first = backends.status()["kept"]["pid"]
+            os.kill(first, signal.SIGKILL)  # the backend dies inside its window
+            await _until_async(lambda: (s := backends.status()["kept"])["state"] == "ready" and s["pid"] != first,
+                               10, "kept started again")  # fmt: skip
+            await asyncio.sleep(3)
+            kept_status, never_status = backends.status()["kept"], backends.status()["never"]
+            assert kept_status["starts"] == 2 and kept_status["stops"] == 0, kept_status
+            # A start that always fails is tried again at each check, each taking its startup_timeout: not a
+            # tight loop (about one a second and a third here; in production one per 15 s check).
+            assert 2 <= never_status["starts"] <= 8 and never_status["state"] in ("starting", "failed"), never_status
+            pid = backends.status()["kept"]["pid"]
+            await backends.reconfigure(settings.model_copy(update={"entries": (never,)}))
+            await _until_async(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10, "kept stopped")
+            await asyncio.sleep(1)
+            assert "kept" not in backends.status() and backends.backend_state("kept") == "ready"  # no backend
+        finally:
+            await backends.close()
+
+    asyncio.run(run())
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return True
+
+
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_warm_windows_at_dst_edges_midnight_and_the_week_end() -> None:
+    """What an admin may write: starts and ends inside the missing spring hour (read as iCalendar does, at
+    the offset before the gap), a window over the doubled autumn hour (continuous, not cut or run twice),
+    end "24:00", sun -> mon overnight, "UTC" and "Etc/UTC" alike."""
+    berlin_gap = WarmWindow(days="sun", start="02:30", end="04:00", timezone="Europe/Berlin")  # 2026-03-29
+    assert not berlin_gap.active(_utc("2026-03-29T01:29"))  # 03:29 CEST
+    assert berlin_gap.active(_utc("2026-03-29T01:30")) and berlin_gap.active(_utc("2026-03-29T01:59"))
+    assert not berlin_gap.active(_utc("2026-03-29T02:00"))  # 04:00 CEST
+    autumn = WarmWindow(days="sun", start="01:30", end="03:30", timezone="America/New_York")  # 2026-11-01
+    inside = [_utc("2026-11-01T05:30") + timedelta(minutes=m) for m in range(0, 180, 5)]  # 01:30 EDT .. 03:25 EST
+    assert all(autumn.active(when) for when in inside)
+    assert not autumn.active(_utc("2026-11-01T05:29")) and not autumn.active(_utc("2026-11-01T08:30"))
+    whole_day = WarmWindow(days="sat", start="00:00", end="24:00", timezone="Europe/Berlin")
+    assert whole_day.active(_utc("2026-10-24T21:59")) and not whole_day.active(_utc("2026-10-24T22:00"))  # CEST
+    sunday_night = WarmWindow(days="sun", start="22:00", end="06:00", timezone="UTC")
+    assert sunday_night.active(_utc("2026-11-30T05:59")) and not sunday_night.active(_utc("2026-11-30T06:00"))
+    assert not sunday_night.active(_utc("2026-11-24T02:00"))  # Tuesday: Monday starts no window
+    for zone in ("UTC", "Etc/UTC"):
+        window = WarmWindow(days="mon-fri", start="08:00", end="19:00", timezone=zone)
+        assert window.active(_utc("2026-11-27T08:00")) and not window.active(_utc("2026-11-27T19:00"))
