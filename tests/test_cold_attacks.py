@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pytest
 
 from apps.local import LocalBackends
 from apps.modal_backends import STATS_TIMEOUT, ModalBackends
@@ -530,3 +531,40 @@ def test_warm_windows_at_dst_edges_midnight_and_the_week_end() -> None:
     for zone in ("UTC", "Etc/UTC"):
         window = WarmWindow(days="mon-fri", start="08:00", end="19:00", timezone=zone)
         assert window.active(_utc("2026-11-27T08:00")) and not window.active(_utc("2026-11-27T19:00"))
+
+
+async def _redirect_elsewhere(reader: Any, writer: Any, request: Request, conn: Connection) -> bool:
+    writer.write(head(303, ("location", "http://127.0.0.2:9/v1/health"), ("content-length", 0)))
+    return True
+
+
+async def _redirect_loop(reader: Any, writer: Any, request: Request, conn: Connection) -> bool:
+    writer.write(head(303, ("location", "/v1/health?__modal_function_call_id=fc-loop"), ("content-length", 0)))
+    return True
+
+
+async def _html_page(reader: Any, writer: Any, request: Request, conn: Connection) -> bool:
+    page = b"<html><body>a proxy's page</body></html>"
+    writer.write(head(200, ("content-type", "text/html"), ("content-length", len(page))) + page)
+    return True
+
+
+@pytest.mark.parametrize(
+    ("handler", "state", "reason"),
+    [(_redirect_elsewhere, "failed", "answered 303"), (_redirect_loop, "failed", "answered 303"),
+     (_html_page, "ready", None)],
+    ids=["redirect-to-another-origin", "303-loop", "html-200"],
+)  # fmt: skip
+def test_a_wake_answered_with_a_foreign_redirect_a_303_loop_or_html(
+    tmp_path: Path, handler: Any, state: str, reason: str | None
+) -> None:
+    """Redirects are followed on the class's own origin only, five hops at most: then the wake has failed,
+    at once. Any 200 is an awake container (Modal answers nothing before one has started)."""
+    config = '[[entries]]\nname = "odd"\nmodel = "TabbyML/StarCoder-1B"\nstartup_timeout = 20\n'
+    with rude_backend(handler) as backend, modal_router(tmp_path, config, {"TabbyOdd": backend.url}) as router:
+        started = time.monotonic()
+        httpx.get(f"{router}/v1/health", timeout=10)
+        status = _wait_for(lambda: (s := _runtime(router, "odd"))["state"] == state and s, 10, state)
+        assert time.monotonic() - started < 10  # not startup_timeout (20 s)
+        assert reason is None or reason in status["last_error"], status
+        assert len([r for r in backend.requests if r.header("modal-key")]) <= 6  # the wake and its hops
