@@ -64,6 +64,10 @@ NOT_FORWARDED = HOP_BY_HOP | {
     b"x-tabby-user",  # the router says who is asking (from the token or team), never the client
 }  # fmt: skip
 NOT_RETURNED = HOP_BY_HOP | {b"server", b"date"}  # uvicorn writes its own date and server
+ROUTER_STOPPING = FleetError(
+    503, "router-stopping", "the router is shutting down (a restart or a redeploy); retry in a few seconds",
+    retry_after=5,
+)  # fmt: skip
 # A lease of a running backend does not suspend (microseconds); one that took longer waited for a start.
 START_WAIT_MIN = 0.001
 
@@ -186,6 +190,12 @@ class Proxy:
         record = RequestRecord(head.request_id, scope["method"], scope["path"])
         try:
             await self._handle(scope, receive, send, state, head, record)
+        except asyncio.CancelledError:
+            if record.status:
+                raise
+            # The server is stopping and its graceful shutdown ran out while this request waited (for a
+            # start, a cold_wait, a slot): it is told so, not given the server's bare 500, and ends.
+            await _refuse(send, ROUTER_STOPPING, record, record.entry if record.entry != "-" else None)
         finally:
             self.observer.finish(record)
 

@@ -568,3 +568,36 @@ def test_a_wake_answered_with_a_foreign_redirect_a_303_loop_or_html(
         assert time.monotonic() - started < 10  # not startup_timeout (20 s)
         assert reason is None or reason in status["last_error"], status
         assert len([r for r in backend.requests if r.header("modal-key")]) <= 6  # the wake and its hops
+
+
+def test_sigterm_with_completions_waiting_for_a_start_answers_them_503_with_advice(tmp_path: Path) -> None:
+    """The server's graceful shutdown (10 s) runs out while completions wait for a start, or out a
+    cold_wait: each gets a JSON 503 saying the router is stopping (uvicorn's bare 500 before)."""
+    config = """
+    [router]
+    start_timeout = 60
+
+    [[entries]]
+    name = "big"
+    model = "TabbyML/StarCoder-7B"
+    standin = { start_delay = 60 }
+
+    [[entries]]
+    name = "patient"
+    model = "TabbyML/StarCoder-3B"
+    fallback = "big"
+    cold_wait = 60
+    standin = { start_delay = 60 }
+    """
+    with run_fleet(tmp_path, config) as fleet:
+        with ThreadPoolExecutor(2) as pool:
+            waiting = [
+                pool.submit(httpx.post, f"{fleet.base_url}/models/{entry}/v1/completions", json=COMPLETION, timeout=60)
+                for entry in ("big", "patient")
+            ]
+            time.sleep(2)
+            assert _stopped_within(fleet.process, 20) < 20  # uvicorn's timeout_graceful_shutdown (10 s), and more
+            answers = [future.result(10) for future in waiting]
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "router-stopping" and answer.headers["retry-after"] == "5"
