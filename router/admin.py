@@ -22,8 +22,11 @@ BASIC_CHALLENGE = 'Basic realm="tabby-fleet"'  # a 401 from a page carries it, s
 
 
 class AdminAuth:
-    def __init__(self, settings: FleetSettings) -> None:
+    def __init__(self, settings: FleetSettings, *, loopback_admin: bool = True) -> None:
+        """``loopback_admin``: with no admin token, loopback clients are admins. Off where no client is
+        local and the client address is another's to fill in (on Modal the router answers nobody then)."""
         self._digests = tuple(bytes.fromhex(d) for d in settings.router.admin_token_digests)
+        self._loopback_admin = loopback_admin
 
     def allows(self, request: Request) -> bool:
         try:
@@ -35,13 +38,15 @@ class AdminAuth:
     def require(self, request: Request) -> None:
         """FastAPI dependency: return if the request may see admin endpoints, else raise 401/403."""
         if not self._digests:
-            if _is_loopback(request.client.host if request.client else ""):
+            if self._loopback_admin and _is_loopback(request.client.host if request.client else ""):
                 return
+            where = "only local clients" if self._loopback_admin else "nobody on Modal"
             raise FleetError(
                 403,
                 "admin-not-configured",
-                "admin endpoints answer only local clients until an admin token is set: run "
-                "`fleet token new --admin --label <who> --write` (it adds the hash to router.admin_tokens)",
+                f"admin endpoints answer {where} until an admin token is set: run "
+                "`fleet token new --admin --label <who> --write` (it adds the hash to router.admin_tokens), then "
+                "reload or redeploy",
             )
         token = _presented_token(request.headers.get("authorization", ""))
         if not token:

@@ -176,7 +176,9 @@ def create_app(
                 log.warning("settings reload from %s refused, old settings kept: %s", exc.source, problems)
                 raise FleetError(400, "invalid-settings", str(exc), exc.problems) from None
             old = proxy.state.settings
-            state = ProxyState(new, proxy.state, backends.router_share)  # built aside: nothing in use changes yet
+            state = ProxyState(  # built aside: nothing in use changes yet
+                new, proxy.state, backends.router_share, loopback_admin=proxy.state.loopback_admin
+            )
             await backends.reconfigure(new)  # may refuse (e.g. on Modal: redeploy instead)
             proxy.swap(state)
             usage.configure(new)

@@ -94,13 +94,18 @@ class ProxyState:
     nothing in use) and :meth:`Proxy.swap` puts it in place in one step; a request keeps the state
     it started with."""
 
-    def __init__(self, settings: FleetSettings, previous: ProxyState | None = None, router_share: int = 1) -> None:
+    def __init__(
+        self, settings: FleetSettings, previous: ProxyState | None = None, router_share: int = 1,
+        *, loopback_admin: bool = True,
+    ) -> None:  # fmt: skip
         """``router_share``: how many router processes share the fleet (Modal's router_max_containers);
         each takes its share of every entry's capacity and queue and every team's limits, rounded up."""
         router = settings.router
         self.settings = settings
         self.table = RoutingTable(settings)
-        self.admin = AdminAuth(settings)
+        # A loopback client is an admin only where one can be (not on Modal: docs/CONFIGURATION.md).
+        self.loopback_admin = loopback_admin
+        self.admin = AdminAuth(settings, loopback_admin=loopback_admin)
         self.max_body = router.max_body_bytes
         self.body_timeout = router.body_timeout
         # The router answers GET /v1beta/server_setting itself: Tabby without its webserver says
@@ -163,7 +168,9 @@ class Proxy:
     """Forwards requests; holds the current ProxyState, the backends, the client and the observer."""
 
     def __init__(self, settings: FleetSettings, backends: Backends, observer: Observer | None = None) -> None:
-        self.state = ProxyState(settings, router_share=backends.router_share)
+        self.state = ProxyState(
+            settings, router_share=backends.router_share, loopback_admin=backends.runtime != "modal"
+        )
         self.backends = backends
         self.observer = observer or Observer()
         self.client = UpstreamClient(**_client_options(settings.router))

@@ -1,12 +1,14 @@
 """The router with its Modal backends, for tests: Modal's URL lookup and stats are replaced.
 
     python -m tests.modal_router --config fleet.toml --port P --urls '{"TabbySmall": "http://..."}'
-        [--stats-interval SECONDS] [--wake-retry SECONDS]
+        [--stats-interval SECONDS] [--wake-retry SECONDS] [--admin-token TOKEN]
 
 The lookup is a table (a class missing from it fails its lookup, as Modal would say). The stats of a
 class are read from ``<its URL>/_edge/stats`` (tests/fake_modal_edge.py says what Modal's
 ``get_current_stats()`` would); a URL that is not a fake edge has no stats, like a failing call.
-Everything else is the production path: create_app, ModalBackends (proxy-auth headers from
+On Modal a loopback client is no admin, so the tests that read ``/fleet/entries`` give the router an
+admin token (``--admin-token``, added to the settings) and send it (``ADMIN``). Everything else is the
+production path: create_app, ModalBackends (proxy-auth headers from
 TABBY_FLEET_PROXY_KEY / TABBY_FLEET_PROXY_SECRET, redirects followed, wakes, the stats poll), uvicorn.
 """
 
@@ -24,14 +26,21 @@ import uvicorn
 
 from apps.modal_backends import STATS_INTERVAL, WAKE_RETRY_SECONDS, ModalBackends, StatsLike
 from fleet.loading import load_settings
-from fleet.settings import Entry
+from fleet.routing import hash_token
+from fleet.settings import Entry, TokenRef
 from router.app import create_app
 
+ADMIN_TOKEN = "tfa_modal-router-test"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
-def router_argv(config: Path, port: int, urls: dict[str, str], *options: str) -> list[str]:
+
+def router_argv(
+    config: Path, port: int, urls: dict[str, str], *options: str, admin_token: str | None = ADMIN_TOKEN
+) -> list[str]:
     """The command line that runs this router (for tests.fleetproc.serve_process)."""
+    admin = ["--admin-token", admin_token] if admin_token else []
     return [sys.executable, "-m", "tests.modal_router", "--config", str(config), "--port", str(port),
-            "--urls", json.dumps(urls), *options]  # fmt: skip
+            "--urls", json.dumps(urls), *admin, *options]  # fmt: skip
 
 
 def router_env(key: str, secret: str) -> dict[str, str]:
@@ -46,6 +55,7 @@ def main() -> None:
     parser.add_argument("--urls", required=True, help="JSON: class name -> URL; a missing class fails its lookup")
     parser.add_argument("--stats-interval", type=float, default=STATS_INTERVAL)
     parser.add_argument("--wake-retry", type=float, default=WAKE_RETRY_SECONDS)
+    parser.add_argument("--admin-token", help="an admin token to add to the settings")
     args = parser.parse_args()
     urls = json.loads(args.urls)
 
@@ -62,6 +72,10 @@ def main() -> None:
         return SimpleNamespace(num_total_runners=sample["runners"], backlog=sample["backlog"])  # type: ignore[return-value]
 
     settings = load_settings(args.config)
+    if args.admin_token:
+        admin = TokenRef(label="modal-router-test", sha256=hash_token(args.admin_token))
+        router = settings.router.model_copy(update={"admin_tokens": (*settings.router.admin_tokens, admin)})
+        settings = settings.model_copy(update={"router": router})
     backends = ModalBackends(
         settings, lookup=lookup, stats=stats, stats_interval=args.stats_interval, wake_retry=args.wake_retry
     )

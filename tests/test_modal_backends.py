@@ -15,7 +15,7 @@ from fleet.errors import FleetError
 
 from .fake_modal_edge import edge_argv
 from .fleetproc import COMPLETION, free_port, serve_process, standin_argv
-from .modal_router import router_argv, router_env
+from .modal_router import ADMIN, router_argv, router_env
 
 KEY, SECRET = "wk-test", "ws-test"
 CONFIG = """
@@ -83,7 +83,7 @@ def test_long_call_redirected_by_modal_is_followed(fleet: dict[str, str]) -> Non
 
 
 def test_class_not_deployed_is_reported_and_refused_with_advice(fleet: dict[str, str]) -> None:
-    health = httpx.get(f"{fleet['router']}/fleet/health").json()["entries"]
+    health = httpx.get(f"{fleet['router']}/fleet/health", headers=ADMIN).json()["entries"]
     assert health["missing"]["state"] == "failed" and "fleet deploy" in health["missing"]["last_error"]
     assert health["small"]["state"] in {"ready", "cold"}
     response = httpx.post(f"{fleet['router']}/models/missing/v1/completions", json=COMPLETION)
@@ -117,3 +117,19 @@ def test_the_stats_the_router_polls_are_modals_current_stats_of_the_class() -> N
     method = modal.Cls.from_name("tabby-fleet", "TabbySmall")().serve  # lazy: no call to Modal yet
     assert callable(method.get_current_stats.aio)
     assert {"num_total_runners", "backlog"} <= {field.name for field in dataclasses.fields(FunctionCurrentStats)}
+
+
+def test_on_modal_a_loopback_client_is_no_admin(tmp_path: Path) -> None:
+    """Locally, with no admin token, the router's own machine may read the admin endpoints. On Modal no
+    client is local and the client address is Modal's to fill in, so nobody may: the answer says how to fix it."""
+    (tmp_path / "fleet.toml").write_text(CONFIG)
+    port = free_port()
+    argv = router_argv(tmp_path / "fleet.toml", port, {}, admin_token=None)  # no admin token, as deployed bare
+    with serve_process(argv, port, env=router_env(KEY, SECRET)) as router:
+        for path in ("/fleet/entries", "/fleet/usage", "/metrics"):
+            refused = httpx.get(f"{router}{path}")
+            assert refused.status_code == 403, path
+            assert refused.json()["error"]["code"] == "admin-not-configured"
+            assert "nobody on Modal" in refused.json()["error"]["message"]
+        health = httpx.get(f"{router}/fleet/health").json()
+        assert "last_error" not in health["entries"]["small"]  # states only, no admin details

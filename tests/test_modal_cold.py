@@ -19,7 +19,7 @@ import pytest
 
 from .fake_modal_edge import edge_argv
 from .fleetproc import COMPLETION, free_port, serve_process, standin_argv
-from .modal_router import router_argv, router_env
+from .modal_router import ADMIN, router_argv, router_env
 
 KEY, SECRET = "wk-cold", "ws-cold"
 START_DELAY = 3.0  # the large class's cold start
@@ -68,7 +68,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 def entry_status(fleet: dict[str, str], entry: str) -> dict[str, Any]:
     """What the router's Modal backends say of ``entry`` (/fleet/entries: the runtime's own status)."""
-    table = httpx.get(f"{fleet['router']}/fleet/entries", timeout=10).json()["entries"]
+    table = httpx.get(f"{fleet['router']}/fleet/entries", headers=ADMIN, timeout=10).json()["entries"]
     status: dict[str, Any] = next(e for e in table if e["name"] == entry)["runtime"]
     return status
 
@@ -196,4 +196,5 @@ def test_a_class_url_that_refuses_is_a_502_naming_the_connection(fleet: dict[str
     health(fleet, "refused")
     failed = wait_for(lambda: (r := health(fleet, "refused")).status_code == 502 and r, 5, "the wake to fail")
     assert "could not connect" in failed.json()["error"]["message"]
-    assert entry_status(fleet, "refused")["containers"] is None  # no stats for it: the router's view alone
+    refused = entry_status(fleet, "refused")  # no stats for it: the router's view alone, and it is failed
+    assert (refused["containers"], refused["containers_source"]) == (0, "estimate")
