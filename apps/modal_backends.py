@@ -36,8 +36,9 @@ PROXY_KEY_ENV, PROXY_SECRET_ENV = "TABBY_FLEET_PROXY_KEY", "TABBY_FLEET_PROXY_SE
 # noticed within this long. Modal bills nothing for the call; 15 s keeps it to 4 calls a minute per entry.
 STATS_INTERVAL = 15.0
 STATS_TIMEOUT = 10.0  # one stats call gives up after this long (Modal's client retries for 10 s itself)
-# A sample older than this is not trusted (the calls have been failing): the router's own view decides.
-STATS_STALE_AFTER = 4 * STATS_INTERVAL
+# A sample older than this many intervals is not trusted (the calls have been failing): the router's own
+# view decides.
+STATS_STALE_INTERVALS = 4
 # A failed wake is reported (health: 502 backend-failed) for this long; then the next health check or
 # completion tries again. Each wake may start a GPU container, so failures do not loop faster than this.
 WAKE_RETRY_SECONDS = 30.0
@@ -109,13 +110,14 @@ def proxy_auth_headers(environ: dict[str, str] | None = None) -> tuple[tuple[byt
 class _ModalEntry:
     """One entry's class: its URL, and what the router knows of its containers."""
 
-    def __init__(self, entry: Entry, wake_retry: float) -> None:
+    def __init__(self, entry: Entry, wake_retry: float, stale_after: float) -> None:
         self.entry = entry
         self.url: str | None = None
         self.error: str | None = None  # the class could not be found: failed for good
         self.in_flight = 0
         self.last_ok = 0.0  # monotonic time a request or a wake last succeeded
         self.wake_retry = wake_retry
+        self.stale_after = stale_after  # a sample older than this is not believed
         self.waking: asyncio.Task[None] | None = None
         self.wakes = 0
         self.wake_error: str | None = None
@@ -145,7 +147,7 @@ class _ModalEntry:
         if self.wake_failed_at is not None and now - self.wake_failed_at < self.wake_retry:
             return "failed"
         runners = self.runners
-        fresh = runners is not None and now - self.stats_at < STATS_STALE_AFTER
+        fresh = runners is not None and now - self.stats_at < self.stale_after
         if fresh and runners == 0 and self.stats_at > self.last_ok:
             return "starting" if self.in_flight or self.backlog else "cold"
         if not self.gone and (self.entry.min_containers > 0 or now - self.last_ok < self.entry.scaledown_window):
@@ -159,13 +161,20 @@ class _ModalEntry:
 
     def status(self, now: float) -> dict[str, Any]:
         sampled = self.runners is not None
+        state = self.state(now)
+        if sampled and now - self.stats_at < self.stale_after:
+            containers, source = self.runners, "modal"  # num_total_runners at the latest sample
+        else:  # no fresh sample (the stats calls fail): the router's own view, so usage neither stops nor runs on
+            containers = max(self.entry.min_containers, 1 if state in ("ready", "starting") else 0)
+            source = "estimate"
         return {
-            "state": self.state(now),
+            "state": state,
             "in_flight": self.in_flight,
             "last_error": self.error or self.wake_error,
             "url": self.url,
             "wakes": self.wakes,
-            "containers": self.runners,  # Modal's num_total_runners at the latest sample; None: never sampled
+            "containers": containers,  # what usage counts container time from
+            "containers_source": source,
             "backlog": self.backlog,
             "stats_at": round(now - self.stats_at, 1) if sampled else None,  # the sample's age in seconds
         }
@@ -193,7 +202,10 @@ class ModalBackends:
         self._stats = stats or modal_stats(settings.modal.app_name)
         self._stats_interval = stats_interval
         self._headers = headers if headers is not None else proxy_auth_headers()
-        self.entries = {e.name: _ModalEntry(e, wake_retry) for e in settings.entries if e.name not in self.static}
+        stale_after = STATS_STALE_INTERVALS * stats_interval
+        self.entries = {
+            e.name: _ModalEntry(e, wake_retry, stale_after) for e in settings.entries if e.name not in self.static
+        }
         router = settings.router
         # The wake requests' own client: the proxy's is not the runtime's to use.
         self._client = UpstreamClient(

@@ -32,7 +32,7 @@ from fleet.warm import WarmWindow
 
 from .fake_modal_edge import edge_argv
 from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
-from .modal_router import router_argv, router_env
+from .modal_router import ADMIN, router_argv, router_env
 from .rude_backend import Connection, Request, chunk, head, rude_backend
 
 KEY, SECRET = "wk-attack", "ws-attack"
@@ -43,7 +43,7 @@ def _state(fleet: RunningFleet, entry: str) -> str:
 
 
 def _runtime(router: str, entry: str) -> dict[str, Any]:
-    table = httpx.get(f"{router}/fleet/entries", timeout=10).json()["entries"]
+    table = httpx.get(f"{router}/fleet/entries", headers=ADMIN, timeout=10).json()["entries"]
     status: dict[str, Any] = next(e for e in table if e["name"] == entry)["runtime"]
     return status
 
@@ -396,7 +396,8 @@ def test_modal_stats_that_lie_are_not_believed(tmp_path: Path) -> None:
                 calls = stats.calls
                 await _until_async(lambda c=calls: stats.calls > c + 1, 5, "two polls")
                 status = backends.status()["big"]
-                assert status["containers"] is None and status["backlog"] is None, (sample, status)
+                assert status["backlog"] is None, (sample, status)
+                assert (status["containers"], status["containers_source"]) == (0, "estimate"), (sample, status)
                 assert status["state"] == "cold"
             stats.sample = SimpleNamespace(num_total_runners=0, backlog=0)
             await _until_async(lambda: backends.status()["big"]["containers"] == 0, 5, "a true sample")
@@ -601,3 +602,24 @@ def test_sigterm_with_completions_waiting_for_a_start_answers_them_503_with_advi
         for answer in answers:
             assert answer.status_code == 503, answer.text
             assert answer.json()["error"]["code"] == "router-stopping" and answer.headers["retry-after"] == "5"
+
+
+def test_when_modal_stats_stop_the_container_count_is_the_routers_estimate_not_the_last_sample() -> None:
+    """A count Modal gave before its stats calls began failing is not billed for ever: once the sample is
+    stale (STATS_STALE_INTERVALS polls), usage counts containers from the router's own view."""
+    stats = FakeStats()
+
+    async def run() -> None:
+        backends = _modal_backends("http://127.0.0.1:9", stats, min_containers=1)
+        await backends.start()
+        try:
+            stats.sample = SimpleNamespace(num_total_runners=3, backlog=0)
+            await _until_async(lambda: backends.status()["big"]["containers"] == 3, 5, "a sample of 3")
+            assert backends.status()["big"]["containers_source"] == "modal"
+            stats.sample = ValueError("Modal is unreachable")
+            await _until_async(lambda: backends.status()["big"]["containers_source"] == "estimate", 5, "staleness")
+            assert backends.status()["big"]["containers"] == 1  # min_containers keeps one up: the estimate
+        finally:
+            await backends.close()
+
+    asyncio.run(run())
