@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -420,20 +420,34 @@ class LocalBackends:
 
     async def _keep_warm(self) -> None:
         while True:
-            self.check_warm_hours()
+            with _logged("the warm-hours check"):  # one bad round must not end the loop for good
+                self.check_warm_hours()
             await asyncio.sleep(self._warm_check_seconds)
 
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(self._reap_interval)
-            now = time.monotonic()
-            for backend in list(self.backends.values()):
-                if backend.is_idle(now):
-                    await backend.stop(f"idle for {backend.entry.scaledown_window}s (scaledown_window)")
-            for backend in list(self._retired):
-                if backend.in_flight == 0:
-                    await backend.stop("settings reloaded")
-                    self._retired.remove(backend)
+            with _logged("stopping idle backends"):
+                await self._reap_once()
+
+    async def _reap_once(self) -> None:
+        now = time.monotonic()
+        for backend in list(self.backends.values()):
+            if backend.is_idle(now):
+                await backend.stop(f"idle for {backend.entry.scaledown_window}s (scaledown_window)")
+        for backend in list(self._retired):
+            if backend.in_flight == 0:
+                await backend.stop("settings reloaded")
+                self._retired.remove(backend)
+
+
+@contextlib.contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """Log an unexpected error of a background round (the next round runs as usual)."""
+    try:
+        yield
+    except Exception:
+        log.exception("local runtime: %s failed; trying again next round", what)
 
 
 class _StartFailed(Exception):

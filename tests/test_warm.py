@@ -469,25 +469,11 @@ class Clock:
 
 
 def test_the_local_runtime_follows_its_clock_into_and_out_of_a_window(tmp_path: Path) -> None:
-    settings = FleetSettings(
-        data_dir=tmp_path,
-        entries=[
-            Entry(
-                name="small",
-                model="TabbyML/StarCoder-1B",
-                scaledown_window=2,
-                warm=(window(days="daily", start="10:00", end="11:00", timezone="UTC"),),
-            )
-        ],
-    )
+    settings = _ten_to_eleven_utc(tmp_path, scaledown_window=2)
     clock = Clock(at("2026-11-25 09:59"))
 
     async def run() -> None:
-        backends = LocalBackends(settings, clock=clock, warm_check_seconds=0.2)
-        backends.tabby_bin = None  # the stand-in, wherever a tabby binary is installed
-        for backend in backends.backends.values():
-            backend.tabby_bin = None
-        await backends.start()
+        backends = await _standin_backends(settings, clock)
         try:
             await asyncio.sleep(1)
             assert backends.backend_state("small") == "cold"  # a minute before: no lead locally
@@ -504,9 +490,51 @@ def test_the_local_runtime_follows_its_clock_into_and_out_of_a_window(tmp_path: 
     asyncio.run(run())
 
 
+def _ten_to_eleven_utc(data_dir: Path, **fields: Any) -> FleetSettings:
+    """One entry, "small", warm daily from 10:00 to 11:00 UTC."""
+    warm = (window(days="daily", start="10:00", end="11:00", timezone="UTC"),)
+    entry = Entry(name="small", model="TabbyML/StarCoder-1B", warm=warm, **fields)
+    return FleetSettings(data_dir=data_dir, entries=[entry])
+
+
+async def _standin_backends(settings: FleetSettings, clock: Any) -> LocalBackends:
+    """The local runtime on ``clock`` with stand-in backends (wherever a tabby binary is installed), started."""
+    backends = LocalBackends(settings, clock=clock, warm_check_seconds=0.2)
+    backends.tabby_bin = None
+    for backend in backends.backends.values():
+        backend.tabby_bin = None
+    await backends.start()
+    return backends
+
+
 async def _until(predicate: Any, seconds: float) -> None:
     """Poll ``predicate`` (a state another task changes) until true, at most ``seconds``."""
     deadline = time.monotonic() + seconds
     while not predicate():
         assert time.monotonic() < deadline, f"not within {seconds}s"
         await asyncio.sleep(0.05)
+
+
+def test_a_warm_hours_round_that_fails_is_logged_and_the_next_one_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The local keep-alive loop outlives an unexpected error: the next round starts the entry."""
+    settings = _ten_to_eleven_utc(tmp_path)
+    calls = 0
+
+    def clock() -> datetime:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("the clock broke once")
+        return at("2026-11-25 10:30")
+
+    async def run() -> None:
+        backends = await _standin_backends(settings, clock)
+        try:
+            await _until(lambda: backends.backend_state("small") == "ready", 20)
+        finally:
+            await backends.close()
+
+    asyncio.run(run())
+    assert "the warm-hours check failed; trying again next round" in caplog.text
