@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import queue
 import re
@@ -239,12 +240,14 @@ def agent_factory(agent_home: Path) -> Iterator[Any]:
         agent.close()
 
 
+_ATTEMPTS = itertools.count(1)
+
+
 def complete_until_answered(client: LspClient, fleet: RunningFleet, timeout: float = 45.0) -> str:
     """Ask for a completion until the agent (which connects in the background) answers one."""
     deadline = time.monotonic() + timeout
-    attempt = 0
     while time.monotonic() < deadline:
-        attempt += 1
+        attempt = next(_ATTEMPTS)  # never repeated: the agent caches answers by document and text
         uri = f"file:///work/project/add_{attempt}.py"  # a new document: no cached empty answer
         text = f"# attempt {attempt}\ndef add(a, b):\n    "
         client.notify(
@@ -285,6 +288,25 @@ def test_agent_gets_completion_by_team_token(tmp_path: Path, lsp_factory: Any) -
         text = complete_until_answered(client, fleet)
         assert "TabbyML/StarCoder-1B" in text, text
         assert fleet.health()["entries"]["large"]["state"] == "cold"
+
+
+def test_the_ide_gets_completions_from_the_fallback_while_its_entry_is_cold(tmp_path: Path, lsp_factory: Any) -> None:
+    """Issue 11 through the real agent: the team's entry takes 20 s to start; the editor's first
+    completion comes from the fallback (within cold_wait), and once the entry is ready, from it."""
+    config = CONFIG.replace(
+        'model = "TabbyML/StarCoder-7B"\n', 'model = "TabbyML/StarCoder-7B"\nfallback = "small"\ncold_wait = 1\n'
+        "standin = { start_delay = 20 }\n",
+    )  # fmt: skip
+    with run_fleet(tmp_path / "fleet", config) as fleet:
+        client = lsp_factory(f"{fleet.base_url}/teams/research")
+        started = time.monotonic()
+        first = complete_until_answered(client, fleet)
+        assert "TabbyML/StarCoder-1B" in first, first  # the fallback answered the editor
+        assert time.monotonic() - started < 15, "the editor waited for the cold entry"
+        assert fleet.health()["entries"]["large"]["state"] == "starting"
+        fleet.wait_for(lambda: fleet.health()["entries"]["large"]["state"] == "ready", 40, "large ready")
+        later = complete_until_answered(client, fleet)
+        assert "TabbyML/StarCoder-7B" in later, later
 
 
 # -- what the IDE shows: docs/ERRORS.md ------------------------------------------------------------
