@@ -19,7 +19,7 @@ from apps.token_cmd import add_token_commands
 from fleet.errors import FleetError
 from fleet.loading import SettingsError, load_settings, resolve_config_path
 from fleet.routing import RoutingTable
-from fleet.settings import FleetSettings
+from fleet.settings import Entry, FleetSettings
 from fleet.warm import warm_plan
 
 ALL_INTERFACES = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # listen address -> one to connect to
@@ -226,7 +226,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def plan_table(settings: FleetSettings) -> str:
-    header = ("entry", "model", "chat model", "GPU", "idle", "containers", "inputs", "teams")
+    header = ("entry", "model", "chat model", "GPU", "idle", "containers", "inputs", "while cold", "teams")
     rows = [header]
     for entry in settings.entries:
         teams = [t.name for t in settings.teams if t.entry == entry.name]
@@ -246,6 +246,7 @@ def plan_table(settings: FleetSettings) -> str:
                 f"{entry.scaledown_window}s",
                 f"{entry.min_containers}..{entry.max_containers}",
                 f"{entry.max_inputs}/container = {entry.capacity}",
+                _while_cold(entry),
                 team_text or "-",
             )
         )
@@ -253,6 +254,14 @@ def plan_table(settings: FleetSettings) -> str:
     if settings.router.default_entry:
         lines.append("* default entry: used when no team or model header selects one")
     return "\n".join(lines)
+
+
+def _while_cold(entry: Entry) -> str:
+    """Where a completion for this entry goes while it starts (docs/OPERATIONS.md, Cold starts)."""
+    if entry.fallback is None:
+        return "waits"
+    chat = ", chat too" if entry.fallback_chat else ""
+    return f"{entry.fallback} after {entry.cold_wait:g}s{chat}"
 
 
 def _backend_kind(tabby_bin: str | None) -> str:

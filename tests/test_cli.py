@@ -439,3 +439,15 @@ def test_up_banner_in_token_mode_prints_a_placeholder_token_per_team(tmp_path: P
         )
         assert config in banner
     assert "/teams/" not in banner and "auth: tokens" in banner
+
+
+def test_plan_says_where_a_cold_entrys_completions_go(tmp_path: Path) -> None:
+    config = (
+        '[[entries]]\nname = "small"\nmodel = "m1"\nchat_model = "c1"\n\n'
+        '[[entries]]\nname = "large"\nmodel = "m7"\nfallback = "small"\ncold_wait = 1.5\nfallback_chat = true\n'
+    )
+    result = fleet("plan", "--local-only", "--config", str(write(tmp_path, config)))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(("small ", "large "))}
+    assert "small after 1.5s, chat too" in rows["large"]
+    assert "waits" in rows["small"]
