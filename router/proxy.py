@@ -27,17 +27,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import platform
 import time
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from fleet.errors import FleetError
-from fleet.routing import CHAT, HEALTH, SERVER_SETTING, ChatAdvert, Route, RoutingTable, has_dot_segments
-from fleet.settings import Entry, FleetSettings, RouterOptions, Team
+from fleet.routing import HEALTH, SERVER_SETTING, ChatAdvert, Route, RoutingTable, has_dot_segments
+from fleet.settings import FleetSettings, RouterOptions, Team
 from router.admin import AdminAuth
 from router.backends import Backends
+from router.cold_start import ColdStarts, cold_health, cold_plans, with_chat_advert
 from router.gate import EntryBusy, EntryGate, GateLimits
 from router.observe import CLIENT_LEFT, REQUEST_ID, Observer, RequestRecord, new_request_id
 from router.team_limits import TeamLimiter
@@ -70,14 +69,6 @@ ROUTER_STOPPING = FleetError(
 )  # fmt: skip
 # A lease of a running backend does not suspend (microseconds); one that took longer waited for a start.
 START_WAIT_MIN = 0.001
-
-
-class ColdPlan(NamedTuple):
-    """What a completion for a not-ready entry does: wait ``cold_wait`` s, then go to ``fallback``."""
-
-    fallback: str
-    cold_wait: float
-    chat: bool  # chat falls back too (the entry's fallback_chat)
 
 
 class ClientGone(Exception):
@@ -131,14 +122,9 @@ class ProxyState:
             if team.max_concurrent or team.requests_per_minute
         }
         self.limiters = {name: old_limiters.get(name) or TeamLimiter(team) for name, team in self.teams.items()}
-        # Cold starts: only entries with a fallback are here, so a ready entry's request pays one dict miss.
-        self.cold_plans = {
-            entry.name: ColdPlan(entry.fallback, entry.cold_wait, entry.fallback_chat)
-            for entry in settings.entries
-            if entry.fallback is not None
-        }
+        self.cold_plans = cold_plans(settings.entries)
         version = "v" + settings.modal.tabby_image.rpartition(":")[2].removeprefix("v")  # the pinned Tabby
-        self.cold_health = {entry.name: _cold_health(entry, version) for entry in settings.entries}
+        self.cold_health = {entry.name: cold_health(entry, version) for entry in settings.entries}
 
 
 def _client_options(router: RouterOptions) -> dict[str, Any]:
@@ -172,6 +158,7 @@ class Proxy:
             settings, router_share=backends.router_share, loopback_admin=backends.runtime != "modal"
         )
         self.backends = backends
+        self.cold = ColdStarts(backends)
         self.observer = observer or Observer()
         self.client = UpstreamClient(**_client_options(settings.router))
 
@@ -263,8 +250,8 @@ class Proxy:
             advert = state.table.health_advert(route) if kind is HEALTH and scope["method"] != "HEAD" else None
             backend_state = self.backends.backend_state(route.entry) if kind is HEALTH else "ready"
             if backend_state == "failed":  # the IDE shows the failure (disconnected, 502); a retry starts
-                self._warm(state, route.entry)
-                await _refuse(send, self._failed(route.entry), record, route.entry)
+                self.cold.warm(state.cold_plans, route.entry)
+                await _refuse(send, self.cold.failed(route.entry), record, route.entry)
                 return
             if backend_state != "ready":
                 await self._answer_cold_health(scope, send, state, route, record, advert)
@@ -281,7 +268,7 @@ class Proxy:
                 return
         try:
             if route.entry in state.cold_plans:
-                cold = await self._cold_route(state, route, record, receive)
+                cold = await self.cold.route(state.cold_plans, state.table, route, record, receive, self._entries_now)
                 if cold is None:  # the client left while it waited
                     return
                 route = cold
@@ -303,67 +290,24 @@ class Proxy:
             if limiter is not None:
                 limiter.release()
 
+    def _entries_now(self) -> dict[str, EntryGate]:
+        """The entries of the current settings (a request keeps its own state; a reload may have run)."""
+        return self.state.gates
+
     async def _answer_cold_health(
         self, scope: Scope, send: Send, state: ProxyState, route: Route, record: RequestRecord,
         advert: ChatAdvert | None,
     ) -> None:  # fmt: skip
         """Health of an entry that is not ready, answered at once from settings (the IDE stays connected),
         while the entry starts in the background."""
-        backend = "starting" if self._warm(state, route.entry) == "starting" else "cold"
-        health = state.cold_health[route.entry]
-        if advert is not None:
-            health = {**health, "chat_model": advert.chat_model}
-            health.pop("chat_device", None)
-            health["models"] = {k: v for k, v in health["models"].items() if k != "chat"}
+        backend = "starting" if self.cold.warm(state.cold_plans, route.entry) == "starting" else "cold"
+        health = with_chat_advert(state.cold_health[route.entry], advert)
         record.status = 200
         extra = ((b"cache-control", b"no-store"), (b"x-fleet-backend", backend.encode()),
                  (b"x-fleet-route", route.reason.encode()))  # fmt: skip
         await _send_json(
             send, json.dumps(health).encode(), route.entry, record.request_id, extra, head=scope["method"] == "HEAD"
         )
-
-    def _failed(self, entry: str) -> FleetError:
-        detail = self.backends.status().get(entry, {}).get("last_error") or "its last start failed"
-        return FleetError(
-            502, "backend-failed",
-            f"the backend of entry {entry!r} failed ({detail.splitlines()[0]}); it is being started again; "
-            f"ask your fleet admin if this lasts",
-            retry_after=5,
-        )  # fmt: skip
-
-    def _warm(self, state: ProxyState, entry: str) -> str:
-        """Start ``entry`` in the background, and its fallback (which serves it meanwhile); entry's state."""
-        plan = state.cold_plans.get(entry)
-        if plan is not None:
-            self.backends.warm(plan.fallback)
-        return self.backends.warm(entry)
-
-    async def _cold_route(
-        self, state: ProxyState, route: Route, record: RequestRecord, receive: Receive
-    ) -> Route | None:
-        """The route to serve: the asked-for entry once ready (waiting up to its cold_wait), else its
-        fallback when that is ready and the team may use it. The asked-for entry keeps starting.
-        None when the client disconnects during the wait (noticed at once: nothing is sent for it)."""
-        plan = state.cold_plans[route.entry]
-        backends = self.backends
-        if backends.backend_state(route.entry) == "ready" or (route.kind is CHAT and not plan.chat):
-            return route
-        if not _team_may_use(state, route.team, plan.fallback):
-            return route  # waits for its own entry, as without a fallback
-        self._warm(state, route.entry)
-        waiting = time.perf_counter()
-        ready = await _unless_client_leaves(receive, backends.wait_ready(route.entry, plan.cold_wait))
-        record.start_seconds = time.perf_counter() - waiting
-        if ready is None:
-            record.status = CLIENT_LEFT
-            return None
-        if ready or backends.backend_state(plan.fallback) != "ready" or plan.fallback not in self.state.gates:
-            return route  # (a reload during the wait may have removed the fallback)
-        log.info("entry %s not ready after %gs: served by %s (id %s)", route.entry, plan.cold_wait, plan.fallback,
-                 record.request_id)  # fmt: skip
-        record.fallback_from = route.entry
-        record.entry = plan.fallback
-        return route._replace(entry=plan.fallback)
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, forwarded: list[tuple[bytes, bytes]],
@@ -489,29 +433,6 @@ class Proxy:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _unless_client_leaves(receive: Receive, waiting: Coroutine[Any, Any, bool]) -> bool | None:
-    """``waiting``'s answer, or None as soon as the client disconnects (``waiting`` is then cancelled)."""
-
-    async def client_left() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    wait, watch = asyncio.ensure_future(waiting), asyncio.ensure_future(client_left())
-    try:
-        await asyncio.wait((wait, watch), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        wait.cancel()
-        watch.cancel()
-    if watch.done() and not watch.cancelled():
-        return None
-    return wait.result()
-
-
-def _team_may_use(state: ProxyState, team: str | None, entry: str) -> bool:
-    allowed = state.table.teams[team].allowed_entries if team in state.table.teams else ()
-    return not allowed or entry in allowed
-
-
 def _event_type(body: bytes) -> str | None:
     """The type of a POST /v1/events body (view, select, dismiss; a few hundred bytes), for usage counts;
     None for anything else (not JSON, no string "type", another type, a body past EVENT_BODY_MAX)."""
@@ -523,31 +444,6 @@ def _event_type(body: bytes) -> str | None:
         return None
     kind = event.get("type") if isinstance(event, dict) else None
     return kind if kind in EVENT_TYPES else None
-
-
-def _cold_health(entry: Entry, version: str) -> dict[str, Any]:
-    """Tabby's health answer for ``entry`` (protocol reference 1.3), from settings: what the entry's
-    backend will say once it is up. The IDE agent needs ``model``, ``device`` and ``version``."""
-    device = entry.device
-    models: dict[str, Any] = {
-        "completion": {"local": {"model_id": entry.model, "device": device}},
-        "embedding": {"local": {"model_id": "Nomic-Embed-Text", "device": device}},
-    }
-    health: dict[str, Any] = {"model": entry.model}
-    if entry.chat_model:
-        health["chat_model"] = entry.chat_model
-        health["chat_device"] = device
-        models["chat"] = {"local": {"model_id": entry.chat_model, "device": device}}
-    return health | {
-        "device": device,
-        "cuda_devices": [],
-        "models": models,
-        "arch": platform.machine(),
-        "cpu_info": f"tabby-fleet router: entry {entry.name!r} is starting",
-        "cpu_count": os.cpu_count() or 1,
-        "version": {"build_date": "", "build_timestamp": "", "git_sha": "", "git_describe": version},
-        "webserver": False,
-    }
 
 
 def _advertise_chat(body: bytes, advert: ChatAdvert) -> bytes:
