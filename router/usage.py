@@ -579,11 +579,16 @@ def parse_since(text: str, now: datetime) -> datetime:
                 since = since.replace(tzinfo=UTC)  # a time without an offset is UTC
             since = since.astimezone(UTC)
     except (ValueError, OverflowError, OSError):
-        raise FleetError(400, "bad-since", f"since={text!r} is not a time; use {SINCE_FORMS}") from None
+        raise FleetError(400, "bad-since", f"since={_shown(text)} is not a time; use {SINCE_FORMS}") from None
     if since > now + timedelta(seconds=1):
         raise FleetError(
             400,
             "bad-since",
-            f"since={text!r} is in the future (now is {now.isoformat(timespec='seconds')}); use {SINCE_FORMS}",
+            f"since={_shown(text)} is in the future (now is {now.isoformat(timespec='seconds')}); use {SINCE_FORMS}",
         )
     return since
+
+
+def _shown(text: str) -> str:
+    """A client's value as an error message quotes it: at most 64 characters (a long one is cut, and says so)."""
+    return repr(text) if len(text) <= 64 else f"{text[:64]!r}... ({len(text)} characters)"

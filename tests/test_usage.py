@@ -87,6 +87,12 @@ def test_parse_since_refuses_bad_values_naming_the_accepted_forms(text: str) -> 
     assert repr(text) in refused.value.message and "ISO 8601" in refused.value.message and "7d" in refused.value.message
 
 
+def test_a_long_bad_since_is_quoted_cut_short() -> None:
+    with pytest.raises(FleetError) as refused:
+        parse_since("x" * 20_000, datetime(2026, 11, 27, 10, tzinfo=UTC))
+    assert len(refused.value.message) < 600 and "(20000 characters)" in refused.value.message
+
+
 # --- counts, buckets, retention ----------------------------------------------------------------------
 
 
