@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from fleet.errors import FleetError
 from fleet.settings import (
@@ -28,6 +29,8 @@ from fleet.settings import (
     Team,
     resolve_chat_entry,
 )
+
+T = TypeVar("T")
 
 TABBY_API_PREFIXES = ("/v1/", "/v1beta/")
 TEAM_PREFIX = "/teams/"
@@ -93,8 +96,8 @@ class RoutingTable:
         self.default_entry = settings.router.default_entry or only
         self.tokens_required = settings.auth_mode == "tokens"
         # Every token: its digest, its team, and who holds it ("<team>/<label>", for X-Tabby-User).
-        self._tokens: tuple[tuple[bytes, str, str], ...] = tuple(
-            (bytes.fromhex(token.sha256), team.name, f"{team.name}/{token.label}")
+        self._tokens: tuple[tuple[bytes, tuple[str, str]], ...] = tuple(
+            (bytes.fromhex(token.sha256), (team.name, f"{team.name}/{token.label}"))
             for team in settings.teams
             for token in team.labelled_tokens
         )
@@ -210,11 +213,7 @@ class RoutingTable:
                 "this fleet requires a team token: send 'Authorization: Bearer <token>' (in tabby-agent's "
                 'config.toml: [server] token = "<token>"); ask your fleet admin for one',
             )
-        digest = hashlib.sha256(token.encode()).digest()
-        found = None
-        for known, team, holder in self._tokens:  # no early exit: the same work for every token
-            if hmac.compare_digest(digest, known):
-                found = team, holder
+        found = match_token(token, self._tokens)
         if found is None:
             raise FleetError(
                 401,
@@ -426,6 +425,17 @@ def _clean(value: str | None) -> str | None:
         return None
     value = value.strip().lower()
     return value or None
+
+
+def match_token(token: str, known: Iterable[tuple[bytes, T]]) -> T | None:
+    """What ``token`` is known as: the value beside its sha256 digest in ``known``, else None. In constant
+    time: every digest is compared, with no early exit, so the answer's timing says nothing of the match."""
+    digest = hashlib.sha256(token.encode()).digest()
+    found = None
+    for known_digest, value in known:
+        if hmac.compare_digest(digest, known_digest):
+            found = value
+    return found
 
 
 def hash_token(token: str) -> str:
