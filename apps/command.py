@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Container
 
 from fleet.loading import env_warnings, load_settings
 from fleet.settings import FleetSettings, settings_warnings
@@ -63,8 +64,18 @@ def plural(count: int) -> str:
     return "" if count == 1 else "s"
 
 
-def text_table(rows: list[tuple[str, ...]]) -> str:
+def text_table(rows: list[tuple[str, ...]], numeric: Container[int] = ()) -> str:
+    """``rows`` (the first is the header) as aligned text with a rule under the header; the columns whose
+    index is in ``numeric`` are right-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = (
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        return "  ".join(cells).rstrip()
+
+    lines = [line(row) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from apps.command import CliError
+from apps.command import CliError, text_table
 from router.status_page import Table, price_note, status_facts, status_tables
 
 DEFAULT_URL = "http://127.0.0.1:8080"  # where `fleet up` listens unless told otherwise (--host, --port)
@@ -208,23 +208,13 @@ def status_text(snapshot: dict[str, Any], health: dict[str, Any], table: dict[st
     entries = (table or {}).get("entries", [])
     warm = {entry["name"]: entry["warm"] for entry in entries if "warm" in entry} or None
     for table in status_tables(snapshot, health, warm):
-        lines += ["", table.title, *text_table(table)]
+        lines += ["", table.title, *table_lines(table)]
     lines += ["", price_note(snapshot)]
     return "\n".join(lines)
 
 
-def text_table(table: Table) -> list[str]:
+def table_lines(table: Table) -> list[str]:
     """A table's lines: header, rule, rows; numbers right-aligned; the 'empty' note when it has no rows."""
     if not table.rows:
         return [f"  ({table.empty})"]
-    rows = [table.header, *table.rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(table.header))]
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = [
-            cell.rjust(w) if i in table.numeric else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        return "  ".join(cells).rstrip()
-
-    return [line(table.header), "  ".join("-" * w for w in widths), *(line(row) for row in table.rows)]
+    return text_table([table.header, *table.rows], table.numeric).splitlines()
