@@ -19,7 +19,11 @@ BENCH_TOKEN = "tft_bench-token"  # the router runs with team tokens on: auth is 
 REPO = Path(__file__).resolve().parent.parent
 # The router's command-line module, by the file that defines it: the package may be renamed, and a
 # baseline revision runs whichever layout it has.
-CLI_MODULES = {"tabby_fleet/cli.py": "tabby_fleet.cli", "apps/cli.py": "apps.cli"}
+CLI_MODULES = {
+    "tabby_fleet/cli.py": "tabby_fleet.cli",
+    "apps/cli.py": "apps.cli",
+    "apps/cli/main.py": "apps.cli.main",
+}
 TOP_PACKAGES = ("tabby_fleet", "apps", "fleet", "router")  # each one a tree has must import from it
 
 

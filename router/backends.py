@@ -1,7 +1,7 @@
 """The router's view of where entries run: "the URL of entry X, starting it if needed".
 
 The router holds one :class:`Backends` and never knows more about the runtime than this interface.
-Implementations: :class:`apps.local.LocalBackends` (processes on this machine) and
+Implementations: :class:`apps.local.backends.LocalBackends` (processes on this machine) and
 :class:`StaticBackends` (entries with a fixed ``url``); the Modal runtime adds its own.
 """
 

@@ -148,7 +148,7 @@ def serve_process(argv: list[str], port: int, env: dict[str, str] | None = None)
 
 
 def standin_argv(port: int, *extra: str, model: str = "TabbyML/StarCoder-1B") -> list[str]:
-    return [sys.executable, "-m", "apps.standin", "--model", model, "--port", str(port), *extra]
+    return [sys.executable, "-m", "apps.local.standin", "--model", model, "--port", str(port), *extra]
 
 
 def _path_without_tabby(path: str) -> str:

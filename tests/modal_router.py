@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import aiohttp
 import uvicorn
 
-from apps.modal_backends import STATS_INTERVAL, WAKE_RETRY_SECONDS, ModalBackends, StatsLike
+from apps.modal.backends import STATS_INTERVAL, WAKE_RETRY_SECONDS, ModalBackends, StatsLike
 from fleet.loading import load_settings
 from fleet.routing import hash_token
 from fleet.settings import Entry, TokenRef

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.cli import up_banner
+from apps.cli.main import up_banner
 from fleet.loading import load_settings
 from fleet.routing import hash_token
 from fleet.settings import PACKAGED_EXAMPLE

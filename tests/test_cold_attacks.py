@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from apps.local import LocalBackends
-from apps.modal_backends import STATS_TIMEOUT, ModalBackends
+from apps.local.backends import LocalBackends
+from apps.modal.backends import STATS_TIMEOUT, ModalBackends
 from fleet.settings import Entry, FleetSettings, StandInOptions
 from fleet.warm import WarmWindow
 

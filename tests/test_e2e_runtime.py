@@ -258,7 +258,7 @@ flag = dict(zip(args[2::2], args[3::2]))  # after "serve --no-webserver": --flag
 root = os.environ["TABBY_ROOT"]
 with open(os.path.join(root, "..", "started.json"), "w") as out:
     json.dump({{"argv": args, "config": open(os.path.join(root, "config.toml")).read()}}, out)
-os.execv(sys.executable, [sys.executable, "-m", "apps.standin", "--model", flag["--model"],
+os.execv(sys.executable, [sys.executable, "-m", "apps.local.standin", "--model", flag["--model"],
                           "--host", flag["--host"], "--port", flag["--port"]])
 """
 

@@ -30,7 +30,7 @@ def test_no_other_installed_distribution_provides_our_package_names() -> None:
 
 def test_fleet_imports_nothing_from_router_or_apps() -> None:
     pattern = re.compile(r"^\s*(from|import)\s+(router|apps)\b", re.MULTILINE)
-    offenders = [path.name for path in (ROOT / "fleet").glob("*.py") if pattern.search(path.read_text())]
+    offenders = [path.name for path in (ROOT / "fleet").rglob("*.py") if pattern.search(path.read_text())]
     assert not offenders, f"fleet/ must stay pure; these import router/ or apps/: {offenders}"
     code = (
         "import sys, fleet.settings, fleet.routing, fleet.errors; "
@@ -43,7 +43,26 @@ def test_fleet_imports_nothing_from_router_or_apps() -> None:
 def test_imports_are_absolute() -> None:
     relative = re.compile(r"^\s*from\s+\.", re.MULTILINE)
     offenders = [
-        str(path.relative_to(ROOT)) for name in PACKAGES for path in (ROOT / name).glob("*.py")
+        str(path.relative_to(ROOT)) for name in PACKAGES for path in (ROOT / name).rglob("*.py")
         if relative.search(path.read_text())
     ]  # fmt: skip
     assert not offenders, f"use absolute imports (from fleet.settings import ...) in: {offenders}"
+
+
+def test_the_local_and_modal_runtimes_never_import_each_other() -> None:
+    """apps/local/ and apps/modal/ are two runtimes side by side; what they share lives in apps/tabby.py."""
+    for runtime, other in (("local", "modal"), ("modal", "local")):
+        pattern = re.compile(rf"^\s*(from|import)\s+apps\.{other}\b", re.MULTILINE)
+        offenders = [
+            str(path.relative_to(ROOT))
+            for path in (ROOT / "apps" / runtime).rglob("*.py")
+            if pattern.search(path.read_text())
+        ]
+        assert not offenders, f"apps/{runtime}/ imports apps/{other}/ in: {offenders}"
+
+
+def test_apps_is_laid_out_by_runtime() -> None:
+    """apps/ holds the CLI, the two runtimes and Tabby's command line; no flat *_cmd.py modules."""
+    top = sorted(path.name for path in (ROOT / "apps").iterdir() if not path.name.startswith(("_", ".")))
+    assert top == ["cli", "local", "modal", "tabby.py"], top
+    assert not list(ROOT.glob("apps/**/*_cmd.py"))

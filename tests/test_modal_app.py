@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from apps.modal_app import (
+from apps.modal.app import (
     DATA_MOUNT,
     FROZEN_SETTINGS_ENV,
     ROUTER_CA_BUNDLE,
@@ -19,8 +19,8 @@ from apps.modal_app import (
     current_settings,
     router_settings_json,
 )
-from apps.modal_inspect import describe_app
-from apps.tabby_cmd import container_root
+from apps.modal.inspect import describe_app
+from apps.tabby import container_root
 from fleet.loading import load_settings
 from fleet.settings import Entry, FleetSettings
 
@@ -74,7 +74,7 @@ def settings_from(tmp_path: Path, text: str) -> FleetSettings:
 
 
 def build(settings: FleetSettings) -> tuple[Any, dict[str, dict[str, Any]]]:
-    fleet = build_fleet_app(settings, {"__name__": "apps.modal_deploy"})
+    fleet = build_fleet_app(settings, {"__name__": "apps.modal.deploy"})
     return fleet, describe_app(fleet.app)
 
 
@@ -220,7 +220,7 @@ def test_url_entries_deploy_nothing(tmp_path: Path) -> None:
 
 def _class_names_in_fresh_process(env: dict[str, str]) -> list[str]:
     code = (
-        "import json; from apps import modal_deploy as d; "
+        "import json; import apps.modal.deploy as d; "
         "print(json.dumps(sorted(k for k in vars(d) if k.startswith('Tabby'))))"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "TABBY_FLEET"))}
@@ -277,7 +277,7 @@ def version(distribution):
         raise metadata.PackageNotFoundError(distribution)
     return real_version(distribution)
 metadata.version = version
-import apps.modal_deploy as deployed
+import apps.modal.deploy as deployed
 {then}
 print("imported")
 """
@@ -300,7 +300,7 @@ def test_gpu_containers_need_only_the_settings_packages(tmp_path: Path) -> None:
 def test_router_container_has_what_the_router_imports(tmp_path: Path) -> None:
     then = (
         "from router.app import create_app\n"
-        "from apps.modal_backends import ModalBackends\n"
+        "from apps.modal.backends import ModalBackends\n"
         "from router.openapi import tabby_api\n"
         "assert '/v1/completions' in tabby_api()['paths']\n"
         "settings = deployed.current_settings()\n"

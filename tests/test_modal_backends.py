@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apps.modal_backends import proxy_auth_headers
+from apps.modal.backends import proxy_auth_headers
 from fleet.errors import FleetError
 
 from .fake_modal_edge import edge_argv

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from apps.modal_backends import ModalBackends
+from apps.modal.backends import ModalBackends
 from fleet.settings import FleetSettings
 from router.app import create_app
 

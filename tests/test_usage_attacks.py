@@ -18,8 +18,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from apps.command import CliError
-from apps.status_cmd import fetch_status
+from apps.cli.common import CliError
+from apps.cli.status import fetch_status
 from fleet.settings import FleetSettings
 from router.observe import Observer, RequestRecord
 from router.usage import Usage, parse_since

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from apps.local import LocalBackends
-from apps.modal_app import FROZEN_SETTINGS_ENV, WARM_FUNCTION, build_fleet_app, warm_settings_json
-from apps.modal_inspect import describe_app
+from apps.local.backends import LocalBackends
+from apps.modal.app import FROZEN_SETTINGS_ENV, WARM_FUNCTION, build_fleet_app, warm_settings_json
+from apps.modal.inspect import describe_app
 from fleet.loading import SettingsError, load_settings
 from fleet.prices import DEFAULT_GPU_HOUR, DEFAULT_PRICES_DATE
 from fleet.settings import Entry, FleetSettings
@@ -299,13 +299,13 @@ def test_warm_hours_per_month() -> None:
 
 def test_the_app_declares_warm_hours_with_its_cron_schedule(tmp_path: Path) -> None:
     settings = settings_from(tmp_path, FLEET)
-    namespace: dict[str, Any] = {"__name__": "apps.modal_deploy"}
+    namespace: dict[str, Any] = {"__name__": "apps.modal.deploy"}
     fleet = build_fleet_app(settings, namespace)
     declared = describe_app(fleet.app)
     warm = declared[WARM_FUNCTION]
     assert warm["schedule"] == "Cron('*/5 * * * *', UTC)"
     assert warm["gpu"] == [] and warm["web"] == {} and warm["timeout"] == 120
-    assert namespace[WARM_FUNCTION] is fleet.warm_hours  # a global of apps.modal_deploy, like the router
+    assert namespace[WARM_FUNCTION] is fleet.warm_hours  # a global of apps.modal.deploy, like the router
     assert any("tzdata==" in command for command in warm["image"])  # the IANA names on a slim image
     assert warm["image"] == declared["router"]["image"]  # the router's small CPU image
     assert declared["router"]["schedule"] is None and declared["TabbyLarge"]["schedule"] is None
@@ -313,7 +313,7 @@ def test_the_app_declares_warm_hours_with_its_cron_schedule(tmp_path: Path) -> N
 
 def test_the_warm_function_freezes_only_its_entries_and_the_app_name(tmp_path: Path) -> None:
     settings = settings_from(tmp_path, FLEET + '\n[[teams]]\nname = "web"\nentry = "small"\n')
-    fleet = build_fleet_app(settings, {"__name__": "apps.modal_deploy"})
+    fleet = build_fleet_app(settings, {"__name__": "apps.modal.deploy"})
     assert f"Secret.from_dict([{FROZEN_SETTINGS_ENV}])" in describe_app(fleet.app)[WARM_FUNCTION]["secrets"]
     text = warm_settings_json(settings)
     assert text is not None
@@ -325,7 +325,7 @@ def test_the_warm_function_freezes_only_its_entries_and_the_app_name(tmp_path: P
 def test_no_function_when_no_entry_has_windows(tmp_path: Path) -> None:
     settings = settings_from(tmp_path, FLEET.split('[[entries]]\nname = "large"')[0])  # small only
     assert warm_settings_json(settings) is None
-    fleet = build_fleet_app(settings, {"__name__": "apps.modal_deploy"})
+    fleet = build_fleet_app(settings, {"__name__": "apps.modal.deploy"})
     assert fleet.warm_hours is None and WARM_FUNCTION not in describe_app(fleet.app)
 
 
@@ -338,7 +338,7 @@ class Instance:
     def update_autoscaler(self, **options):
         calls.append([self.app, self.cls, options])
 modal.Cls.from_name = lambda app, cls: (lambda: Instance(app, cls))  # Modal's cloud, faked
-import apps.modal_deploy as deployed
+import apps.modal.deploy as deployed
 print(json.dumps({"applied": deployed.warm_hours.local(), "calls": calls,
                   "classes": sorted(k for k in vars(deployed) if k.startswith("Tabby"))}))
 """

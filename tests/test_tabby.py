@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = textwrap.dedent(
     """
     import os, sys, time
-    from apps.tabby_cmd import supervise
+    from apps.tabby import supervise
     tabby = [sys.executable, "-c", "print('loading model'); print('CUDA error: out of memory'); raise SystemExit(3)"]
     supervise(tabby, dict(os.environ), name="entry 'large'")
     time.sleep(60)  # the container would wait here for the port; the watchdog must end it first

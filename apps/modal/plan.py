@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from apps.modal_app import DATA_MOUNT, EMBEDDING_MODEL, build_fleet_app
-from apps.modal_inspect import describe_app
+from apps.modal.app import DATA_MOUNT, EMBEDDING_MODEL, build_fleet_app
+from apps.modal.inspect import describe_app
 from fleet.settings import FleetSettings
 
 
 def modal_plan(settings: FleetSettings) -> str:
-    fleet = build_fleet_app(settings, {"__name__": "apps.modal_deploy"})
+    fleet = build_fleet_app(settings, {"__name__": "apps.modal.deploy"})
     declared = describe_app(fleet.app)
     options = settings.modal
     lines = [

@@ -16,7 +16,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from apps.command import CliError, text_table
+from apps.cli.common import CliError, text_table
 from router.status_page import Table, price_note, status_facts, status_tables
 
 DEFAULT_URL = "http://127.0.0.1:8080"  # where `fleet up` listens unless told otherwise (--host, --port)

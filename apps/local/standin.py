@@ -6,7 +6,7 @@ axum's 400/415/422 rejections; events; server_setting; chat as SSE with no ``[DO
 are deterministic and name the model it stands in for, so a person (or a test) sees which fleet
 entry answered. It says everywhere that it is a stand-in.
 
-Run: ``python -m apps.standin --model TabbyML/StarCoder-1B --port 8081``.
+Run: ``python -m apps.local.standin --model TabbyML/StarCoder-1B --port 8081``.
 Like ``tabby serve``, it opens its port only once "loaded" (after ``--start-delay``).
 """
 

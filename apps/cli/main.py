@@ -1,7 +1,7 @@
 """The ``fleet`` command: run the fleet locally, check and explain settings, deploy.
 
-Its other commands live beside it: ``fleet token ...`` in :mod:`apps.token_cmd`, ``fleet status`` in
-:mod:`apps.status_cmd`; what they share in :mod:`apps.command`.
+Its other commands live beside it: ``fleet token ...`` in :mod:`apps.cli.token`, ``fleet status`` in
+:mod:`apps.cli.status`; what they share in :mod:`apps.cli.common`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from apps.command import ADMIN_ENDPOINTS, CliError, access_summary, load_for_command, text_table
-from apps.status_cmd import add_status_command
-from apps.token_cmd import add_token_commands
+from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, load_for_command, text_table
+from apps.cli.status import add_status_command
+from apps.cli.token import add_token_commands
 from fleet.errors import FleetError
 from fleet.loading import SettingsError, load_settings, resolve_config_path
 from fleet.routing import RoutingTable
@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from apps.local import find_tabby
+    from apps.local.backends import find_tabby
 
     settings = load_for_command(args)
     source = resolve_config_path(args.config)
@@ -126,7 +126,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print()
         print("\n".join(warm))
     if not args.local_only:
-        from apps.modal_plan import modal_plan
+        from apps.modal.plan import modal_plan
 
         print()
         print(modal_plan(settings))
@@ -163,7 +163,7 @@ def cmd_modal(args: argparse.Namespace) -> int:
     if refusals:
         raise CliError(f"not running `modal {args.verb}`:", *refusals)
     extra = [a for a in args.modal_args if a != "--"]
-    argv = [sys.executable, "-m", "modal", args.verb, *extra, "-m", "apps.modal_deploy"]
+    argv = [sys.executable, "-m", "modal", args.verb, *extra, "-m", "apps.modal.deploy"]
     print(f"fleet: {' '.join(argv[2:])}  (settings: {source})", flush=True)
     return subprocess.call(argv, env={**os.environ, "FLEET_CONFIG": str(source)})
 
@@ -194,7 +194,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from apps.local import LocalBackends
+    from apps.local.backends import LocalBackends
     from router.app import create_app
 
     settings = load_for_command(args)

@@ -57,18 +57,6 @@ def write_tabby_config(root: Path | str, entry: Entry) -> None:
     path.write_text(tabby_config_toml(entry))
 
 
-def standin_argv(entry: Entry, *, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The built-in stand-in, for machines without a tabby binary (and for tests)."""
-    argv = [sys.executable, "-m", "apps.standin", "--model", entry.model]
-    if entry.chat_model:
-        argv += ["--chat-model", entry.chat_model]
-    options = entry.standin
-    argv += ["--host", host, "--port", str(port)]
-    argv += ["--start-delay", str(options.start_delay), "--chunk-delay", str(options.chunk_delay)]
-    argv += ["--completion-delay", str(options.completion_delay)]
-    return argv
-
-
 def container_root(data_mount: str, entry: Entry, task_id: str | None) -> str:
     """One TABBY_ROOT per container, below the entry's folder: ``/data/<entry>/<task id>``.
 

@@ -1,6 +1,6 @@
 """The fleet on Modal: one GPU class per entry and the router beside them, all from FleetSettings.
 
-This module declares; :mod:`apps.modal_deploy` is what ``fleet deploy`` hands to
+This module declares; :mod:`apps.modal.deploy` is what ``fleet deploy`` hands to
 ``modal deploy -m``. Per entry it declares:
 
 - a class named after the entry (``small`` -> ``TabbySmall``), a module-level global so the container
@@ -37,7 +37,7 @@ from typing import Any
 
 import modal
 
-from apps.tabby_cmd import (
+from apps.tabby import (
     IMAGE_TABBY_BIN,
     container_root,
     supervise,
@@ -221,7 +221,7 @@ def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> Fleet
         classes[entry.name] = deployed
 
     def router() -> Any:
-        from apps.modal_backends import ModalBackends
+        from apps.modal.backends import ModalBackends
         from router.app import create_app
 
         fleet = current_settings()

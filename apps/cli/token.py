@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from apps.command import CliError, access_summary, load_for_command, text_table
+from apps.cli.common import CliError, access_summary, load_for_command, text_table
 from fleet.loading import SettingsError, load_settings, resolve_config_path
 from fleet.routing import hash_token
 from fleet.settings import LEGACY_LABEL, PACKAGED_EXAMPLE, FleetSettings, TokenRef

@@ -26,7 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apps.tabby_cmd import standin_argv, tabby_env, tabby_serve_argv, write_tabby_config
+from apps.local import standin
+from apps.tabby import tabby_env, tabby_serve_argv, write_tabby_config
 from fleet.errors import FleetError
 from fleet.settings import Entry, FleetSettings
 from fleet.warm import warm_containers_at
@@ -61,6 +62,18 @@ def find_tabby(settings: FleetSettings) -> str | None:
             )
         return found
     return shutil.which("tabby")
+
+
+def standin_argv(entry: Entry, *, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The built-in stand-in (apps/local/standin.py), for machines without a tabby binary (and for tests)."""
+    argv = [sys.executable, "-m", standin.__name__, "--model", entry.model]
+    if entry.chat_model:
+        argv += ["--chat-model", entry.chat_model]
+    options = entry.standin
+    argv += ["--host", host, "--port", str(port)]
+    argv += ["--start-delay", str(options.start_delay), "--chunk-delay", str(options.chunk_delay)]
+    argv += ["--completion-delay", str(options.completion_delay)]
+    return argv
 
 
 class LocalBackend:
