@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apps.modal.backends import proxy_auth_headers
+from apps.modal.backends import ModalBackends, proxy_auth_headers
 from fleet.errors import FleetError
+from fleet.settings import Entry, FleetSettings
 
 from .fake_modal_edge import edge_argv
 from .fleetproc import COMPLETION, free_port, serve_process, standin_argv
@@ -133,3 +134,17 @@ def test_on_modal_a_loopback_client_is_no_admin(tmp_path: Path) -> None:
             assert "nobody on Modal" in refused.json()["error"]["message"]
         health = httpx.get(f"{router}/fleet/health").json()
         assert "last_error" not in health["entries"]["small"]  # states only, no admin details
+
+
+def test_an_entry_never_answered_is_cold_even_on_a_machine_booted_a_minute_ago(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monotonic clock counts from boot: on a fresh container (or CI machine) it reads a few
+    seconds. An entry that never answered is not "ready" then (found as a flaky cold-start test: with
+    last success at 0.0, the first scaledown_window seconds after boot made every entry look ready)."""
+    monkeypatch.setenv("TABBY_FLEET_PROXY_KEY", "wk-test")
+    monkeypatch.setenv("TABBY_FLEET_PROXY_SECRET", "ws-test")
+    settings = FleetSettings(entries=[Entry(name="small", model="TabbyML/StarCoder-1B")])
+    backends = ModalBackends(settings, lookup=lambda entry: "http://127.0.0.1:9", stats=None)
+    state = backends.entries["small"]
+    state.url = "http://127.0.0.1:9"  # the lookup done
+    for seconds_since_boot in (1.0, 60.0, 299.0, 10_000.0):
+        assert state.state(seconds_since_boot) == "cold", seconds_since_boot

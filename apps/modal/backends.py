@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -115,7 +116,10 @@ class _ModalEntry:
         self.url: str | None = None
         self.error: str | None = None  # the class could not be found: failed for good
         self.in_flight = 0
-        self.last_ok = 0.0  # monotonic time a request or a wake last succeeded
+        # Monotonic time a request or a wake last succeeded; never, at first. Not 0.0: the monotonic clock
+        # counts from the machine's boot, so on a container started minutes ago 0.0 is "a success within
+        # scaledown_window" and every entry would look ready.
+        self.last_ok = -math.inf
         self.wake_retry = wake_retry
         self.stale_after = stale_after  # a sample older than this is not believed
         self.waking: asyncio.Task[None] | None = None
@@ -124,7 +128,7 @@ class _ModalEntry:
         self.wake_failed_at: float | None = None
         self.runners: int | None = None  # Modal's stats: None until sampled once
         self.backlog: int | None = None
-        self.stats_at = 0.0
+        self.stats_at = -math.inf  # monotonic time of the latest sample: none yet
         self.gone = False  # a sample since the last success said no runners: that container is gone
         self.stats_failing = False  # a failing stats call is logged once, not every interval
 
