@@ -179,9 +179,9 @@ def create_app(
             state = ProxyState(  # built aside: nothing in use changes yet
                 new, proxy.state, backends.router_share, loopback_admin=proxy.state.loopback_admin
             )
-            await backends.reconfigure(new)  # may refuse (e.g. on Modal: redeploy instead)
-            proxy.swap(state)
-            usage.configure(new)
+            await backends.adopt(new)  # may refuse (e.g. on Modal: redeploy instead)
+            proxy.adopt(state)
+            usage.adopt(new)
         source = settings_source or str(resolve_config_path(None))
         changes = describe_changes(old, new)
         log.info(
