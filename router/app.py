@@ -2,10 +2,10 @@
 
 Tabby's API paths (``/v1/...``, ``/v1beta/...`` and their ``/teams/<team>/`` and ``/models/<entry>/``
 prefixed forms) go straight to the streaming :class:`Proxy`, and so does ``/fleet/whoami`` (also under
-those prefixes: ``<endpoint>/fleet/whoami``). Everything else is a small FastAPI app: ``/fleet/health``
-(liveness for anyone, details for admins), ``/fleet/entries``, ``/fleet/usage`` (router/usage.py),
-``/fleet/reload``, ``/metrics``, the status page ``/fleet/status`` (router/status_page.py) and the
-OpenAPI docs at ``/fleet/docs``.
+those prefixes: ``<endpoint>/fleet/whoami``). Everything else is a small FastAPI app (router/endpoints.py):
+``/fleet/health`` (liveness for anyone, details for admins), ``/fleet/entries``, ``/fleet/usage``
+(router/usage.py), ``/fleet/reload``, ``/metrics``, the status page ``/fleet/status``
+(router/status_page.py) and the OpenAPI docs at ``/fleet/docs``.
 """
 
 from __future__ import annotations
