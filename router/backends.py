@@ -41,7 +41,7 @@ class Backends(Protocol):
     async def close(self) -> None:
         """Stop everything this runtime started. Called at router shutdown."""
 
-    async def reconfigure(self, settings: FleetSettings) -> None:
+    async def adopt(self, settings: FleetSettings) -> None:
         """Adopt reloaded settings: new entries become available, removed ones stop once idle.
 
         Raises FleetError if this runtime cannot change without a redeploy.
@@ -101,7 +101,7 @@ class StaticBackends:
     async def close(self) -> None:
         return None
 
-    async def reconfigure(self, settings: FleetSettings) -> None:
+    async def adopt(self, settings: FleetSettings) -> None:
         self._configure(settings)
 
     def upstream(self, entry: str) -> Upstream:

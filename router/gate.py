@@ -4,7 +4,7 @@ Capacity is the entry's ``max_containers x max_inputs``, the same on every runti
 capacity waits (first come, first served) up to ``router.queue_timeout`` seconds; when ``max_queue``
 requests already wait, or the wait runs out, it gets 503 with ``Retry-After``.
 
-A reload gives a surviving gate new :class:`GateLimits` in one assignment (:meth:`EntryGate.resize`);
+A reload gives a surviving gate new :class:`GateLimits` in one assignment (:meth:`EntryGate.adopt`);
 raised capacity admits queued requests at once, lowered capacity lets the surplus finish.
 
 :meth:`EntryGate.acquire` returns the seconds a request waited in the queue (0.0 without a wait, and
@@ -49,7 +49,7 @@ class EntryGate:
     def queued(self) -> int:
         return len(self._waiters)
 
-    def resize(self, limits: GateLimits) -> None:
+    def adopt(self, limits: GateLimits) -> None:
         """Adopt new limits; queued requests that now fit are admitted before this returns."""
         self.limits = limits
         while self._waiters and self.in_flight < limits.capacity:

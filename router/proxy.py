@@ -9,7 +9,7 @@ upstream request is cancelled at once: its connection is closed, so the backend 
 the client's connection is aborted (:class:`RequestAborted`), so a truncated answer never looks whole.
 
 Settings can be reloaded while requests run: a request keeps the routing table, gate and limiter it
-started with; the next request uses the new ones (:meth:`Proxy.swap`).
+started with; the next request uses the new ones (:meth:`Proxy.adopt`).
 
 The IDE agent's health check (``/v1/health``, and ``/v1beta/server_setting``) does no model work: it
 takes no gate slot and counts against no team limit, so a busy entry or a team over its rate keeps
@@ -82,7 +82,7 @@ class RequestAborted(Exception):
 
 class ProxyState:
     """Everything derived from one version of the settings. A reload builds a new one (touching
-    nothing in use) and :meth:`Proxy.swap` puts it in place in one step; a request keeps the state
+    nothing in use) and :meth:`Proxy.adopt` puts it in place in one step; a request keeps the state
     it started with."""
 
     def __init__(
@@ -106,7 +106,7 @@ class ProxyState:
         self.max_header_bytes = router.max_header_bytes
         self.max_url_bytes = router.max_url_bytes
         # Gates and limiters of surviving entries and teams are the same objects (their counts of
-        # requests in flight stay true); their new limits are applied by the swap.
+        # requests in flight stay true); their new limits are applied by :meth:`Proxy.adopt`.
         old_gates = previous.gates if previous else {}
         self.gate_limits = {
             entry.name: GateLimits(
@@ -166,14 +166,15 @@ class Proxy:
     def gates(self) -> dict[str, EntryGate]:
         return self.state.gates
 
-    def swap(self, state: ProxyState) -> None:
-        """Make ``state`` current. All in one step of the event loop: no request sees half of it."""
+    def adopt(self, state: ProxyState) -> None:
+        """Make ``state`` current, then let its gates, its limiters and the client adopt their part. All in
+        one step of the event loop: no request sees half of it."""
         self.state = state
         for name, gate in state.gates.items():
-            gate.resize(state.gate_limits[name])  # admits queued requests when capacity rose
+            gate.adopt(state.gate_limits[name])  # admits queued requests when capacity rose
         for name, limiter in state.limiters.items():
-            limiter.resize(state.teams[name])
-        self.client.configure(**_client_options(state.settings.router))
+            limiter.adopt(state.teams[name])
+        self.client.adopt(**_client_options(state.settings.router))
 
     async def close(self) -> None:
         await self.client.close()

@@ -23,7 +23,7 @@ class TeamLimiter:
         self._tokens = float(team.requests_per_minute or 0)
         self._refilled = time.monotonic()
 
-    def resize(self, team: Team) -> None:
+    def adopt(self, team: Team) -> None:
         """Adopt reloaded limits; requests in flight and the tokens left stay counted."""
         self.max_concurrent, self.per_minute = team.max_concurrent, team.requests_per_minute
 

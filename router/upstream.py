@@ -113,9 +113,7 @@ class UpstreamClient:
         self._session: aiohttp.ClientSession | None = None
         self._retired: list[aiohttp.ClientSession] = []
 
-    def configure(
-        self, *, connect_timeout: float, read_timeout: float, keepalive: float, ca_bundle: Path | None
-    ) -> None:
+    def adopt(self, *, connect_timeout: float, read_timeout: float, keepalive: float, ca_bundle: Path | None) -> None:
         """Adopt reloaded settings. A new pool (keep-alive, trust) serves new requests; the old one
         finishes its answers in flight and is closed with the router."""
         if (keepalive, ca_bundle) != (self.keepalive, self.ca_bundle) and self._session is not None:

@@ -218,9 +218,9 @@ class Usage:
         self.fallbacks: dict[str, str] = {}
         self.prices: dict[str, Any] = {}
         if settings is not None:
-            self.configure(settings)
+            self.adopt(settings)
 
-    def configure(self, settings: FleetSettings) -> None:
+    def adopt(self, settings: FleetSettings) -> None:
         """Take (reloaded) settings: the entries and teams to report, and the prices."""
         prices = settings.prices
         self.prices = {"currency": prices.currency, "date": prices.date, "source": prices.source}

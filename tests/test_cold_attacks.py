@@ -491,7 +491,7 @@ def test_local_warm_hours_restart_a_crashed_backend_never_in_a_tight_loop_and_le
             # tight loop (about one a second and a third here; in production one per 15 s check).
             assert 2 <= never_status["starts"] <= 8 and never_status["state"] in ("starting", "failed"), never_status
             pid = backends.status()["kept"]["pid"]
-            await backends.reconfigure(settings.model_copy(update={"entries": (never,)}))
+            await backends.adopt(settings.model_copy(update={"entries": (never,)}))
             await _until_async(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10, "kept stopped")
             await asyncio.sleep(1)
             assert "kept" not in backends.status() and backends.backend_state("kept") == "ready"  # no backend

@@ -55,7 +55,7 @@ def test_raised_capacity_admits_queued_requests_at_once() -> None:
         await gate.acquire()
         waiters = [asyncio.create_task(gate.acquire()) for _ in range(3)]
         await asyncio.sleep(0.01)
-        gate.resize(GateLimits(capacity=3, max_queue=4, queue_timeout=5))
+        gate.adopt(GateLimits(capacity=3, max_queue=4, queue_timeout=5))
         await asyncio.sleep(0.01)
         assert [w.done() for w in waiters] == [True, True, False]  # two fit now; the third still waits
         assert (gate.in_flight, gate.queued) == (3, 1)
@@ -71,7 +71,7 @@ def test_lowered_capacity_lets_the_surplus_finish_before_admitting() -> None:
         gate = EntryGate("small", GateLimits(capacity=3, max_queue=4, queue_timeout=5))
         for _ in range(3):
             await gate.acquire()
-        gate.resize(GateLimits(capacity=1, max_queue=4, queue_timeout=5))
+        gate.adopt(GateLimits(capacity=1, max_queue=4, queue_timeout=5))
         waiter = asyncio.create_task(gate.acquire())
         await asyncio.sleep(0.01)
         gate.release()  # 3 -> 2 in flight, still over the new capacity: nobody is admitted

@@ -266,7 +266,7 @@ def test_a_reload_brings_its_teams_entries_and_prices_and_keeps_what_was_counted
             "prices": SETTINGS.prices.model_copy(update={"gpu_hour": {"H200": 4.5}}),
         }
     )
-    usage.configure(reloaded)
+    usage.adopt(reloaded)
     snapshot = usage.snapshot(_since(clock, "1h"))
     assert set(snapshot["teams"]) == {"alpha", "beta", "delta"} and snapshot["teams"]["beta"]["completions"] == 1
     assert snapshot["entries"]["odd"]["price_per_hour"] == 4.5

@@ -91,7 +91,7 @@ def test_a_reload_leaves_every_usage_series_where_it_was_counted() -> None:
     assert before[("fleet_gpu_seconds_total", (("entry", "large"), ("gpu", "H100")))] == pytest.approx(1200)
 
     for settings in (_settings(teams=("alpha",), large="H100:4", fallback="medium"), _settings()):
-        usage.configure(settings)  # beta removed, large on 4 GPUs falling back to medium; then as before
+        usage.adopt(settings)  # beta removed, large on 4 GPUs falling back to medium; then as before
         after = _series(observer)
         moved = {key: (value, after.get(key)) for key, value in before.items() if after.get(key) != value}
         assert not moved, (
@@ -113,7 +113,7 @@ def test_a_reload_that_removes_an_entry_keeps_what_its_time_cost() -> None:
     clock.now += 3600
     usage.observe(_record("beta", "large", upstream_seconds=1.0), 1.0)
     usage.sample({"large": {"containers": 0}, "medium": {"containers": 0}})
-    usage.configure(
+    usage.adopt(
         FleetSettings.model_validate(
             {
                 "entries": [

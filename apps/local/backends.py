@@ -371,7 +371,7 @@ class LocalBackends:
         # Check often enough that a 2 s idle window ends within about half a second of its time.
         self._reap_interval = max(0.25, min(1.0, min(windows) / 4))
 
-    async def reconfigure(self, settings: FleetSettings) -> None:
+    async def adopt(self, settings: FleetSettings) -> None:
         self._configure(settings)
         if self._warmer is not None:
             self.check_warm_hours()  # a new or changed entry in its window starts now, not at the next check

@@ -242,7 +242,7 @@ class ModalBackends:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._client.close()
 
-    async def reconfigure(self, settings: FleetSettings) -> None:
+    async def adopt(self, settings: FleetSettings) -> None:
         raise FleetError(
             409,
             "reload-not-supported",
