@@ -13,6 +13,7 @@ import pytest
 
 from apps.modal.app import (
     DATA_MOUNT,
+    EMBEDDING_MODEL,
     FROZEN_SETTINGS_ENV,
     ROUTER_CA_BUNDLE,
     current_settings,
@@ -21,7 +22,7 @@ from apps.modal.app import (
 from apps.tabby import container_root
 from fleet.loading import load_settings
 from fleet.settings import Entry, FleetSettings
-from tests.support.modal_inspect import declare, describe_app
+from tests.support.modal_inspect import declare, describe_app, image_commands
 
 THREE = """
 [modal]
@@ -367,3 +368,65 @@ def test_the_routers_ca_bundle_travels_in_its_image(tmp_path: Path) -> None:
     assert json.loads(router_settings_json(settings_from(tmp_path, THREE))) == json.loads(
         settings_from(tmp_path, THREE).model_dump_json()
     )
+
+
+def test_what_modal_holds_is_the_spec_of_every_class_and_function(tmp_path: Path) -> None:
+    """The deploy module declares exactly its specs (what `fleet plan` prints): read back from Modal."""
+    bundle = tmp_path / "private-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    warm = 'warm = [{days = "mon-fri", start = "08:00", end = "18:00", timezone = "Europe/Berlin"}]'
+    text = THREE.replace('gpu = "L4"', f'gpu = ["L4", "a10g"]\n{warm}').replace(
+        "router_max_inputs = 300",
+        'router_max_inputs = 300\nrouter_cpu = 0.5\nrouter_memory = 1024\nrouter_label = "door"',
+    )
+    text += '\n[[entries]]\nname = "gpu-box"\nmodel = "TabbyML/StarCoder-1B"\nurl = "http://gpu-box:8080"\n'
+    text += f'\n[router]\nupstream_ca_bundle = "{bundle}"\n'
+    deployed, held = build(settings_from(tmp_path, text))
+    fleet = deployed.fleet
+    assert set(held) == {*(spec.class_name for spec in fleet.entries), "router", "warm_hours"}
+    for spec in fleet.entries:
+        cls, options = held[spec.class_name], spec.cls
+        gpus = options["gpu"] if isinstance(options["gpu"], list) else [options["gpu"]]
+        assert cls == {
+            "gpu": gpus,
+            "scaledown_window": options["scaledown_window"],
+            "max_containers": options["max_containers"],
+            "min_containers": options["min_containers"],
+            "buffer_containers": options.get("buffer_containers", 0),
+            "max_inputs": spec.concurrent["max_inputs"],
+            "target_inputs": spec.concurrent.get("target_inputs"),
+            "timeout": options["timeout"],
+            "startup_timeout": options["startup_timeout"],
+            "schedule": None,
+            "volumes": {path: volume.name for path, volume in options["volumes"].items()},
+            "secrets": [f"Secret.from_dict([{FROZEN_SETTINGS_ENV}])"],
+            "env": options["env"],
+            "web": {"serve": spec.web_server},
+            "image": image_commands(options["image"]),
+            "cpu": None,
+            "memory": None,
+        }, spec.class_name
+        downloads = [c.split("--model ")[1] for c in cls["image"] if " download --model " in c]
+        assert downloads == [EMBEDDING_MODEL, *spec.models]
+    for name, spec in (("router", fleet.router), ("warm_hours", fleet.warm)):
+        function, options = held[name], spec.function
+        assert function == {
+            "gpu": [],
+            "scaledown_window": 0,  # unset: Modal's default
+            "max_containers": options.get("max_containers") or 0,  # 0: no limit
+            "min_containers": options.get("min_containers") or 0,
+            "buffer_containers": 0,
+            "max_inputs": (spec.concurrent or {}).get("max_inputs"),
+            "target_inputs": None,
+            "timeout": options["timeout"],
+            "startup_timeout": options["timeout"],  # Modal: the timeout, when startup_timeout is unset
+            "schedule": None if spec.cron is None else f"Cron('{spec.cron}', UTC)",
+            "volumes": {},
+            "secrets": [*map(repr, options.get("secrets", [])), f"Secret.from_dict([{FROZEN_SETTINGS_ENV}])"],
+            "env": options["env"],
+            "web": {} if spec.asgi_app is None else {name: {"requires_proxy_auth": False, **spec.asgi_app}},
+            "image": image_commands(options["image"]),
+            "cpu": options.get("cpu"),
+            "memory": options.get("memory"),
+        }, name
+    assert held["router"]["web"]["router"]["label"] == "door" and held["router"]["cpu"] == 0.5
