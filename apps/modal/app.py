@@ -59,6 +59,9 @@ ROUTER_TIMEOUT = 600  # seconds one router request may run; Modal answers web re
 WARM_FUNCTION = "warm_hours"
 WARM_SCHEDULE = f"*/{int(WARM_LEAD.total_seconds() // 60)} * * * *"  # Modal's Cron runs in UTC by default
 WARM_TIMEOUT = 120  # seconds one run may take: one update_autoscaler call per warm entry
+# What every GPU container of an entry gets in its environment besides TABBY_ROOT (set per container,
+# in EntryServer.serve): where the baked weights are, and no usage reports to TabbyML.
+TABBY_SERVE_ENV = {"TABBY_DISABLE_USAGE_COLLECTION": "1", "TABBY_MODEL_CACHE_ROOT": MODEL_CACHE}
 
 # What the containers import from this package, pinned to the versions tested locally. The GPU
 # classes import only the settings; the router also the web stack. (Inside a container these lists
@@ -90,78 +93,7 @@ def current_settings() -> FleetSettings:
     return load_settings()
 
 
-def tabby_base_image(settings: FleetSettings) -> modal.Image:
-    """The layers every entry shares, built and stored once: Tabby's image with Python, no
-    entrypoint, the embedding model every Tabby 0.32 loads, and the settings packages."""
-    return (
-        modal.Image.from_registry(settings.modal.tabby_image, add_python=PYTHON_VERSION)
-        .dockerfile_commands("ENTRYPOINT []")
-        .env({"TABBY_MODEL_CACHE_ROOT": MODEL_CACHE, "TABBY_DISABLE_USAGE_COLLECTION": "1"})
-        .run_commands(" ".join(tabby_download_argv(EMBEDDING_MODEL)))
-        .pip_install(*pinned(SETTINGS_PACKAGES))
-    )
-
-
-def tabby_image(settings: FleetSettings, entry: Entry) -> modal.Image:
-    """The shared layers, then this entry's own models baked in."""
-    models = [entry.model, *([entry.chat_model] if entry.chat_model else [])]
-    return (
-        tabby_base_image(settings)
-        .run_commands(*(" ".join(tabby_download_argv(model)) for model in models))
-        .add_local_python_source(*FLEET_PACKAGES, ignore=PACKAGE_FILES)
-    )
-
-
-# What a GPU container's frozen settings keep of the modal options: what names the app and builds
-# its image and volume. The router_* options stay out, so changing them replaces no GPU container.
-GPU_MODAL_OPTIONS = frozenset({"app_name", "volume", "tabby_image", "proxy_auth_secret"})
-
-
-def entry_settings_json(settings: FleetSettings, entry: Entry) -> str:
-    """The frozen settings of one entry's containers: that entry and the image and volume options.
-
-    A class's definition then depends on nothing else: a change to a team, a router option,
-    another entry or the entry's warm hours (applied by the warm_hours function) leaves its (slow to
-    start) containers alone.
-    """
-    frozen = {
-        "entries": [entry.model_dump(mode="json", exclude={"warm"})],
-        "modal": settings.modal.model_dump(mode="json", include=set(GPU_MODAL_OPTIONS)),
-    }
-    return json.dumps(frozen, sort_keys=True)
-
-
-def warm_settings_json(settings: FleetSettings) -> str | None:
-    """The frozen settings of the warm_hours function: the deployed entries with warm windows and the
-    app's name (no teams, no tokens). None when no deployed entry has windows: nothing to schedule."""
-    warm = [entry.model_dump(mode="json") for entry in settings.entries if entry.warm and entry.url is None]
-    if not warm:
-        return None
-    return json.dumps({"entries": warm, "modal": {"app_name": settings.modal.app_name}}, sort_keys=True)
-
-
-def router_image(ca_bundle: Path | None = None) -> modal.Image:
-    """Debian with the router's packages and this project's; ``ca_bundle`` (router.upstream_ca_bundle,
-    a file on the deploying machine) copied in at ``ROUTER_CA_BUNDLE``."""
-    image = modal.Image.debian_slim(python_version=PYTHON_VERSION).pip_install(*pinned(ROUTER_PACKAGES))
-    if ca_bundle is not None:
-        image = image.add_local_file(ca_bundle, ROUTER_CA_BUNDLE, copy=True)
-    return image.add_local_python_source(*FLEET_PACKAGES, ignore=PACKAGE_FILES)
-
-
-def router_settings_json(settings: FleetSettings) -> str:
-    """The router's frozen settings: all of them, with the CA bundle's path as it is in the router image."""
-    if settings.router.upstream_ca_bundle is None:
-        return settings.model_dump_json()
-    router = settings.router.model_dump(mode="json") | {"upstream_ca_bundle": ROUTER_CA_BUNDLE}
-    return json.dumps(settings.model_dump(mode="json") | {"router": router})
-
-
 # -- the specs: everything the app declares, worked out before anything is declared -------------------
-
-# What every GPU container of an entry gets in its environment besides TABBY_ROOT (set per container,
-# in EntryServer.serve): where the baked weights are, and no usage reports to TabbyML.
-TABBY_SERVE_ENV = {"TABBY_DISABLE_USAGE_COLLECTION": "1", "TABBY_MODEL_CACHE_ROOT": MODEL_CACHE}
 
 
 @dataclass(frozen=True)
@@ -292,3 +224,73 @@ def fleet_spec(settings: FleetSettings) -> FleetSpec:
         router=router_spec(settings, proxy_auth),
         warm=warm_spec(settings),
     )
+
+
+# -- how the specs are made: images and frozen settings ------------------------------------------------
+
+
+def tabby_base_image(settings: FleetSettings) -> modal.Image:
+    """The layers every entry shares, built and stored once: Tabby's image with Python, no
+    entrypoint, the embedding model every Tabby 0.32 loads, and the settings packages."""
+    return (
+        modal.Image.from_registry(settings.modal.tabby_image, add_python=PYTHON_VERSION)
+        .dockerfile_commands("ENTRYPOINT []")
+        .env({"TABBY_MODEL_CACHE_ROOT": MODEL_CACHE, "TABBY_DISABLE_USAGE_COLLECTION": "1"})
+        .run_commands(" ".join(tabby_download_argv(EMBEDDING_MODEL)))
+        .pip_install(*pinned(SETTINGS_PACKAGES))
+    )
+
+
+def tabby_image(settings: FleetSettings, entry: Entry) -> modal.Image:
+    """The shared layers, then this entry's own models baked in."""
+    models = [entry.model, *([entry.chat_model] if entry.chat_model else [])]
+    return (
+        tabby_base_image(settings)
+        .run_commands(*(" ".join(tabby_download_argv(model)) for model in models))
+        .add_local_python_source(*FLEET_PACKAGES, ignore=PACKAGE_FILES)
+    )
+
+
+# What a GPU container's frozen settings keep of the modal options: what names the app and builds
+# its image and volume. The router_* options stay out, so changing them replaces no GPU container.
+GPU_MODAL_OPTIONS = frozenset({"app_name", "volume", "tabby_image", "proxy_auth_secret"})
+
+
+def entry_settings_json(settings: FleetSettings, entry: Entry) -> str:
+    """The frozen settings of one entry's containers: that entry and the image and volume options.
+
+    A class's definition then depends on nothing else: a change to a team, a router option,
+    another entry or the entry's warm hours (applied by the warm_hours function) leaves its (slow to
+    start) containers alone.
+    """
+    frozen = {
+        "entries": [entry.model_dump(mode="json", exclude={"warm"})],
+        "modal": settings.modal.model_dump(mode="json", include=set(GPU_MODAL_OPTIONS)),
+    }
+    return json.dumps(frozen, sort_keys=True)
+
+
+def warm_settings_json(settings: FleetSettings) -> str | None:
+    """The frozen settings of the warm_hours function: the deployed entries with warm windows and the
+    app's name (no teams, no tokens). None when no deployed entry has windows: nothing to schedule."""
+    warm = [entry.model_dump(mode="json") for entry in settings.entries if entry.warm and entry.url is None]
+    if not warm:
+        return None
+    return json.dumps({"entries": warm, "modal": {"app_name": settings.modal.app_name}}, sort_keys=True)
+
+
+def router_image(ca_bundle: Path | None = None) -> modal.Image:
+    """Debian with the router's packages and this project's; ``ca_bundle`` (router.upstream_ca_bundle,
+    a file on the deploying machine) copied in at ``ROUTER_CA_BUNDLE``."""
+    image = modal.Image.debian_slim(python_version=PYTHON_VERSION).pip_install(*pinned(ROUTER_PACKAGES))
+    if ca_bundle is not None:
+        image = image.add_local_file(ca_bundle, ROUTER_CA_BUNDLE, copy=True)
+    return image.add_local_python_source(*FLEET_PACKAGES, ignore=PACKAGE_FILES)
+
+
+def router_settings_json(settings: FleetSettings) -> str:
+    """The router's frozen settings: all of them, with the CA bundle's path as it is in the router image."""
+    if settings.router.upstream_ca_bundle is None:
+        return settings.model_dump_json()
+    router = settings.router.model_dump(mode="json") | {"upstream_ca_bundle": ROUTER_CA_BUNDLE}
+    return json.dumps(settings.model_dump(mode="json") | {"router": router})

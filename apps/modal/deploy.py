@@ -81,6 +81,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """What dir(module) lists: its globals (read, not written) and the entry classes."""
     return sorted({*globals(), *entry_classes})
 
 
