@@ -44,9 +44,9 @@ from fleet.warm import WARM_LEAD
 TABBY_PORT = 8080  # where tabby serve listens inside its container
 DATA_MOUNT = "/data"  # the shared Volume; each container's TABBY_ROOT is DATA_MOUNT/<entry>/<task id>
 MODEL_CACHE = "/models"  # baked model weights, outside the Volume mount so it cannot hide them
-PYTHON_VERSION = "3.11"
-FROZEN_SETTINGS_ENV = "TABBY_FLEET_SETTINGS_JSON"
-ROUTER_FUNCTION = "router"
+PYTHON_VERSION = "3.11"  # the containers' Python: the one this project is tested on (requires-python >=3.11)
+FROZEN_SETTINGS_ENV = "TABBY_FLEET_SETTINGS_JSON"  # where a container finds the settings of its deploy
+ROUTER_FUNCTION = "router"  # the router function's Modal name (its URL label is <app>-router unless set)
 # Tabby 0.32 always loads this embedding model at start-up (0.33 only with TABBY_EMBEDDING_ENABLED):
 # baked in too, or every cold start would download it.
 EMBEDDING_MODEL = "TabbyML/Nomic-Embed-Text"
