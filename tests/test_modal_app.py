@@ -13,16 +13,16 @@ import pytest
 
 from apps.modal.app import (
     DATA_MOUNT,
+    EMBEDDING_MODEL,
     FROZEN_SETTINGS_ENV,
     ROUTER_CA_BUNDLE,
-    build_fleet_app,
     current_settings,
     router_settings_json,
 )
-from apps.modal.inspect import describe_app
 from apps.tabby import container_root
 from fleet.loading import load_settings
 from fleet.settings import Entry, FleetSettings
+from tests.support.modal_inspect import declare, describe_app, image_commands
 
 THREE = """
 [modal]
@@ -74,8 +74,14 @@ def settings_from(tmp_path: Path, text: str) -> FleetSettings:
 
 
 def build(settings: FleetSettings) -> tuple[Any, dict[str, dict[str, Any]]]:
-    fleet = build_fleet_app(settings, {"__name__": "apps.modal.deploy"})
-    return fleet, describe_app(fleet.app)
+    """apps/modal/deploy.py run with these settings, and what its app declares."""
+    deployed = declare(settings)
+    return deployed, describe_app(deployed.app)
+
+
+def specs(deployed: Any) -> dict[str, Any]:
+    """The EntrySpec of each deployed entry, by entry name."""
+    return {spec.entry.name: spec for spec in deployed.fleet.entries}
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +126,8 @@ def test_one_shared_volume_and_a_data_folder_per_container(declared: tuple[Any, 
     small = Entry(name="small", model="TabbyML/StarCoder-1B")
     assert container_root(DATA_MOUNT, small, "ta-01J") == "/data/small/ta-01J"  # Modal's MODAL_TASK_ID
     assert container_root(DATA_MOUNT, small, None) == "/data/small/no-task-id"
-    assert all("TABBY_ROOT" not in cls.SERVE_ENV for cls in fleet.user_classes.values())  # set per container
-    assert all(cls.SERVE_ENV["TABBY_MODEL_CACHE_ROOT"] == "/models" for cls in fleet.user_classes.values())
+    assert all("TABBY_ROOT" not in spec.env for spec in fleet.fleet.entries)  # set per container
+    assert all(spec.env["TABBY_MODEL_CACHE_ROOT"] == "/models" for spec in fleet.fleet.entries)
 
 
 def test_images_bake_exactly_their_entry_models(declared: tuple[Any, dict]) -> None:
@@ -167,22 +173,22 @@ def test_a_gpu_class_depends_only_on_its_entry_and_the_image_settings(tmp_path: 
     after_fleet, after = build(settings_from(tmp_path / "b", changed))
     for entry, name in (("small", "TabbySmall"), ("large-7b", "TabbyLarge7b")):
         assert after[name] == before[name], name
-        assert after_fleet.user_classes[entry].FROZEN_SETTINGS == before_fleet.user_classes[entry].FROZEN_SETTINGS
-    assert after_fleet.user_classes["medium"].FROZEN_SETTINGS != before_fleet.user_classes["medium"].FROZEN_SETTINGS
-    frozen = json.loads(before_fleet.user_classes["small"].FROZEN_SETTINGS)
+        assert specs(after_fleet)[entry].frozen_settings == specs(before_fleet)[entry].frozen_settings
+    assert specs(after_fleet)["medium"].frozen_settings != specs(before_fleet)["medium"].frozen_settings
+    frozen = json.loads(specs(before_fleet)["small"].frozen_settings)
     assert [e["name"] for e in frozen["entries"]] == ["small"] and "teams" not in frozen
     assert not any(key.startswith("router") for key in frozen["modal"])
 
 
 def test_serve_command(declared: tuple[Any, dict]) -> None:
     fleet, _ = declared
-    small = fleet.user_classes["small"].SERVE_ARGV
+    small = specs(fleet)["small"].argv
     assert small[:3] == ("/opt/tabby/bin/tabby", "serve", "--no-webserver")
     flags = dict(zip(small[3::2], small[4::2], strict=False))
     assert flags == {"--model": "TabbyML/StarCoder-1B", "--chat-model": "TabbyML/Qwen2-1.5B-Instruct",
                      "--host": "0.0.0.0", "--port": "8080", "--device": "cuda", "--parallelism": "8",
                      "--chat-device": "cuda"}  # fmt: skip
-    medium = fleet.user_classes["medium"].SERVE_ARGV
+    medium = specs(fleet)["medium"].argv
     assert "--chat-model" not in medium and medium[medium.index("--parallelism") + 1] == "2"
 
 
@@ -218,26 +224,40 @@ def test_url_entries_deploy_nothing(tmp_path: Path) -> None:
     assert "TabbyGpuBox" not in classes
 
 
-def _class_names_in_fresh_process(env: dict[str, str]) -> list[str]:
-    code = (
-        "import json; import apps.modal.deploy as d; "
-        "print(json.dumps(sorted(k for k in vars(d) if k.startswith('Tabby'))))"
-    )
+FIND_CLASSES = """
+import json, importlib, modal
+from modal._runtime.user_code_imports import _get_cls_or_user_cls  # private: how a container finds its class
+from modal_proto import api_pb2
+deployed = importlib.import_module({module!r})
+names = sorted(k for k in dir(deployed) if k.startswith("Tabby"))
+for name in names:  # what Modal's container does with the class's function definition
+    definition = api_pb2.Function(module_name={module!r}, implementation_name=name + ".*",
+                                  definition_type=api_pb2.Function.DEFINITION_TYPE_FILE)
+    assert _get_cls_or_user_cls(definition, None) is getattr(deployed, name), name
+assert isinstance(deployed.router, modal.Function)
+print(json.dumps(names))
+"""
+
+
+def _class_names_in_fresh_process(module: str, env: dict[str, str]) -> list[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "TABBY_FLEET"))}
+    code = FIND_CLASSES.format(module=module)
     result = subprocess.run([sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_fresh_processes_define_the_same_class_names(tmp_path: Path) -> None:
+def test_fresh_processes_define_the_same_class_names(declared: tuple[Any, dict], tmp_path: Path) -> None:
+    module = declared[0].__name__  # the deploy module, by its own name
     config = tmp_path / "fleet.toml"
     config.write_text(THREE)
     settings = load_settings(config)
-    deploying = _class_names_in_fresh_process({"FLEET_CONFIG": str(config)})
-    again = _class_names_in_fresh_process({"FLEET_CONFIG": str(config)})
+    deploying = _class_names_in_fresh_process(module, {"FLEET_CONFIG": str(config)})
+    again = _class_names_in_fresh_process(module, {"FLEET_CONFIG": str(config)})
     # a container has no fleet.toml, only the frozen settings the deploy passed to the classes
     container = _class_names_in_fresh_process(
-        {FROZEN_SETTINGS_ENV: settings.model_dump_json(include={"entries", "modal"}), "FLEET_CONFIG": "/nonexistent"}
+        module,
+        {FROZEN_SETTINGS_ENV: settings.model_dump_json(include={"entries", "modal"}), "FLEET_CONFIG": "/nonexistent"},
     )
     assert deploying == again == container == ["TabbyLarge7b", "TabbyMedium", "TabbySmall"]
 
@@ -262,7 +282,7 @@ def test_modal_accepts_the_extremes_settings_allow(tmp_path: Path) -> None:
 
 
 CONTAINER_IMPORT = """
-import importlib.abc, sys
+import importlib, importlib.abc, sys
 BLOCKED = set({blocked!r})
 class NotInThisImage(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -277,7 +297,7 @@ def version(distribution):
         raise metadata.PackageNotFoundError(distribution)
     return real_version(distribution)
 metadata.version = version
-import apps.modal.deploy as deployed
+deployed = importlib.import_module({module!r})
 {then}
 print("imported")
 """
@@ -287,7 +307,8 @@ def _import_like_a_container(tmp_path: Path, blocked: set[str], then: str = "") 
     settings = settings_from(tmp_path, THREE)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "TABBY_FLEET"))}
     env |= {FROZEN_SETTINGS_ENV: settings.model_dump_json(), "FLEET_CONFIG": "/nonexistent"}
-    code = CONTAINER_IMPORT.format(blocked=sorted(blocked), then=then)
+    module = declare(settings).__name__  # the deploy module, by its own name
+    code = CONTAINER_IMPORT.format(blocked=sorted(blocked), then=then, module=module)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -347,3 +368,65 @@ def test_the_routers_ca_bundle_travels_in_its_image(tmp_path: Path) -> None:
     assert json.loads(router_settings_json(settings_from(tmp_path, THREE))) == json.loads(
         settings_from(tmp_path, THREE).model_dump_json()
     )
+
+
+def test_what_modal_holds_is_the_spec_of_every_class_and_function(tmp_path: Path) -> None:
+    """The deploy module declares exactly its specs (what `fleet plan` prints): read back from Modal."""
+    bundle = tmp_path / "private-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    warm = 'warm = [{days = "mon-fri", start = "08:00", end = "18:00", timezone = "Europe/Berlin"}]'
+    text = THREE.replace('gpu = "L4"', f'gpu = ["L4", "a10g"]\n{warm}').replace(
+        "router_max_inputs = 300",
+        'router_max_inputs = 300\nrouter_cpu = 0.5\nrouter_memory = 1024\nrouter_label = "door"',
+    )
+    text += '\n[[entries]]\nname = "gpu-box"\nmodel = "TabbyML/StarCoder-1B"\nurl = "http://gpu-box:8080"\n'
+    text += f'\n[router]\nupstream_ca_bundle = "{bundle}"\n'
+    deployed, held = build(settings_from(tmp_path, text))
+    fleet = deployed.fleet
+    assert set(held) == {*(spec.class_name for spec in fleet.entries), "router", "warm_hours"}
+    for spec in fleet.entries:
+        cls, options = held[spec.class_name], spec.cls
+        gpus = options["gpu"] if isinstance(options["gpu"], list) else [options["gpu"]]
+        assert cls == {
+            "gpu": gpus,
+            "scaledown_window": options["scaledown_window"],
+            "max_containers": options["max_containers"],
+            "min_containers": options["min_containers"],
+            "buffer_containers": options.get("buffer_containers", 0),
+            "max_inputs": spec.concurrent["max_inputs"],
+            "target_inputs": spec.concurrent.get("target_inputs"),
+            "timeout": options["timeout"],
+            "startup_timeout": options["startup_timeout"],
+            "schedule": None,
+            "volumes": {path: volume.name for path, volume in options["volumes"].items()},
+            "secrets": [f"Secret.from_dict([{FROZEN_SETTINGS_ENV}])"],
+            "env": options["env"],
+            "web": {"serve": spec.web_server},
+            "image": image_commands(options["image"]),
+            "cpu": None,
+            "memory": None,
+        }, spec.class_name
+        downloads = [c.split("--model ")[1] for c in cls["image"] if " download --model " in c]
+        assert downloads == [EMBEDDING_MODEL, *spec.models]
+    for name, spec in (("router", fleet.router), ("warm_hours", fleet.warm)):
+        function, options = held[name], spec.function
+        assert function == {
+            "gpu": [],
+            "scaledown_window": 0,  # unset: Modal's default
+            "max_containers": options.get("max_containers") or 0,  # 0: no limit
+            "min_containers": options.get("min_containers") or 0,
+            "buffer_containers": 0,
+            "max_inputs": (spec.concurrent or {}).get("max_inputs"),
+            "target_inputs": None,
+            "timeout": options["timeout"],
+            "startup_timeout": options["timeout"],  # Modal: the timeout, when startup_timeout is unset
+            "schedule": None if spec.cron is None else f"Cron('{spec.cron}', UTC)",
+            "volumes": {},
+            "secrets": [*map(repr, options.get("secrets", [])), f"Secret.from_dict([{FROZEN_SETTINGS_ENV}])"],
+            "env": options["env"],
+            "web": {} if spec.asgi_app is None else {name: {"requires_proxy_auth": False, **spec.asgi_app}},
+            "image": image_commands(options["image"]),
+            "cpu": options.get("cpu"),
+            "memory": options.get("memory"),
+        }, name
+    assert held["router"]["web"]["router"]["label"] == "door" and held["router"]["cpu"] == 0.5

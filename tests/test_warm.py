@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import modal
 import pytest
 
+import apps.cli
 from apps.local.backends import LocalBackends
-from apps.modal.app import FROZEN_SETTINGS_ENV, WARM_FUNCTION, build_fleet_app, warm_settings_json
-from apps.modal.inspect import describe_app
+from apps.modal.app import FROZEN_SETTINGS_ENV, WARM_FUNCTION, warm_settings_json
 from fleet.loading import SettingsError, load_settings
 from fleet.prices import DEFAULT_GPU_HOUR, DEFAULT_PRICES_DATE
 from fleet.settings import Entry, FleetSettings
@@ -29,6 +30,7 @@ from fleet.warm import (
     warm_gpu_hours_per_month,
     warm_hours_per_month,
 )
+from tests.support.modal_inspect import declare, describe_app
 
 from .fleetproc import run_fleet
 
@@ -299,13 +301,12 @@ def test_warm_hours_per_month() -> None:
 
 def test_the_app_declares_warm_hours_with_its_cron_schedule(tmp_path: Path) -> None:
     settings = settings_from(tmp_path, FLEET)
-    namespace: dict[str, Any] = {"__name__": "apps.modal.deploy"}
-    fleet = build_fleet_app(settings, namespace)
+    fleet = declare(settings)
     declared = describe_app(fleet.app)
     warm = declared[WARM_FUNCTION]
     assert warm["schedule"] == "Cron('*/5 * * * *', UTC)"
     assert warm["gpu"] == [] and warm["web"] == {} and warm["timeout"] == 120
-    assert namespace[WARM_FUNCTION] is fleet.warm_hours  # a global of apps.modal.deploy, like the router
+    assert isinstance(getattr(fleet, WARM_FUNCTION), modal.Function)  # a global of the deploy module, like the router
     assert any("tzdata==" in command for command in warm["image"])  # the IANA names on a slim image
     assert warm["image"] == declared["router"]["image"]  # the router's small CPU image
     assert declared["router"]["schedule"] is None and declared["TabbyLarge"]["schedule"] is None
@@ -313,7 +314,7 @@ def test_the_app_declares_warm_hours_with_its_cron_schedule(tmp_path: Path) -> N
 
 def test_the_warm_function_freezes_only_its_entries_and_the_app_name(tmp_path: Path) -> None:
     settings = settings_from(tmp_path, FLEET + '\n[[teams]]\nname = "web"\nentry = "small"\n')
-    fleet = build_fleet_app(settings, {"__name__": "apps.modal.deploy"})
+    fleet = declare(settings)
     assert f"Secret.from_dict([{FROZEN_SETTINGS_ENV}])" in describe_app(fleet.app)[WARM_FUNCTION]["secrets"]
     text = warm_settings_json(settings)
     assert text is not None
@@ -325,12 +326,12 @@ def test_the_warm_function_freezes_only_its_entries_and_the_app_name(tmp_path: P
 def test_no_function_when_no_entry_has_windows(tmp_path: Path) -> None:
     settings = settings_from(tmp_path, FLEET.split('[[entries]]\nname = "large"')[0])  # small only
     assert warm_settings_json(settings) is None
-    fleet = build_fleet_app(settings, {"__name__": "apps.modal.deploy"})
-    assert fleet.warm_hours is None and WARM_FUNCTION not in describe_app(fleet.app)
+    fleet = declare(settings)
+    assert not hasattr(fleet, WARM_FUNCTION) and WARM_FUNCTION not in describe_app(fleet.app)
 
 
 IN_CONTAINER = """
-import json, modal
+import importlib, json, modal
 calls = []
 class Instance:
     def __init__(self, app, cls):
@@ -338,9 +339,9 @@ class Instance:
     def update_autoscaler(self, **options):
         calls.append([self.app, self.cls, options])
 modal.Cls.from_name = lambda app, cls: (lambda: Instance(app, cls))  # Modal's cloud, faked
-import apps.modal.deploy as deployed
-print(json.dumps({"applied": deployed.warm_hours.local(), "calls": calls,
-                  "classes": sorted(k for k in vars(deployed) if k.startswith("Tabby"))}))
+deployed = importlib.import_module({module!r})
+print(json.dumps({{"applied": deployed.warm_hours.local(), "calls": calls,
+                  "classes": sorted(k for k in dir(deployed) if k.startswith("Tabby"))}}))
 """
 
 
@@ -348,11 +349,17 @@ def test_in_its_container_the_function_calls_update_autoscaler_on_each_class(tmp
     """What the scheduled container runs: the deploy's module, from the function's frozen settings only."""
     frozen = warm_settings_json(settings_from(tmp_path, FLEET))
     assert frozen is not None
+    module = declare(settings_from(tmp_path, FLEET)).__name__  # the deploy module, by its own name
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "TABBY_FLEET"))}
     env |= {FROZEN_SETTINGS_ENV: frozen, "FLEET_CONFIG": "/nonexistent"}
     before = datetime.now(UTC)  # the run uses the real clock
     result = subprocess.run(
-        [sys.executable, "-c", IN_CONTAINER], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-c", IN_CONTAINER.format(module=module)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -374,7 +381,7 @@ def test_fleet_plan_shows_each_schedule_its_gpu_hours_and_cost(tmp_path: Path) -
     path.write_text(FLEET)
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("FLEET_")}
     result = subprocess.run(
-        [sys.executable, "-m", "apps.cli", "plan", "--config", str(path)],
+        [sys.executable, "-m", apps.cli.__name__, "plan", "--config", str(path)],
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, load_for_command, text_table
 from apps.cli.status import add_status_command
@@ -163,9 +164,29 @@ def cmd_modal(args: argparse.Namespace) -> int:
     if refusals:
         raise CliError(f"not running `modal {args.verb}`:", *refusals)
     extra = [a for a in args.modal_args if a != "--"]
-    argv = [sys.executable, "-m", "modal", args.verb, *extra, "-m", "apps.modal.deploy"]
+    env = {**os.environ, "FLEET_CONFIG": str(source)}
+    deploy = _deploy_module(env)
+    argv = [sys.executable, "-m", "modal", args.verb, *extra, "-m", deploy.__name__]
     print(f"fleet: {' '.join(argv[2:])}  (settings: {source})", flush=True)
-    return subprocess.call(argv, env={**os.environ, "FLEET_CONFIG": str(source)})
+    return subprocess.call(argv, env=env)
+
+
+def _deploy_module(env: dict[str, str]) -> ModuleType:
+    """The module `modal deploy -m` runs, imported here with the settings it will run with.
+
+    Importing it declares the app (offline, as `modal deploy` will again), so a declaration Modal
+    refuses fails before Modal is involved, and the module's name comes from the module itself.
+    """
+    saved = os.environ.get("FLEET_CONFIG")
+    os.environ["FLEET_CONFIG"] = env["FLEET_CONFIG"]
+    try:
+        from apps.modal import deploy
+    finally:
+        if saved is None:
+            del os.environ["FLEET_CONFIG"]
+        else:
+            os.environ["FLEET_CONFIG"] = saved
+    return deploy
 
 
 def deploy_refusals(settings: FleetSettings, *, public: bool, no_admin: bool) -> list[str]:

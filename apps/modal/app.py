@@ -1,10 +1,9 @@
-"""The fleet on Modal: one GPU class per entry and the router beside them, all from FleetSettings.
+"""The fleet on Modal, as specs: what `fleet deploy` declares, worked out from FleetSettings.
 
-This module declares; :mod:`apps.modal.deploy` is what ``fleet deploy`` hands to
-``modal deploy -m``. Per entry it declares:
+:mod:`apps.modal.deploy` declares the app from these specs (it is what ``modal deploy -m`` imports);
+``fleet plan`` prints them. Per entry (:func:`entry_spec`):
 
-- a class named after the entry (``small`` -> ``TabbySmall``), a module-level global so the container
-  finds it by name;
+- a class named after the entry (``small`` -> ``TabbySmall``), which the container finds by name;
 - its own image: Tabby's registry image with Python, the entrypoint cleared, and the entry's models
   downloaded at build time into ``/models`` (outside the Volume mount, so a cold start downloads
   nothing);
@@ -14,11 +13,12 @@ This module declares; :mod:`apps.modal.deploy` is what ``fleet deploy`` hands to
   one shared Volume (one root per container: Tabby's event log is appended, and on a Volume the
   last commit of a file wins).
 
-The router is an ``asgi_app`` function in the same app. It finds each class's URL at start-up and
-holds the proxy token (a Modal Secret) that the classes require.
+The router (:func:`router_spec`) is an ``asgi_app`` function in the same app. It finds each class's
+URL at start-up and holds the proxy token (a Modal Secret) that the classes require.
 
-When an entry has warm hours (``warm``), a scheduled function ``warm_hours`` runs every 5 minutes
-and sets each such entry's ``min_containers`` for the time of day with ``update_autoscaler``.
+When an entry has warm hours (``warm``), a scheduled function ``warm_hours`` (:func:`warm_spec`) runs
+every 5 minutes and sets each such entry's ``min_containers`` for the time of day with
+``update_autoscaler``.
 
 Settings travel to the containers frozen: the deploying process resolves them (file, ``.env`` and
 ``FLEET_*`` variables) and passes the result as JSON in ``TABBY_FLEET_SETTINGS_JSON``, so every
@@ -30,32 +30,23 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import modal
 
-from apps.tabby import (
-    IMAGE_TABBY_BIN,
-    container_root,
-    supervise,
-    tabby_download_argv,
-    tabby_env,
-    tabby_serve_argv,
-    write_tabby_config,
-)
+from apps.tabby import IMAGE_TABBY_BIN, tabby_download_argv, tabby_serve_argv
 from fleet.loading import load_settings
 from fleet.settings import Entry, FleetSettings
-from fleet.warm import WARM_LEAD, apply_warm_hours
+from fleet.warm import WARM_LEAD
 
 TABBY_PORT = 8080  # where tabby serve listens inside its container
 DATA_MOUNT = "/data"  # the shared Volume; each container's TABBY_ROOT is DATA_MOUNT/<entry>/<task id>
 MODEL_CACHE = "/models"  # baked model weights, outside the Volume mount so it cannot hide them
-PYTHON_VERSION = "3.11"
-FROZEN_SETTINGS_ENV = "TABBY_FLEET_SETTINGS_JSON"
-ROUTER_FUNCTION = "router"
+PYTHON_VERSION = "3.11"  # the containers' Python: the one this project is tested on (requires-python >=3.11)
+FROZEN_SETTINGS_ENV = "TABBY_FLEET_SETTINGS_JSON"  # where a container finds the settings of its deploy
+ROUTER_FUNCTION = "router"  # the router function's Modal name (its URL label is <app>-router unless set)
 # Tabby 0.32 always loads this embedding model at start-up (0.33 only with TABBY_EMBEDDING_ENABLED):
 # baked in too, or every cold start would download it.
 EMBEDDING_MODEL = "TabbyML/Nomic-Embed-Text"
@@ -66,8 +57,11 @@ ROUTER_TIMEOUT = 600  # seconds one router request may run; Modal answers web re
 # min): often enough that a window's containers are asked for one run before it starts (a cold GPU
 # container takes minutes), rarely enough to cost nothing worth counting (a CPU container for a second).
 WARM_FUNCTION = "warm_hours"
-WARM_SCHEDULE = f"*/{int(WARM_LEAD.total_seconds() // 60)} * * * *"
+WARM_SCHEDULE = f"*/{int(WARM_LEAD.total_seconds() // 60)} * * * *"  # Modal's Cron runs in UTC by default
 WARM_TIMEOUT = 120  # seconds one run may take: one update_autoscaler call per warm entry
+# What every GPU container of an entry gets in its environment besides TABBY_ROOT (set per container,
+# in EntryServer.serve): where the baked weights are, and no usage reports to TabbyML.
+TABBY_SERVE_ENV = {"TABBY_DISABLE_USAGE_COLLECTION": "1", "TABBY_MODEL_CACHE_ROOT": MODEL_CACHE}
 
 # What the containers import from this package, pinned to the versions tested locally. The GPU
 # classes import only the settings; the router also the web stack. (Inside a container these lists
@@ -97,6 +91,142 @@ def current_settings() -> FleetSettings:
     if frozen:
         return FleetSettings.model_validate_json(frozen)
     return load_settings()
+
+
+# -- the specs: everything the app declares, worked out before anything is declared -------------------
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """One entry's Modal class, as :mod:`apps.modal.deploy` declares it and ``fleet plan`` prints it."""
+
+    entry: Entry  # the entry's settings (its name, for TABBY_ROOT; completion_timeout, for Tabby's config.toml)
+    class_name: str  # Modal tags a class by its __name__ and the container finds it by that name
+    models: tuple[str, ...]  # downloaded into the image at build time (after EMBEDDING_MODEL)
+    cls: dict[str, Any]  # app.cls(**cls)
+    concurrent: dict[str, int]  # modal.concurrent(**concurrent), on the class
+    web_server: dict[str, Any]  # modal.web_server(**web_server), on its serve method
+    argv: tuple[str, ...]  # what serve runs: tabby serve
+    env: dict[str, str]  # added to the container's environment for tabby serve
+    frozen_settings: str  # the JSON in FROZEN_SETTINGS_ENV: all the container knows of the settings
+
+
+def entry_spec(settings: FleetSettings, entry: Entry, volume: modal.Volume) -> EntrySpec:
+    """Everything Modal is told about one entry's class, from its settings (``volume``: the shared one)."""
+    frozen = entry_settings_json(settings, entry)
+    concurrent = {"max_inputs": entry.max_inputs}  # requests one container takes at once
+    if entry.target_inputs is not None:  # the autoscaler aims for this many (Modal: max_inputs when unset)
+        concurrent["target_inputs"] = entry.target_inputs
+    cls: dict[str, Any] = {
+        "image": tabby_image(settings, entry),  # Tabby, the shared layers, then this entry's models
+        "gpu": list(entry.gpus) if len(entry.gpus) > 1 else entry.gpu,  # a list: Modal's ordered fallback
+        "scaledown_window": entry.scaledown_window,  # idle seconds before a container stops
+        "max_containers": entry.max_containers,
+        "min_containers": entry.min_containers,  # the static floor; warm_hours raises it in its windows
+        "timeout": entry.timeout,  # seconds one request may run
+        "startup_timeout": entry.startup_timeout,  # seconds a container may take to start
+        "volumes": {DATA_MOUNT: volume},  # the one shared Volume: every container's TABBY_ROOT is on it
+        "env": {FROZEN_SETTINGS_ENV: frozen},  # this entry's frozen settings (Modal sends them as a Secret)
+    }
+    if entry.buffer_containers is not None:  # only when set: Modal's own default otherwise
+        cls["buffer_containers"] = entry.buffer_containers
+    return EntrySpec(
+        entry=entry,
+        class_name=entry.class_name,
+        models=(entry.model, *([entry.chat_model] if entry.chat_model else [])),
+        cls=cls,
+        concurrent=concurrent,
+        # Modal waits startup_timeout seconds for the port (Tabby opens it once the model is loaded,
+        # which takes as long as the container's start may), then proxies to it, behind proxy auth:
+        # only the router, which holds the proxy token, may call a class.
+        web_server={"port": TABBY_PORT, "startup_timeout": entry.startup_timeout, "requires_proxy_auth": True},
+        argv=tuple(
+            tabby_serve_argv(
+                entry, binary=IMAGE_TABBY_BIN, port=TABBY_PORT, device="cuda", parallelism=entry.decoding_slots
+            )
+        ),
+        env=dict(TABBY_SERVE_ENV),
+        frozen_settings=frozen,
+    )
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """The router or the warm_hours function, as :mod:`apps.modal.deploy` declares it."""
+
+    function: dict[str, Any]  # app.function(**function)
+    concurrent: dict[str, int] | None = None  # modal.concurrent(**concurrent), when set
+    asgi_app: dict[str, Any] | None = None  # modal.asgi_app(**asgi_app), when a web function
+    cron: str | None = None  # the schedule's cron line (UTC), when scheduled
+
+
+def router_spec(settings: FleetSettings, proxy_auth: modal.Secret) -> FunctionSpec:
+    """The router: the IDEs' door (no proxy auth: the router checks team tokens itself)."""
+    options = settings.modal
+    return FunctionSpec(
+        function={
+            "image": router_image(settings.router.upstream_ca_bundle),
+            "name": ROUTER_FUNCTION,
+            "secrets": [proxy_auth],  # the proxy token the classes require
+            "env": {FROZEN_SETTINGS_ENV: router_settings_json(settings)},  # all the settings
+            "min_containers": options.router_min_containers,  # 1 by default: the day's first keystroke finds it up
+            "max_containers": options.router_max_containers,
+            "cpu": options.router_cpu,  # None: Modal's default
+            "memory": options.router_memory,  # None: Modal's default
+            "timeout": ROUTER_TIMEOUT,
+        },
+        concurrent={"max_inputs": options.router_max_inputs},  # it mostly waits on the classes: many at once
+        asgi_app={"label": options.router_label},  # None: Modal's default label, <app>-router
+    )
+
+
+def warm_spec(settings: FleetSettings) -> FunctionSpec | None:
+    """The scheduled function that applies warm hours, or None when no deployed entry has windows.
+
+    Each run sets every warm entry's ``min_containers`` for the current time (fleet/warm.py,
+    ``apply_warm_hours``) with ``update_autoscaler``. A deploy resets the autoscaler to the static
+    ``min_containers``; the next run (within ``WARM_LEAD``) applies the windows again.
+    """
+    frozen = warm_settings_json(settings)
+    if frozen is None:
+        return None
+    return FunctionSpec(
+        function={
+            "image": router_image(),  # the router's small CPU image: it has tzdata and Modal's client
+            "name": WARM_FUNCTION,
+            "schedule": modal.Cron(WARM_SCHEDULE),
+            "env": {FROZEN_SETTINGS_ENV: frozen},  # the warm entries and the app's name, nothing else
+            "timeout": WARM_TIMEOUT,
+        },
+        cron=WARM_SCHEDULE,
+    )
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """The whole app: its name, the shared Volume, one class per deployed entry, the functions."""
+
+    app_name: str
+    volume: modal.Volume
+    entries: tuple[EntrySpec, ...]  # entries with a url run elsewhere: none here
+    router: FunctionSpec
+    warm: FunctionSpec | None  # None when no deployed entry has warm windows
+
+
+def fleet_spec(settings: FleetSettings) -> FleetSpec:
+    """The specs of everything the app declares. Builds Modal objects, but offline: they are lazy."""
+    volume = modal.Volume.from_name(settings.modal.volume, create_if_missing=True)
+    proxy_auth = modal.Secret.from_name(settings.modal.proxy_auth_secret)
+    return FleetSpec(
+        app_name=settings.modal.app_name,
+        volume=volume,
+        entries=tuple(entry_spec(settings, entry, volume) for entry in settings.entries if entry.url is None),
+        router=router_spec(settings, proxy_auth),
+        warm=warm_spec(settings),
+    )
+
+
+# -- how the specs are made: images and frozen settings ------------------------------------------------
 
 
 def tabby_base_image(settings: FleetSettings) -> modal.Image:
@@ -164,149 +294,3 @@ def router_settings_json(settings: FleetSettings) -> str:
         return settings.model_dump_json()
     router = settings.router.model_dump(mode="json") | {"upstream_ca_bundle": ROUTER_CA_BUNDLE}
     return json.dumps(settings.model_dump(mode="json") | {"router": router})
-
-
-@dataclass
-class FleetApp:
-    """What a deploy creates: the app, one class per entry (by entry name), and the router."""
-
-    app: modal.App
-    classes: dict[str, Any]  # entry name -> the modal Cls
-    user_classes: dict[str, type]  # entry name -> the plain class behind it (its SERVE_ARGV, SERVE_ENV)
-    router: Any
-    volume: modal.Volume
-    warm_hours: Any = None  # the scheduled function, when an entry has warm windows
-
-
-def build_fleet_app(settings: FleetSettings, namespace: dict[str, Any]) -> FleetApp:
-    """Declare the whole fleet on a new modal.App.
-
-    Each class and the router are bound in ``namespace`` (a module's globals) under their names,
-    with that module as their ``__module__``: a container finds them there by name.
-    """
-    module = namespace.get("__name__", __name__)
-    app = modal.App(settings.modal.app_name)
-    volume = modal.Volume.from_name(settings.modal.volume, create_if_missing=True)
-    # The router gets every setting. The GPU classes only need what names and shapes them, so a
-    # change to teams or router options does not replace their (slow to start) containers.
-    frozen_all = {FROZEN_SETTINGS_ENV: router_settings_json(settings)}
-    proxy_auth = modal.Secret.from_name(settings.modal.proxy_auth_secret)
-    classes = {}
-    user_classes = {}
-    for entry in settings.entries:
-        if entry.url is not None:
-            continue  # an external Tabby server: nothing to deploy
-        frozen_entry = entry_settings_json(settings, entry)
-        user_cls = user_classes[entry.name] = _tabby_class(entry, module, frozen_entry)
-        concurrency = {"max_inputs": entry.max_inputs}
-        if entry.target_inputs is not None:
-            concurrency["target_inputs"] = entry.target_inputs
-        user_cls = modal.concurrent(**concurrency)(user_cls)
-        options: dict[str, Any] = {}
-        if entry.buffer_containers is not None:
-            options["buffer_containers"] = entry.buffer_containers
-        deployed = app.cls(
-            image=tabby_image(settings, entry),
-            gpu=list(entry.gpus) if len(entry.gpus) > 1 else entry.gpu,  # a list: Modal's ordered fallback
-            scaledown_window=entry.scaledown_window,
-            max_containers=entry.max_containers,
-            min_containers=entry.min_containers,
-            timeout=entry.timeout,
-            startup_timeout=entry.startup_timeout,
-            volumes={DATA_MOUNT: volume},
-            env={FROZEN_SETTINGS_ENV: frozen_entry},
-            **options,
-        )(user_cls)
-        namespace[entry.class_name] = deployed
-        classes[entry.name] = deployed
-
-    def router() -> Any:
-        from apps.modal.backends import ModalBackends
-        from router.app import create_app
-
-        fleet = current_settings()
-        return create_app(fleet, ModalBackends(fleet))
-
-    router.__module__ = module
-    router.__qualname__ = ROUTER_FUNCTION
-    web_app = modal.asgi_app(label=settings.modal.router_label)(router)
-    web_app = modal.concurrent(max_inputs=settings.modal.router_max_inputs)(web_app)
-    router_function = app.function(
-        image=router_image(settings.router.upstream_ca_bundle),
-        name=ROUTER_FUNCTION,
-        secrets=[proxy_auth],
-        env=frozen_all,
-        min_containers=settings.modal.router_min_containers,
-        max_containers=settings.modal.router_max_containers,
-        cpu=settings.modal.router_cpu,
-        memory=settings.modal.router_memory,
-        timeout=ROUTER_TIMEOUT,
-    )(web_app)
-    namespace[ROUTER_FUNCTION] = router_function
-    warm_function = _warm_hours_function(app, settings, module)
-    if warm_function is not None:
-        namespace[WARM_FUNCTION] = warm_function
-    return FleetApp(app, classes, user_classes, router_function, volume, warm_function)
-
-
-def _warm_hours_function(app: modal.App, settings: FleetSettings, module: str) -> Any:
-    """The scheduled function that applies warm hours, or None when no deployed entry has windows.
-
-    Each run sets every warm entry's ``min_containers`` for the current time (fleet/warm.py,
-    ``apply_warm_hours``) with ``update_autoscaler``. A deploy resets the autoscaler to the static
-    ``min_containers``; the next run (within ``WARM_LEAD``) applies the windows again.
-    """
-    frozen = warm_settings_json(settings)
-    if frozen is None:
-        return None
-
-    def warm_hours() -> dict[str, int]:
-        fleet = current_settings()
-
-        def autoscale(entry: Entry, min_containers: int) -> None:
-            cls = modal.Cls.from_name(fleet.modal.app_name, entry.class_name)
-            cls().update_autoscaler(min_containers=min_containers)
-
-        now = datetime.now(UTC)
-        applied = apply_warm_hours(fleet, now, autoscale)
-        print(f"warm hours at {now:%Y-%m-%d %H:%M} UTC: min_containers set to {applied}", flush=True)
-        return applied
-
-    warm_hours.__module__ = module
-    warm_hours.__qualname__ = WARM_FUNCTION
-    return app.function(
-        image=router_image(),
-        name=WARM_FUNCTION,
-        schedule=modal.Cron(WARM_SCHEDULE),
-        env={FROZEN_SETTINGS_ENV: frozen},
-        timeout=WARM_TIMEOUT,
-    )(warm_hours)
-
-
-def _tabby_class(entry: Entry, module: str, frozen_settings: str) -> type:
-    """A plain class for one entry, with its own web_server (each needs its own startup_timeout)."""
-    argv = tabby_serve_argv(
-        entry, binary=IMAGE_TABBY_BIN, port=TABBY_PORT, device="cuda", parallelism=entry.decoding_slots
-    )
-    environment = {"TABBY_DISABLE_USAGE_COLLECTION": "1", "TABBY_MODEL_CACHE_ROOT": MODEL_CACHE}
-
-    def serve(self: Any) -> None:
-        root = container_root(DATA_MOUNT, entry, os.environ.get("MODAL_TASK_ID"))
-        write_tabby_config(root, entry)  # makes the folder too
-        # Tabby opens its port only once the model is loaded; Modal waits for the port. If Tabby
-        # exits first, the watchdog ends the container so that Modal replaces it at once.
-        supervise(argv, {**os.environ, **environment, **tabby_env(root)}, name=f"entry {entry.name!r}")
-
-    serve.__qualname__ = f"{entry.class_name}.serve"
-    serve.__module__ = module
-    attributes = {
-        "__module__": module,
-        "__doc__": f"Tabby serving {entry.model} for fleet entry {entry.name!r}.",
-        "ENTRY": entry.name,
-        # What the container runs and is given, kept visible for `fleet plan` and the tests.
-        "SERVE_ARGV": tuple(argv),
-        "SERVE_ENV": dict(environment),
-        "FROZEN_SETTINGS": frozen_settings,
-        "serve": modal.web_server(TABBY_PORT, startup_timeout=entry.startup_timeout, requires_proxy_auth=True)(serve),
-    }
-    return type(entry.class_name, (), attributes)

@@ -1,16 +1,51 @@
-"""Read back what a built (not deployed) Modal app declares, for `fleet plan` and the tests.
+"""Declare the fleet's Modal app offline from given settings, and read back what Modal holds, for the tests.
 
 Modal's public ``Function.info()`` covers most values. The rest (autoscaler settings, web server
-config, image layers) sit only in private attributes of modal 1.6: every such read is in this one
-module, so a Modal upgrade that moves them breaks here and nowhere else.
+config, environment, image layers) sit only in private attributes of modal 1.6: every such read is
+in this one module, so a Modal upgrade that moves them breaks the tests here and nowhere else (the
+fleet itself, and ``fleet plan``, read only the specs in apps/modal/app.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 import modal
 from modal._utils.async_utils import synchronizer  # private: modal 1.6
+
+from apps.modal.app import FROZEN_SETTINGS_ENV
+from fleet.settings import FleetSettings
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def declare(settings: FleetSettings) -> ModuleType:
+    """A fresh run of apps/modal/deploy.py with these settings: what ``modal deploy`` (or a container,
+    which gets the settings frozen in the same variable) declares. Its ``app``, ``fleet`` (the specs),
+    entry classes, ``router`` and ``warm_hours`` (when declared) are its attributes."""
+    with _environment({FROZEN_SETTINGS_ENV: settings.model_dump_json()}):
+        from apps.modal import deploy  # the first time, this runs it too
+
+        module = importlib.util.module_from_spec(deploy.__spec__)
+        deploy.__spec__.loader.exec_module(module)
+    return module
 
 
 def _closure(function: Any) -> dict[str, Any]:  # private: the loader's captured arguments
@@ -24,6 +59,7 @@ def _functions(app: modal.App) -> dict[str, Any]:
 
 def image_commands(image: Any) -> list[str]:
     """The Dockerfile commands of every layer, base first (``FROM base`` lines left out)."""
+    image = synchronizer._translate_in(image)  # a modal.Image as declared, or Modal's own _Image
     layers: list[list[str]] = []
     while image is not None:
         closure = _closure(image)
@@ -65,11 +101,22 @@ def describe_function(app: modal.App, tag: str) -> dict[str, Any]:
         "schedule": info.schedule,  # e.g. "Cron('*/5 * * * *', UTC)", or None
         "volumes": {path: mount.name for path, mount in info.volumes.items()},
         "secrets": list(info.secrets),
+        "env": _environment_of(function),
         "web": web,
         "image": image_commands(function._spec.image),  # private: _FunctionSpec
         "cpu": function._spec.cpu,  # private: _FunctionSpec
         "memory": function._spec.memory,
     }
+
+
+def _environment_of(function: Any) -> dict[str, str]:
+    """The variables given with ``env=`` (Modal turns them into a ``Secret.from_dict``)."""
+    env: dict[str, str] = {}
+    for secret in function._spec.secrets:  # private: _FunctionSpec
+        load = getattr(secret, "_load_env_dict", None)  # private: set by Secret.from_dict only
+        if load is not None:
+            env |= load()
+    return env
 
 
 def describe_app(app: modal.App) -> dict[str, dict[str, Any]]:
