@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from fleet.prices import PriceTable
-from fleet.warm import WarmWindow, window_problems
+from fleet.window import WarmWindow, window_problems
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")

@@ -22,13 +22,8 @@ from apps.modal.inspect import describe_app
 from fleet.loading import SettingsError, load_settings
 from fleet.prices import DEFAULT_GPU_HOUR, DEFAULT_PRICES_DATE
 from fleet.settings import Entry, FleetSettings
-from fleet.warm import (
-    WarmWindow,
-    apply_warm_hours,
-    min_containers_at,
-    warm_gpu_hours_per_month,
-    warm_hours_per_month,
-)
+from fleet.warm import apply_warm_hours, min_containers_at, warm_gpu_hours_per_month, warm_hours_per_month
+from fleet.window import WarmWindow
 
 from .fleetproc import run_fleet
 
