@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,19 +30,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fleet.gpus import GpuSpec, checked_gpu
 from fleet.prices import PriceTable
 from fleet.window import WarmWindow, window_problems
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-
-# Modal's GPU type names (https://modal.com/docs/guide/gpu). Modal upper-cases the string and only
-# its servers reject an unknown type, so we check here, where the admin can still fix it cheaply.
-MODAL_GPU_TYPES = (
-    "T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB",
-    "RTX-PRO-6000", "H100", "H100!", "H200", "B200", "B200+",
-)  # fmt: skip
-MAX_GPUS_PER_CONTAINER = 8  # Modal's limit (A10: 4)
 
 # Modal's own bounds for scaledown_window, enforced by its client at decoration time.
 SCALEDOWN_MIN, SCALEDOWN_MAX = 2, 3600
@@ -127,29 +119,13 @@ class Entry(BaseModel):
     @classmethod
     def _known_gpus(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
         if isinstance(value, str):
-            return cls._known_gpu(value)
+            return checked_gpu(value)
         if not value:
             raise ValueError('gpu = [] names no GPU; give one type ("L4") or an ordered list (["L4", "A10G"])')
-        gpus = tuple(cls._known_gpu(gpu) for gpu in value)
+        gpus = tuple(checked_gpu(gpu) for gpu in value)
         if len(set(gpus)) != len(gpus):
             raise ValueError(f"gpu lists a type twice ({', '.join(gpus)}); list each fallback once")
         return gpus[0] if len(gpus) == 1 else gpus
-
-    @staticmethod
-    def _known_gpu(value: str) -> str:
-        kind, _, count = value.upper().partition(":")
-        if kind not in MODAL_GPU_TYPES:
-            suggestion = get_close_matches(kind, MODAL_GPU_TYPES, n=1)
-            hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
-            raise ValueError(
-                f"unknown GPU type {value!r}.{hint} Valid types: {', '.join(MODAL_GPU_TYPES)}; "
-                f"add ':N' for N GPUs, e.g. 'H100:2'"
-            )
-        if count and not (count.isdigit() and 1 <= int(count) <= MAX_GPUS_PER_CONTAINER):
-            raise ValueError(
-                f"GPU count in {value!r} must be a whole number from 1 to {MAX_GPUS_PER_CONTAINER}, e.g. '{kind}:2'"
-            )
-        return value.upper()
 
     @field_validator("scaledown_window")
     @classmethod
@@ -201,6 +177,16 @@ class Entry(BaseModel):
     def gpus(self) -> tuple[str, ...]:
         """The GPU types in order of preference (one, or Modal's fallback list)."""
         return (self.gpu,) if isinstance(self.gpu, str) else self.gpu
+
+    @property
+    def gpu_spec(self) -> GpuSpec:
+        """The first-choice GPU type and its count per container: what the entry is priced at."""
+        return GpuSpec.parse(self.gpus[0])
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs in one container of the entry's first-choice type ("H100:2" -> 2)."""
+        return self.gpu_spec.count
 
     @property
     def gpu_text(self) -> str:
@@ -642,7 +628,7 @@ def settings_warnings(settings: FleetSettings) -> list[str]:
             )
     for entry in settings.entries:
         if entry.url is None and settings.prices.entry_hourly(entry.gpus) is None:
-            gpu = entry.gpus[0].partition(":")[0]
+            gpu = entry.gpu_spec.kind
             warnings.append(
                 f'entries["{entry.name}"]: no price for GPU {gpu}; add it under [prices] gpu_hour to see its cost'
             )

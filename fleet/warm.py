@@ -85,12 +85,6 @@ def warm_hours_per_month(entry: Entry) -> float:
     return extra_minutes / 60 * WEEKS_PER_MONTH
 
 
-def gpu_count(entry: Entry) -> int:
-    """GPUs in one container of the entry's first-choice type ("H100:2" -> 2)."""
-    _, _, count = entry.gpus[0].partition(":")
-    return int(count) if count.isdigit() else 1
-
-
 def warm_gpu_hours_per_month(entry: Entry) -> float:
     """GPU-hours per month the windows add: container-hours times the first-choice GPU's count."""
-    return warm_hours_per_month(entry) * gpu_count(entry)
+    return warm_hours_per_month(entry) * entry.gpu_count

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apps.cli.common import text_table
 from fleet.settings import Entry, FleetSettings
-from fleet.warm import WARM_LEAD, WEEKS_PER_MONTH, gpu_count, warm_hours_per_month
+from fleet.warm import WARM_LEAD, WEEKS_PER_MONTH, warm_hours_per_month
 
 
 def plan_table(settings: FleetSettings) -> str:
@@ -70,5 +70,5 @@ def warm_plan(settings: FleetSettings) -> list[str]:
                 if hourly is not None
                 else f"cost unknown: no price for {entry.gpus[0]} (set [prices] gpu_hour)"
             )
-            lines.append(f"    {text} -> {hours * gpu_count(entry):,.1f} GPU-hours a month, {cost}")
+            lines.append(f"    {text} -> {hours * entry.gpu_count:,.1f} GPU-hours a month, {cost}")
     return lines
