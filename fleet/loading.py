@@ -32,13 +32,13 @@ from fleet.settings import (
     RouterOptions,
     StandInOptions,
     Team,
-    TokenRef,
     _config_path,
     _fleet_problems,
     _raw_capture,
     _token_problems,
     all_cross_problems,
 )
+from fleet.tokens import TokenRef
 
 
 class SettingsError(Exception):

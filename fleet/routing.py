@@ -14,11 +14,8 @@ Entry: model header > model path > (for chat) the team's chat entry > the team's
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from fleet.errors import FleetError
 from fleet.settings import (
@@ -29,8 +26,7 @@ from fleet.settings import (
     Team,
     resolve_chat_entry,
 )
-
-T = TypeVar("T")
+from fleet.tokens import match_token
 
 TABBY_API_PREFIXES = ("/v1/", "/v1beta/")
 TEAM_PREFIX = "/teams/"
@@ -425,19 +421,3 @@ def _clean(value: str | None) -> str | None:
         return None
     value = value.strip().lower()
     return value or None
-
-
-def match_token(token: str, known: Iterable[tuple[bytes, T]]) -> T | None:
-    """What ``token`` is known as: the value beside its sha256 digest in ``known``, else None. In constant
-    time: every digest is compared, with no early exit, so the answer's timing says nothing of the match."""
-    digest = hashlib.sha256(token.encode()).digest()
-    found = None
-    for known_digest, value in known:
-        if hmac.compare_digest(digest, known_digest):
-            found = value
-    return found
-
-
-def hash_token(token: str) -> str:
-    """The token_sha256 value for a token."""
-    return hashlib.sha256(token.encode()).hexdigest()

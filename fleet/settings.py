@@ -9,10 +9,9 @@ loads the sources and reports every problem in one pass.
 
 from __future__ import annotations
 
-import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -32,10 +31,9 @@ from pydantic_settings import (
 
 from fleet.gpus import GpuSpec, checked_gpu
 from fleet.prices import PriceTable
+from fleet.slugs import slug
+from fleet.tokens import TokenHolder, TokenRef, legacy_hashes
 from fleet.window import WarmWindow, window_problems
-
-SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 # Modal's own bounds for scaledown_window, enforced by its client at decoration time.
 SCALEDOWN_MIN, SCALEDOWN_MAX = 2, 3600
@@ -113,7 +111,7 @@ class Entry(BaseModel):
     @field_validator("name")
     @classmethod
     def _slug_name(cls, value: str) -> str:
-        return _slug(value, "entry name")
+        return slug(value, "entry name")
 
     @field_validator("gpu")
     @classmethod
@@ -207,39 +205,12 @@ class Entry(BaseModel):
         return "Tabby" + "".join(part.capitalize() for part in self.name.split("-"))
 
 
-class TokenRef(BaseModel):
-    """One token: who or what holds it (``label``) and its sha256. The token itself is never stored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    label: str
-    sha256: str
-
-    @field_validator("label")
-    @classmethod
-    def _slug_label(cls, value: str) -> str:
-        return _slug(value, "token label")
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        return _sha256_hexes((value,), "sha256", "fleet token new")[0]
-
-
-LEGACY_LABEL = "token-{}"  # the label of the n-th (1-based) hash of a legacy token_sha256 list
-
-
-def _labelled(tokens: tuple[TokenRef, ...], legacy: tuple[str, ...]) -> tuple[TokenRef, ...]:
-    """Labelled tokens first, then the legacy bare hashes labelled token-1, token-2, ... in list order."""
-    return tokens + tuple(
-        TokenRef.model_construct(label=LEGACY_LABEL.format(n), sha256=digest) for n, digest in enumerate(legacy, 1)
-    )
-
-
-class Team(BaseModel):
+class Team(BaseModel, TokenHolder):
     """A group of developers: a default entry, the entries it may use, and its tokens' hashes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    TOKENS_FIELD: ClassVar[str] = "tokens"
+    LEGACY_FIELD: ClassVar[str] = "token_sha256"
 
     name: str
     entry: str | None = None
@@ -247,7 +218,7 @@ class Team(BaseModel):
     # Where the team's chat goes (an entry with a chat_model); unset: resolve_chat_entry() decides.
     chat_entry: str | None = None
     # Legacy form of tokens: bare hashes, labelled token-1, token-2, ... in list order.
-    token_sha256: tuple[str, ...] = ()
+    token_sha256: Annotated[tuple[str, ...], legacy_hashes("token_sha256", "fleet token new --team <name>")] = ()
     # The team's tokens, each with a label (`fleet token new --team T --label L`).
     tokens: tuple[TokenRef, ...] = ()
     # Requests the team may have in flight at once, across all entries (429 above); unset: no limit.
@@ -258,40 +229,25 @@ class Team(BaseModel):
     @field_validator("name")
     @classmethod
     def _slug_name(cls, value: str) -> str:
-        return _slug(value, "team name")
-
-    @field_validator("token_sha256")
-    @classmethod
-    def _hex_hashes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _sha256_hexes(value, "token_sha256", "fleet token new --team <name>")
+        return slug(value, "team name")
 
     @property
     def labelled_tokens(self) -> tuple[TokenRef, ...]:
         """Every token of the team, legacy hashes included (as token-1, token-2, ...)."""
-        return _labelled(self.tokens, self.token_sha256)
+        return self.held_tokens()
 
     @property
     def token_digests(self) -> tuple[str, ...]:
         """The sha256 (hex) of every token of the team: what routing compares a bearer token with."""
-        return tuple(token.sha256 for token in self.labelled_tokens)
+        return self.held_digests()
 
 
-def _sha256_hexes(value: tuple[str, ...], field: str, command: str) -> tuple[str, ...]:
-    hashes = tuple(h.strip().lower() for h in value)
-    for digest in hashes:
-        if not SHA256_PATTERN.match(digest):
-            shown = digest if len(digest) <= 20 else digest[:17] + "..."
-            raise ValueError(
-                f"{field} entry {shown!r} is not a sha256 hex digest (64 characters 0-9a-f). "
-                f"Paste the line printed by `{command}`; never the token itself"
-            )
-    return hashes
-
-
-class RouterOptions(BaseModel):
+class RouterOptions(BaseModel, TokenHolder):
     """How the router behaves, whatever runtime the backends live in."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    TOKENS_FIELD: ClassVar[str] = "admin_tokens"
+    LEGACY_FIELD: ClassVar[str] = "admin_token_sha256"
 
     default_entry: str | None = None
     # Seconds to open a TCP connection to a running backend. Loopback and Modal's edge both answer
@@ -329,27 +285,22 @@ class RouterOptions(BaseModel):
     # answer of /fleet/health) and /metrics. With none, those answer loopback clients only.
     admin_tokens: tuple[TokenRef, ...] = ()
     # Legacy form of admin_tokens: bare hashes, labelled token-1, token-2, ... in list order.
-    admin_token_sha256: tuple[str, ...] = ()
+    admin_token_sha256: Annotated[tuple[str, ...], legacy_hashes("admin_token_sha256", "fleet token new --admin")] = ()
     # Serve /metrics without an admin token (e.g. to a scraper on a private network).
     metrics_public: bool = False
     # Answer GET /v1beta/server_setting with disable_client_side_telemetry = true, so IDEs do not
     # report usage to app.tabbyml.com (Tabby without its webserver answers false).
     disable_client_telemetry: bool = True
 
-    @field_validator("admin_token_sha256")
-    @classmethod
-    def _admin_hexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _sha256_hexes(value, "admin_token_sha256", "fleet token new --admin")
-
     @property
     def labelled_admin_tokens(self) -> tuple[TokenRef, ...]:
         """Every admin token, legacy hashes included (as token-1, token-2, ...)."""
-        return _labelled(self.admin_tokens, self.admin_token_sha256)
+        return self.held_tokens()
 
     @property
     def admin_token_digests(self) -> tuple[str, ...]:
         """The sha256 (hex) of every admin token: what AdminAuth compares a bearer token with."""
-        return tuple(token.sha256 for token in self.labelled_admin_tokens)
+        return self.held_digests()
 
 
 class ModalOptions(BaseModel):
@@ -644,21 +595,18 @@ def _token_problems(settings: FleetSettings) -> list[str]:
     """Labels unique within a team (and among admin tokens); a hash belongs to one holder only."""
     problems: list[str] = []
     owner_of: dict[str, str] = {}
-    router = settings.router
-    holders = [
-        (f'teams["{team.name}"]', f"team {team.name!r}", "tokens", "token_sha256", team.tokens, team.token_sha256)
-        for team in settings.teams
+    holders: list[tuple[TokenHolder, str, str]] = [
+        (team, f'teams["{team.name}"]', f"team {team.name!r}") for team in settings.teams
     ]
-    admin = ("router", "the admin tokens", "admin_tokens", "admin_token_sha256")
-    holders.append((*admin, router.admin_tokens, router.admin_token_sha256))
-    for where, who, field, legacy_field, tokens, legacy in holders:
+    holders.append((settings.router, "router", "the admin tokens"))
+    for holder, where, who in holders:
         labels: set[str] = set()
-        for index, token in enumerate(_labelled(tokens, legacy)):
-            here = f"{where}.{legacy_field if index >= len(tokens) else field}"
+        for index, token in enumerate(holder.held_tokens()):
+            here = f"{where}.{holder.field_of(index)}"
             if token.label in labels:
                 problems.append(
                     f"{here}: label {token.label!r} is used twice in {who}; give each token its own label "
-                    f"(token-1, token-2, ... name the hashes of the legacy {legacy_field} list)"
+                    f"(token-1, token-2, ... name the hashes of the legacy {holder.LEGACY_FIELD} list)"
                 )
             labels.add(token.label)
             owner = owner_of.get(token.sha256)
@@ -708,17 +656,3 @@ def _auth_problems(settings: FleetSettings) -> list[str]:
 
 def _names(names: list[str]) -> str:
     return ", ".join(repr(name) for name in names)
-
-
-def _slug(value: str, what: str) -> str:
-    if not SLUG_PATTERN.match(value):
-        raise ValueError(
-            f"{what} {value!r} is not a slug: use 1-32 characters of a-z, 0-9 and '-', "
-            f"starting and ending with a letter or digit (e.g. {_slugify(value)!r})"
-        )
-    return value
-
-
-def _slugify(value: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")
-    return slug[:32].strip("-") or "my-name"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fleet.errors import FleetError
-from fleet.routing import ChatAdvert, RoutingTable, hash_token
+from fleet.routing import ChatAdvert, RoutingTable
 from fleet.settings import Entry, FleetSettings, Team, resolve_chat_entry, settings_warnings
+from fleet.tokens import hash_token
 
 ENTRIES = (
     Entry(name="small", model="TabbyML/StarCoder-1B", aliases=("starcoder-1b",)),
