@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from fleet.errors import FleetError
-from fleet.settings import FleetSettings, settings_warnings
+from fleet.rules import settings_warnings
+from fleet.settings import FleetSettings
 from router.observe import Observer, RequestRecord
 from router.proxy import _event_type
 from router.usage import BUCKET_SECONDS, RECENT_REFUSALS, RETENTION, Usage, parse_since, percentile
