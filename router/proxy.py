@@ -81,9 +81,8 @@ class RequestAborted(Exception):
 
 
 class ProxyState:
-    """Everything derived from one version of the settings. A reload builds a new one (touching
-    nothing in use) and :meth:`Proxy.swap` puts it in place in one step; a request keeps the state
-    it started with."""
+    """Everything derived from one version of the settings. A reload builds a new one (touching nothing in use)
+    and :meth:`Proxy.swap` puts it in place in one step; a request keeps the state it started with."""
 
     def __init__(
         self, settings: FleetSettings, previous: ProxyState | None = None, router_share: int = 1,
@@ -232,7 +231,7 @@ class Proxy:
                 raise _too_large(state.max_body)
             body = await _read_body(receive, state.max_body, state.body_timeout)
             if record.kind is EVENTS and scope["method"] == "POST":
-                record.event = _event_type(body)
+                record.event = event_type(body)
         except FleetError as error:
             await _refuse(send, error, record)
             return
@@ -433,7 +432,7 @@ class Proxy:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _event_type(body: bytes) -> str | None:
+def event_type(body: bytes) -> str | None:
     """The type of a POST /v1/events body (view, select, dismiss; a few hundred bytes), for usage counts;
     None for anything else (not JSON, no string "type", another type, a body past EVENT_BODY_MAX)."""
     if len(body) > EVENT_BODY_MAX:  # parsing it on the event loop would cost more than the event is worth
