@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from difflib import get_close_matches
-from typing import NamedTuple
 
 # Modal's GPU type names (https://modal.com/docs/guide/gpu). Modal upper-cases the string and only
 # its servers reject an unknown type, so we check here, where the admin can still fix it cheaply.
@@ -14,7 +14,8 @@ MODAL_GPU_TYPES = (
 MAX_GPUS_PER_CONTAINER = 8  # Modal's limit (A10: 4)
 
 
-class GpuSpec(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class GpuSpec:
     """One GPU spec: the Modal type (upper case) and how many of it a container gets."""
 
     kind: str

@@ -39,7 +39,8 @@ def cross_problems(settings: FleetSettings, *, check_auth: bool = True) -> list[
 
 
 def reference_problems(settings: FleetSettings) -> list[str]:
-    """Every cross-field rule, each broken one as advice. Collected, so the admin sees them all."""
+    """Names and aliases unambiguous, and every reference between entries and teams to an entry that exists
+    (default entry, team entries, allowed and chat entries, fallbacks), each broken one as advice."""
     problems: list[str] = []
     entry_names = [e.name for e in settings.entries]
     known = set(entry_names)

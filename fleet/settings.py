@@ -85,7 +85,7 @@ class Entry(BaseModel):
     fallback: str | None = None
     cold_wait: Annotated[float, Field(ge=0, le=60)] = 2.0
     fallback_chat: bool = False
-    # Warm hours: windows in which containers are kept running (fleet/warm.py, docs/CONFIGURATION.md).
+    # Warm hours: windows in which containers are kept running (fleet/window.py, fleet/warm.py, docs/CONFIGURATION.md).
     warm: tuple[WarmWindow, ...] = ()
 
     @field_validator("name")
@@ -195,7 +195,7 @@ class Team(BaseModel, TokenHolder):
     name: str
     entry: str | None = None
     allowed_entries: tuple[str, ...] = ()
-    # Where the team's chat goes (an entry with a chat_model); unset: resolve_chat_entry() decides.
+    # Where the team's chat goes (an entry with a chat_model); unset: fleet.routing.resolve_chat_entry decides.
     chat_entry: str | None = None
     # Legacy form of tokens: bare hashes, labelled token-1, token-2, ... in list order.
     token_sha256: Annotated[tuple[str, ...], legacy_hashes("token_sha256", "fleet token new --team <name>")] = ()

@@ -9,7 +9,7 @@ from fleet.warm import WARM_LEAD, WEEKS_PER_MONTH, warm_hours_per_month
 
 def plan_table(settings: FleetSettings) -> str:
     header = ("entry", "model", "chat model", "GPU", "idle", "containers", "inputs", "while cold", "teams")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for entry in settings.entries:
         teams = [t.name for t in settings.teams if t.entry == entry.name]
         allowed = [
