@@ -2,7 +2,7 @@
 
 :func:`load_settings` reads the TOML file (``--config PATH``, ``$FLEET_CONFIG``, ``./fleet.toml``,
 else the packaged example) and the environment, validates once, and turns pydantic's errors and the
-cross-field rules of :mod:`fleet.settings` into one :class:`SettingsError` whose problems name
+cross-field rules of :mod:`fleet.rules` into one :class:`SettingsError` whose problems name
 entries and teams by name and say where a value came from (the file, a ``FLEET_*`` variable,
 ``.env``). Unknown ``FLEET_*`` variables are warnings with "did you mean" (:func:`env_warnings`).
 """
@@ -14,13 +14,16 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConfigSettingsSource
 from pydantic_settings import SettingsError as SourceParseError
 
+from fleet.rules import cross_problems
 from fleet.settings import (
     ENV_DELIMITER,
     ENV_PREFIX,
@@ -32,13 +35,14 @@ from fleet.settings import (
     RouterOptions,
     StandInOptions,
     Team,
-    TokenRef,
-    _config_path,
-    _fleet_problems,
-    _raw_capture,
-    _token_problems,
-    all_cross_problems,
 )
+from fleet.tokens import TokenRef
+
+# The file load_settings reads, below the environment and .env; and the box it keeps the merged input
+# of every source in (so problems can name entries and teams, and the cross-field rules can run on the
+# parts that validated). Set by load_settings for the one validation it makes.
+_config_path: ContextVar[Path | None] = ContextVar("fleet_config_path", default=None)
+_raw_capture: ContextVar[list[Any] | None] = ContextVar("fleet_raw_capture", default=None)
 
 
 class SettingsError(Exception):
@@ -92,7 +96,7 @@ def load_settings(config: Path | str | None = None, *, check_auth: bool = True, 
     errors: list[Any] = []
     path_token, capture_token = _config_path.set(path), _raw_capture.set(box)
     try:
-        settings = FleetSettings(**overrides)
+        settings = _as_fleet_settings(_FileSettings(**overrides))
     except ValidationError as exc:
         errors = exc.errors()
     except SourceParseError as exc:  # a FLEET_* variable that should hold JSON does not
@@ -105,11 +109,43 @@ def load_settings(config: Path | str | None = None, *, check_auth: bool = True, 
     problems += [namer.describe(error) for error in errors if not _counted_after_failures(error, errors)]
     checked = settings if settings is not None else _salvage_settings(raw)
     if checked is not None and checked.entries:
-        cross = all_cross_problems(checked) if check_auth else _fleet_problems(checked) + _token_problems(checked)
-        problems += [namer.tag(problem) for problem in cross]
+        problems += [namer.tag(problem) for problem in cross_problems(checked, check_auth=check_auth)]
     if problems or settings is None:
         raise SettingsError(source, problems or ["the settings did not validate; run `fleet check`"])
     return settings
+
+
+class _FileSettings(FleetSettings):
+    """FleetSettings as load_settings reads them: the TOML file as the lowest source, the merged input kept."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        path = _config_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _capture_raw(cls, data: Any) -> Any:
+        box = _raw_capture.get()
+        if box is not None:  # keep the merged input of every source for the report
+            box.append(data)
+        return data
+
+
+def _as_fleet_settings(loaded: FleetSettings) -> FleetSettings:
+    """The same values as a plain FleetSettings (already validated: nothing is checked again)."""
+    values = {name: getattr(loaded, name) for name in FleetSettings.model_fields}
+    return FleetSettings.model_construct(_fields_set=set(loaded.model_fields_set), **values)
 
 
 def _unknown_top_level_keys(raw_file: dict[str, Any], source: str) -> list[str]:
@@ -386,9 +422,5 @@ def _salvage(cls: type[BaseModel], raw: Any) -> BaseModel | None:
 
 
 def _salvage_settings(raw: Mapping[str, Any]) -> FleetSettings | None:
-    token = _raw_capture.set([])  # the cross-field rules are run by the caller, not by the validator
-    try:
-        salvaged = _salvage(FleetSettings, raw)
-    finally:
-        _raw_capture.reset(token)
+    salvaged = _salvage(FleetSettings, raw)
     return salvaged if isinstance(salvaged, FleetSettings) else None

@@ -18,6 +18,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleet.gpus import GpuSpec
+
 DEFAULT_PRICES_DATE = "2026-05-07"
 DEFAULT_PRICES_SOURCE = (
     "modal.com/pricing, as reported by techbytes.app 'Serverless GPU Pricing Matrix' on 2026-05-07; "
@@ -55,11 +57,11 @@ class PriceTable(BaseModel):
 
     def per_gpu_hour(self, gpu: str) -> float | None:
         """The price of one hour of ``gpu`` (a Modal type, optionally ``:N``), None when unknown."""
-        kind, _, count = gpu.upper().partition(":")
-        price = self.gpu_hour.get(kind, DEFAULT_GPU_HOUR.get(kind))
+        spec = GpuSpec.parse(gpu)
+        price = self.gpu_hour.get(spec.kind, DEFAULT_GPU_HOUR.get(spec.kind))
         if price is None:
             return None
-        return price * (int(count) if count.isdigit() else 1)
+        return price * spec.count
 
     def entry_hourly(self, gpus: tuple[str, ...]) -> float | None:
         """What an hour of one of an entry's containers costs: its first-choice GPU(s)."""

@@ -6,31 +6,20 @@ raw path (which may start with ``/teams/<team>/`` and/or ``/models/<entry>/``). 
 load, by :class:`RoutingTable`.
 
 Team: the token's team (sha256 match) when any team has tokens, else the team header or path.
-Entry: model header > model path > (for chat) the team's chat entry > the team's entry >
-``router.default_entry``.
+Entry: model header > model path > (for chat) the team's chat entry (:func:`resolve_chat_entry`) >
+the team's entry > ``router.default_entry``.
 
 :meth:`RoutingTable.whoami` explains the same decision to a developer (``GET /fleet/whoami``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from fleet.errors import FleetError
-from fleet.settings import (
-    CHAT_FROM_CHAT_ENTRY,
-    CHAT_FROM_ENTRY,
-    CHAT_FROM_FIRST_ALLOWED,
-    FleetSettings,
-    Team,
-    resolve_chat_entry,
-)
-
-T = TypeVar("T")
+from fleet.settings import FleetSettings, Team
+from fleet.tokens import match_token
 
 TABBY_API_PREFIXES = ("/v1/", "/v1beta/")
 TEAM_PREFIX = "/teams/"
@@ -59,6 +48,35 @@ PATH_KINDS = {
 WHOAMI_PATH = "/fleet/whoami"  # also under the routing prefixes: <endpoint>/fleet/whoami
 PATH_HELP = "/v1/..., /teams/<team>/v1/..., /models/<entry>/v1/... or /teams/<team>/models/<entry>/v1/..."
 WHOAMI_HINT = "GET <your endpoint>/fleet/whoami (with your token) shows what your requests select"
+
+
+# How a team's chat entry was chosen (resolve_chat_entry), as /fleet/whoami reports it.
+CHAT_FROM_CHAT_ENTRY = "team-chat-entry"  # the team's chat_entry
+CHAT_FROM_ENTRY = "entry"  # the team's entry (else router.default_entry, or the only entry) has a chat_model
+CHAT_FROM_FIRST_ALLOWED = "first-allowed-with-chat"  # the first of the team's allowed entries with a chat_model
+CHAT_FROM_NONE = "none"  # no entry the team may use has a chat_model
+
+
+def resolve_chat_entry(settings: FleetSettings, team: Team | None) -> tuple[str | None, str]:
+    """Where a team's chat goes when the request names no entry: (entry or None, how it was chosen).
+
+    The team's ``chat_entry``; else its entry (else ``router.default_entry``, or the only entry) when
+    that has a ``chat_model``; else the first of its ``allowed_entries`` (in their order; all entries,
+    in settings order, when it has none) that has one; else None: the team has no chat. ``team=None``
+    (a request without a team) follows the same rules with every entry allowed.
+    """
+    if team is not None and team.chat_entry is not None:
+        return team.chat_entry, CHAT_FROM_CHAT_ENTRY
+    chat_models = {entry.name: entry.chat_model for entry in settings.entries}
+    only = settings.entries[0].name if len(settings.entries) == 1 else None
+    entry = (team.entry if team is not None else None) or settings.router.default_entry or only
+    if entry is not None and chat_models.get(entry):
+        return entry, CHAT_FROM_ENTRY
+    allowed = team.allowed_entries if team is not None and team.allowed_entries else tuple(chat_models)
+    for name in allowed:
+        if chat_models.get(name):
+            return name, CHAT_FROM_FIRST_ALLOWED
+    return None, CHAT_FROM_NONE
 
 
 class Route(NamedTuple):  # a tuple: built per request, and a frozen dataclass costs 3x as much to build
@@ -196,7 +214,7 @@ class RoutingTable:
         return self._adverts.get(route.team)
 
     def chat_entry(self, team: str | None) -> tuple[str | None, str]:
-        """The team's chat entry and how it was chosen (fleet.settings.resolve_chat_entry)."""
+        """The team's chat entry and how it was chosen (resolve_chat_entry)."""
         return self._chat[team]
 
     # -- the steps --------------------------------------------------------------------------------
@@ -425,19 +443,3 @@ def _clean(value: str | None) -> str | None:
         return None
     value = value.strip().lower()
     return value or None
-
-
-def match_token(token: str, known: Iterable[tuple[bytes, T]]) -> T | None:
-    """What ``token`` is known as: the value beside its sha256 digest in ``known``, else None. In constant
-    time: every digest is compared, with no early exit, so the answer's timing says nothing of the match."""
-    digest = hashlib.sha256(token.encode()).digest()
-    found = None
-    for known_digest, value in known:
-        if hmac.compare_digest(digest, known_digest):
-            found = value
-    return found
-
-
-def hash_token(token: str) -> str:
-    """The token_sha256 value for a token."""
-    return hashlib.sha256(token.encode()).hexdigest()

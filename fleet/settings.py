@@ -2,60 +2,30 @@
 
 Sources, highest first: init arguments, environment (``FLEET_`` prefix, ``__`` nesting), ``.env``,
 a TOML file. Everything else in tabby-fleet (the routing table, the local runtime, the Modal app,
-the CLI's plan) is derived from a loaded ``FleetSettings``. Every rule that can be checked without
-I/O is checked here, with a message that names the field, the bad value and the fix; fleet/loading.py
-loads the sources and reports every problem in one pass.
+the CLI's plan) is derived from a loaded ``FleetSettings``. Here are the shapes and the rules of one
+field (or one table) each, with a message that names the field, the bad value and the fix; the rules
+across fields are :mod:`fleet.rules`, and :mod:`fleet.loading` reads the sources and reports every
+problem of both in one pass.
 """
 
 from __future__ import annotations
 
-import re
-from contextvars import ContextVar
-from difflib import get_close_matches
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    FilePath,
-    HttpUrl,
-    field_validator,
-    model_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field, FilePath, HttpUrl, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet.gpus import GpuSpec, checked_gpu
 from fleet.prices import PriceTable
-from fleet.warm import WarmWindow, window_problems
-
-SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-
-# Modal's GPU type names (https://modal.com/docs/guide/gpu). Modal upper-cases the string and only
-# its servers reject an unknown type, so we check here, where the admin can still fix it cheaply.
-MODAL_GPU_TYPES = (
-    "T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB",
-    "RTX-PRO-6000", "H100", "H100!", "H200", "B200", "B200+",
-)  # fmt: skip
-MAX_GPUS_PER_CONTAINER = 8  # Modal's limit (A10: 4)
+from fleet.slugs import slug
+from fleet.tokens import TokenHolder, TokenRef, legacy_hashes
+from fleet.window import WarmWindow, window_problems
 
 # Modal's own bounds for scaledown_window, enforced by its client at decoration time.
 SCALEDOWN_MIN, SCALEDOWN_MAX = 2, 3600
 
 PACKAGED_EXAMPLE = Path(__file__).resolve().parent / "fleet.example.toml"
-
-_config_path: ContextVar[Path | None] = ContextVar("fleet_config_path", default=None)
-# Set by load_settings: the merged raw input is captured (so problems can name entries and teams, and
-# the cross-field rules can run on the parts that validated), and the cross-field rules are run by
-# load_settings itself rather than by the model validator, so field errors and cross-references come
-# out together.
-_raw_capture: ContextVar[list[Any] | None] = ContextVar("fleet_raw_capture", default=None)
 
 AuthMode = Literal["tokens", "open"]
 ENV_PREFIX = "FLEET_"
@@ -115,41 +85,25 @@ class Entry(BaseModel):
     fallback: str | None = None
     cold_wait: Annotated[float, Field(ge=0, le=60)] = 2.0
     fallback_chat: bool = False
-    # Warm hours: windows in which containers are kept running (fleet/warm.py, docs/CONFIGURATION.md).
+    # Warm hours: windows in which containers are kept running (fleet/window.py, fleet/warm.py, docs/CONFIGURATION.md).
     warm: tuple[WarmWindow, ...] = ()
 
     @field_validator("name")
     @classmethod
     def _slug_name(cls, value: str) -> str:
-        return _slug(value, "entry name")
+        return slug(value, "entry name")
 
     @field_validator("gpu")
     @classmethod
     def _known_gpus(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
         if isinstance(value, str):
-            return cls._known_gpu(value)
+            return checked_gpu(value)
         if not value:
             raise ValueError('gpu = [] names no GPU; give one type ("L4") or an ordered list (["L4", "A10G"])')
-        gpus = tuple(cls._known_gpu(gpu) for gpu in value)
+        gpus = tuple(checked_gpu(gpu) for gpu in value)
         if len(set(gpus)) != len(gpus):
             raise ValueError(f"gpu lists a type twice ({', '.join(gpus)}); list each fallback once")
         return gpus[0] if len(gpus) == 1 else gpus
-
-    @staticmethod
-    def _known_gpu(value: str) -> str:
-        kind, _, count = value.upper().partition(":")
-        if kind not in MODAL_GPU_TYPES:
-            suggestion = get_close_matches(kind, MODAL_GPU_TYPES, n=1)
-            hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
-            raise ValueError(
-                f"unknown GPU type {value!r}.{hint} Valid types: {', '.join(MODAL_GPU_TYPES)}; "
-                f"add ':N' for N GPUs, e.g. 'H100:2'"
-            )
-        if count and not (count.isdigit() and 1 <= int(count) <= MAX_GPUS_PER_CONTAINER):
-            raise ValueError(
-                f"GPU count in {value!r} must be a whole number from 1 to {MAX_GPUS_PER_CONTAINER}, e.g. '{kind}:2'"
-            )
-        return value.upper()
 
     @field_validator("scaledown_window")
     @classmethod
@@ -203,6 +157,16 @@ class Entry(BaseModel):
         return (self.gpu,) if isinstance(self.gpu, str) else self.gpu
 
     @property
+    def gpu_spec(self) -> GpuSpec:
+        """The first-choice GPU type and its count per container: what the entry is priced at."""
+        return GpuSpec.parse(self.gpus[0])
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs in one container of the entry's first-choice type ("H100:2" -> 2)."""
+        return self.gpu_spec.count
+
+    @property
     def gpu_text(self) -> str:
         return ", else ".join(self.gpus)
 
@@ -221,47 +185,20 @@ class Entry(BaseModel):
         return "Tabby" + "".join(part.capitalize() for part in self.name.split("-"))
 
 
-class TokenRef(BaseModel):
-    """One token: who or what holds it (``label``) and its sha256. The token itself is never stored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    label: str
-    sha256: str
-
-    @field_validator("label")
-    @classmethod
-    def _slug_label(cls, value: str) -> str:
-        return _slug(value, "token label")
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        return _sha256_hexes((value,), "sha256", "fleet token new")[0]
-
-
-LEGACY_LABEL = "token-{}"  # the label of the n-th (1-based) hash of a legacy token_sha256 list
-
-
-def _labelled(tokens: tuple[TokenRef, ...], legacy: tuple[str, ...]) -> tuple[TokenRef, ...]:
-    """Labelled tokens first, then the legacy bare hashes labelled token-1, token-2, ... in list order."""
-    return tokens + tuple(
-        TokenRef.model_construct(label=LEGACY_LABEL.format(n), sha256=digest) for n, digest in enumerate(legacy, 1)
-    )
-
-
-class Team(BaseModel):
+class Team(BaseModel, TokenHolder):
     """A group of developers: a default entry, the entries it may use, and its tokens' hashes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    TOKENS_FIELD: ClassVar[str] = "tokens"
+    LEGACY_FIELD: ClassVar[str] = "token_sha256"
 
     name: str
     entry: str | None = None
     allowed_entries: tuple[str, ...] = ()
-    # Where the team's chat goes (an entry with a chat_model); unset: resolve_chat_entry() decides.
+    # Where the team's chat goes (an entry with a chat_model); unset: fleet.routing.resolve_chat_entry decides.
     chat_entry: str | None = None
     # Legacy form of tokens: bare hashes, labelled token-1, token-2, ... in list order.
-    token_sha256: tuple[str, ...] = ()
+    token_sha256: Annotated[tuple[str, ...], legacy_hashes("token_sha256", "fleet token new --team <name>")] = ()
     # The team's tokens, each with a label (`fleet token new --team T --label L`).
     tokens: tuple[TokenRef, ...] = ()
     # Requests the team may have in flight at once, across all entries (429 above); unset: no limit.
@@ -272,40 +209,25 @@ class Team(BaseModel):
     @field_validator("name")
     @classmethod
     def _slug_name(cls, value: str) -> str:
-        return _slug(value, "team name")
-
-    @field_validator("token_sha256")
-    @classmethod
-    def _hex_hashes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _sha256_hexes(value, "token_sha256", "fleet token new --team <name>")
+        return slug(value, "team name")
 
     @property
     def labelled_tokens(self) -> tuple[TokenRef, ...]:
         """Every token of the team, legacy hashes included (as token-1, token-2, ...)."""
-        return _labelled(self.tokens, self.token_sha256)
+        return self.held_tokens()
 
     @property
     def token_digests(self) -> tuple[str, ...]:
         """The sha256 (hex) of every token of the team: what routing compares a bearer token with."""
-        return tuple(token.sha256 for token in self.labelled_tokens)
+        return self.held_digests()
 
 
-def _sha256_hexes(value: tuple[str, ...], field: str, command: str) -> tuple[str, ...]:
-    hashes = tuple(h.strip().lower() for h in value)
-    for digest in hashes:
-        if not SHA256_PATTERN.match(digest):
-            shown = digest if len(digest) <= 20 else digest[:17] + "..."
-            raise ValueError(
-                f"{field} entry {shown!r} is not a sha256 hex digest (64 characters 0-9a-f). "
-                f"Paste the line printed by `{command}`; never the token itself"
-            )
-    return hashes
-
-
-class RouterOptions(BaseModel):
+class RouterOptions(BaseModel, TokenHolder):
     """How the router behaves, whatever runtime the backends live in."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    TOKENS_FIELD: ClassVar[str] = "admin_tokens"
+    LEGACY_FIELD: ClassVar[str] = "admin_token_sha256"
 
     default_entry: str | None = None
     # Seconds to open a TCP connection to a running backend. Loopback and Modal's edge both answer
@@ -343,27 +265,22 @@ class RouterOptions(BaseModel):
     # answer of /fleet/health) and /metrics. With none, those answer loopback clients only.
     admin_tokens: tuple[TokenRef, ...] = ()
     # Legacy form of admin_tokens: bare hashes, labelled token-1, token-2, ... in list order.
-    admin_token_sha256: tuple[str, ...] = ()
+    admin_token_sha256: Annotated[tuple[str, ...], legacy_hashes("admin_token_sha256", "fleet token new --admin")] = ()
     # Serve /metrics without an admin token (e.g. to a scraper on a private network).
     metrics_public: bool = False
     # Answer GET /v1beta/server_setting with disable_client_side_telemetry = true, so IDEs do not
     # report usage to app.tabbyml.com (Tabby without its webserver answers false).
     disable_client_telemetry: bool = True
 
-    @field_validator("admin_token_sha256")
-    @classmethod
-    def _admin_hexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _sha256_hexes(value, "admin_token_sha256", "fleet token new --admin")
-
     @property
     def labelled_admin_tokens(self) -> tuple[TokenRef, ...]:
         """Every admin token, legacy hashes included (as token-1, token-2, ...)."""
-        return _labelled(self.admin_tokens, self.admin_token_sha256)
+        return self.held_tokens()
 
     @property
     def admin_token_digests(self) -> tuple[str, ...]:
         """The sha256 (hex) of every admin token: what AdminAuth compares a bearer token with."""
-        return tuple(token.sha256 for token in self.labelled_admin_tokens)
+        return self.held_digests()
 
 
 class ModalOptions(BaseModel):
@@ -393,7 +310,8 @@ class ModalOptions(BaseModel):
 
 
 class FleetSettings(BaseSettings):
-    """The whole fleet. Load with :func:`load_settings` to get the file lookup right."""
+    """The whole fleet. Load with :func:`fleet.loading.load_settings` to get the file lookup right and every
+    rule checked; one built by hand is checked across fields by :func:`fleet.rules.checked`."""
 
     model_config = SettingsConfigDict(
         env_prefix="FLEET_",
@@ -414,38 +332,6 @@ class FleetSettings(BaseSettings):
     # USD per GPU-hour for cost figures (fleet/prices.py has the defaults, their date and source).
     prices: PriceTable = PriceTable()
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
-        path = _config_path.get()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _capture_raw(cls, data: Any) -> Any:
-        box = _raw_capture.get()
-        if box is not None:  # load_settings: keep the merged input of every source for its report
-            box.append(data)
-        return data
-
-    @model_validator(mode="after")
-    def _cross_references(self) -> FleetSettings:
-        if _raw_capture.get() is not None:
-            return self  # load_settings runs these itself, together with the field errors
-        problems = all_cross_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
     def entry(self, name: str) -> Entry:
         for entry in self.entries:
             if entry.name == name:
@@ -463,276 +349,3 @@ class FleetSettings(BaseSettings):
     def any_team_has_tokens(self) -> bool:
         """True in token mode (every request needs a team token). Kept for its readers in router/."""
         return self.auth_mode == "tokens"
-
-
-def _fleet_problems(settings: FleetSettings) -> list[str]:
-    """Every cross-field rule, each broken one as advice. Collected, so the admin sees them all."""
-    problems: list[str] = []
-    entry_names = [e.name for e in settings.entries]
-    known = set(entry_names)
-    choices = ", ".join(entry_names)
-
-    seen: dict[str, int] = {}
-    for index, name in enumerate(entry_names):
-        if name in seen:
-            problems.append(
-                f"entries[{index}].name: duplicate entry name {name!r} (also the name of entries[{seen[name]}], "
-                f"counting from 0); give each entry a unique name"
-            )
-        seen.setdefault(name, index)
-
-    class_names: dict[str, str] = {}
-    for entry in settings.entries:
-        key = entry.class_name.lower()  # Modal's web URLs are lower-case, so compare that way
-        if key in class_names and class_names[key] != entry.name:
-            problems.append(
-                f'entries["{entry.name}"].name: entries {class_names[key]!r} and {entry.name!r} would get the '
-                f"same Modal class name {entry.class_name!r}; rename one of them"
-            )
-        class_names.setdefault(key, entry.name)
-
-    # Names and aliases select an entry in the X-Tabby-Model header: they must be unambiguous.
-    selectors: dict[str, str] = {name: name for name in entry_names}
-    for entry in settings.entries:
-        for alias in entry.aliases:
-            owner = selectors.get(alias)
-            if owner is not None and owner != entry.name:
-                problems.append(
-                    f'entries["{entry.name}"].aliases: alias {alias!r} already selects entry {owner!r}; '
-                    f"pick another alias"
-                )
-            elif owner == entry.name and alias != entry.name:
-                problems.append(f'entries["{entry.name}"].aliases: alias {alias!r} is listed twice; list it once')
-            selectors[alias] = entry.name
-        for other in settings.entries:
-            if other.name != entry.name and other.model.lower() in entry.aliases:
-                problems.append(
-                    f'entries["{entry.name}"].aliases: alias {other.model.lower()!r} is the model id of entry '
-                    f"{other.name!r}; pick another alias"
-                )
-
-    default = settings.router.default_entry
-    if default is not None and default not in known:
-        problems.append(f"router.default_entry: unknown entry {default!r}; choose one of: {choices}")
-
-    team_seen: set[str] = set()
-    for team in settings.teams:
-        where = f'teams["{team.name}"]'
-        if team.name in team_seen:
-            problems.append(f"{where}.name: duplicate team name {team.name!r}; give each team a unique name")
-        team_seen.add(team.name)
-        for allowed in team.allowed_entries:
-            if allowed not in known:
-                problems.append(f"{where}.allowed_entries: unknown entry {allowed!r}; choose from: {choices}")
-        if team.entry is not None:
-            if team.entry not in known:
-                problems.append(f"{where}.entry: unknown entry {team.entry!r}; choose one of: {choices}")
-            elif team.allowed_entries and team.entry not in team.allowed_entries:
-                problems.append(
-                    f"{where}.entry: {team.entry!r} is not in its allowed_entries "
-                    f"({', '.join(team.allowed_entries)}); add it there or pick one of those"
-                )
-        elif default is not None and default in known and team.allowed_entries and default not in team.allowed_entries:
-            problems.append(
-                f"{where}: has no entry and router.default_entry {default!r} is outside its "
-                f"allowed_entries ({', '.join(team.allowed_entries)}); set the team's entry"
-            )
-        problems += _chat_entry_problems(settings, team, where, known)
-    problems += _fallback_problems(settings, choices)
-    return problems
-
-
-def _fallback_problems(settings: FleetSettings, choices: str) -> list[str]:
-    """An entry's fallback: another entry that exists, no cycle; chat fallback needs a chat model there."""
-    problems: list[str] = []
-    entries = {entry.name: entry for entry in settings.entries}
-    for entry in settings.entries:
-        where = f'entries["{entry.name}"]'
-        target = entry.fallback
-        if target is None:
-            if entry.fallback_chat:
-                problems.append(f"{where}.fallback_chat: set without a fallback; set fallback, or drop fallback_chat")
-            continue
-        if target == entry.name:
-            problems.append(f"{where}.fallback: an entry cannot fall back to itself; name another entry: {choices}")
-        elif target not in entries:
-            problems.append(f"{where}.fallback: unknown entry {target!r}; choose one of: {choices}")
-        elif _fallback_cycle(entries, entry.name):
-            cycle = " -> ".join(_fallback_cycle(entries, entry.name))
-            problems.append(f"{where}.fallback: fallbacks form a cycle ({cycle}); end the chain at an entry without")
-        elif entry.fallback_chat and not entries[target].chat_model:
-            problems.append(
-                f"{where}.fallback_chat: the fallback {target!r} has no chat_model, so it cannot answer chat; "
-                f'set entries["{target}"].chat_model or drop fallback_chat'
-            )
-    return problems
-
-
-def _fallback_cycle(entries: dict[str, Entry], start: str) -> list[str]:
-    """The chain of fallbacks from ``start`` back to ``start``, or [] when it ends (or leaves the fleet)."""
-    chain = [start]
-    current = entries[start].fallback
-    while current is not None and current in entries and current not in chain:
-        chain.append(current)
-        current = entries[current].fallback
-    return [*chain, start] if current == start else []
-
-
-# How a team's chat entry was chosen (resolve_chat_entry), as /fleet/whoami reports it.
-CHAT_FROM_CHAT_ENTRY = "team-chat-entry"  # the team's chat_entry
-CHAT_FROM_ENTRY = "entry"  # the team's entry (else router.default_entry, or the only entry) has a chat_model
-CHAT_FROM_FIRST_ALLOWED = "first-allowed-with-chat"  # the first of the team's allowed entries with a chat_model
-CHAT_FROM_NONE = "none"  # no entry the team may use has a chat_model
-
-
-def _chat_entry_problems(settings: FleetSettings, team: Team, where: str, known: set[str]) -> list[str]:
-    chat_entry = team.chat_entry
-    if chat_entry is None:
-        return []
-    with_chat = [e.name for e in settings.entries if e.chat_model]
-    usable = [name for name in with_chat if not team.allowed_entries or name in team.allowed_entries]
-    pick = f"choose one of: {', '.join(usable)}" if usable else "(no entry it may use has a chat_model yet)"
-    if chat_entry not in known:
-        return [f"{where}.chat_entry: unknown entry {chat_entry!r}; {pick}"]
-    if team.allowed_entries and chat_entry not in team.allowed_entries:
-        return [
-            f"{where}.chat_entry: {chat_entry!r} is not in its allowed_entries ({', '.join(team.allowed_entries)}); "
-            f"add it there{', or ' + pick if usable else ''}"
-        ]
-    if chat_entry not in with_chat:
-        return [
-            f"{where}.chat_entry: entry {chat_entry!r} has no chat_model, so it cannot answer chat; set "
-            f'entries["{chat_entry}"].chat_model{", or " + pick if usable else ""}'
-        ]
-    return []
-
-
-def resolve_chat_entry(settings: FleetSettings, team: Team | None) -> tuple[str | None, str]:
-    """Where a team's chat goes when the request names no entry: (entry or None, how it was chosen).
-
-    The team's ``chat_entry``; else its entry (else ``router.default_entry``, or the only entry) when
-    that has a ``chat_model``; else the first of its ``allowed_entries`` (in their order; all entries,
-    in settings order, when it has none) that has one; else None: the team has no chat. ``team=None``
-    (a request without a team) follows the same rules with every entry allowed.
-    """
-    if team is not None and team.chat_entry is not None:
-        return team.chat_entry, CHAT_FROM_CHAT_ENTRY
-    chat_models = {entry.name: entry.chat_model for entry in settings.entries}
-    only = settings.entries[0].name if len(settings.entries) == 1 else None
-    entry = (team.entry if team is not None else None) or settings.router.default_entry or only
-    if entry is not None and chat_models.get(entry):
-        return entry, CHAT_FROM_ENTRY
-    allowed = team.allowed_entries if team is not None and team.allowed_entries else tuple(chat_models)
-    for name in allowed:
-        if chat_models.get(name):
-            return name, CHAT_FROM_FIRST_ALLOWED
-    return None, CHAT_FROM_NONE
-
-
-def settings_warnings(settings: FleetSettings) -> list[str]:
-    """Valid but probably unintended: one line of advice each (`fleet check` prints them)."""
-    warnings = []
-    for team in settings.teams:
-        if resolve_chat_entry(settings, team)[0] is None:
-            scope = f"its allowed_entries ({', '.join(team.allowed_entries)})" if team.allowed_entries else "the fleet"
-            warnings.append(
-                f'teams["{team.name}"]: no chat: no entry of {scope} has a chat_model, so its IDEs offer no chat '
-                f"and chat requests get 501 no-chat-model; set chat_model on one of them, or allow the team an "
-                f"entry that has one"
-            )
-    for entry in settings.entries:
-        if entry.url is None and settings.prices.entry_hourly(entry.gpus) is None:
-            gpu = entry.gpus[0].partition(":")[0]
-            warnings.append(
-                f'entries["{entry.name}"]: no price for GPU {gpu}; add it under [prices] gpu_hour to see its cost'
-            )
-    return warnings
-
-
-def all_cross_problems(settings: FleetSettings) -> list[str]:
-    """Every rule across fields: references between entries and teams, tokens, the auth mode."""
-    return _fleet_problems(settings) + _token_problems(settings) + _auth_problems(settings)
-
-
-def _token_problems(settings: FleetSettings) -> list[str]:
-    """Labels unique within a team (and among admin tokens); a hash belongs to one holder only."""
-    problems: list[str] = []
-    owner_of: dict[str, str] = {}
-    router = settings.router
-    holders = [
-        (f'teams["{team.name}"]', f"team {team.name!r}", "tokens", "token_sha256", team.tokens, team.token_sha256)
-        for team in settings.teams
-    ]
-    admin = ("router", "the admin tokens", "admin_tokens", "admin_token_sha256")
-    holders.append((*admin, router.admin_tokens, router.admin_token_sha256))
-    for where, who, field, legacy_field, tokens, legacy in holders:
-        labels: set[str] = set()
-        for index, token in enumerate(_labelled(tokens, legacy)):
-            here = f"{where}.{legacy_field if index >= len(tokens) else field}"
-            if token.label in labels:
-                problems.append(
-                    f"{here}: label {token.label!r} is used twice in {who}; give each token its own label "
-                    f"(token-1, token-2, ... name the hashes of the legacy {legacy_field} list)"
-                )
-            labels.add(token.label)
-            owner = owner_of.get(token.sha256)
-            if owner is not None:
-                problems.append(
-                    f"{here}: the hash {token.sha256[:12]}... of {token.label!r} is also a token of {owner}; "
-                    f"a token belongs to one holder, so issue a new one with `fleet token new`"
-                )
-            else:
-                owner_of[token.sha256] = f"{who} (label {token.label!r})"
-    return problems
-
-
-def _auth_problems(settings: FleetSettings) -> list[str]:
-    """router.auth against the teams' tokens: a team nobody can use, or tokens nobody checks."""
-    with_tokens = [team.name for team in settings.teams if team.token_digests]
-    without = [team.name for team in settings.teams if not team.token_digests]
-    mode = settings.router.auth
-    issue = "fleet token new --team {} --label LABEL --write"
-    if mode == "tokens":
-        if not settings.teams:
-            return [
-                'router.auth: "tokens", but there are no teams, so every request would be refused (401); add a '
-                '[[teams]] table and give it a token (fleet token new), or set router.auth = "open"'
-            ]
-        return [
-            f'teams["{name}"].tokens: router.auth is "tokens" but team {name!r} has no token, so nobody can '
-            f"use it (401); give it one ({issue.format(name)}), or remove the team"
-            for name in without
-        ]
-    if mode == "open":
-        return [
-            f'teams["{name}"].tokens: router.auth is "open", so tokens are never checked and anyone may act as '
-            f"team {name!r} by naming it; remove its tokens (fleet token revoke --team {name} --label ...), "
-            f'or set router.auth = "tokens" and give every team a token'
-            for name in with_tokens
-        ]
-    if with_tokens and without:
-        return [
-            f"teams: some have tokens ({_names(with_tokens)}) and some none ({_names(without)}). With tokens in use "
-            f"every request needs one, so {_names(without)} would be locked out (401). Either give them tokens "
-            f'({"; ".join(issue.format(name) for name in without)}), or set router.auth = "open" in [router] '
-            f"and remove the tokens of {_names(with_tokens)}"
-        ]
-    return []
-
-
-def _names(names: list[str]) -> str:
-    return ", ".join(repr(name) for name in names)
-
-
-def _slug(value: str, what: str) -> str:
-    if not SLUG_PATTERN.match(value):
-        raise ValueError(
-            f"{what} {value!r} is not a slug: use 1-32 characters of a-z, 0-9 and '-', "
-            f"starting and ending with a letter or digit (e.g. {_slugify(value)!r})"
-        )
-    return value
-
-
-def _slugify(value: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")
-    return slug[:32].strip("-") or "my-name"

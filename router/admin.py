@@ -14,8 +14,8 @@ import ipaddress
 from fastapi import Request
 
 from fleet.errors import FleetError
-from fleet.routing import match_token
 from fleet.settings import FleetSettings
+from fleet.tokens import match_token
 
 BASIC_CHALLENGE = 'Basic realm="tabby-fleet"'  # a 401 from a page carries it, so the browser asks for a login
 

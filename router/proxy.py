@@ -17,9 +17,8 @@ its IDEs "connected" (docs/ERRORS.md). When a team's chat goes to another entry 
 answers its health check, the health answer advertises that entry's chat model, as the IDE enables
 chat only when health names one.
 
-This is plain ASGI rather than a FastAPI route, and headers stay byte pairs: the router's hot path
-skips request parsing, dependency injection and response classes. docs/PERFORMANCE.md has the
-measurements.
+Plain ASGI rather than a FastAPI route, headers as byte pairs: the hot path skips request parsing,
+dependency injection and response classes (measurements: docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -81,9 +80,8 @@ class RequestAborted(Exception):
 
 
 class ProxyState:
-    """Everything derived from one version of the settings. A reload builds a new one (touching
-    nothing in use) and :meth:`Proxy.adopt` puts it in place in one step; a request keeps the state
-    it started with."""
+    """Everything derived from one version of the settings. A reload builds a new one (touching nothing in use)
+    and :meth:`Proxy.adopt` puts it in place in one step; a request keeps the state it started with."""
 
     def __init__(
         self, settings: FleetSettings, previous: ProxyState | None = None, router_share: int = 1,
@@ -233,7 +231,7 @@ class Proxy:
                 raise _too_large(state.max_body)
             body = await _read_body(receive, state.max_body, state.body_timeout)
             if record.kind is EVENTS and scope["method"] == "POST":
-                record.event = _event_type(body)
+                record.event = event_type(body)
         except FleetError as error:
             await _refuse(send, error, record)
             return
@@ -434,7 +432,7 @@ class Proxy:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _event_type(body: bytes) -> str | None:
+def event_type(body: bytes) -> str | None:
     """The type of a POST /v1/events body (view, select, dismiss; a few hundred bytes), for usage counts;
     None for anything else (not JSON, no string "type", another type, a body past EVENT_BODY_MAX)."""
     if len(body) > EVENT_BODY_MAX:  # parsing it on the event loop would cost more than the event is worth

@@ -231,13 +231,12 @@ class Usage:
         for entry in settings.entries:
             if entry.url is not None:
                 continue  # runs elsewhere: no containers of ours to count or price
-            gpu = entry.gpus[0]
-            kind, _, count = gpu.upper().partition(":")
+            spec = entry.gpu_spec
             self.pricing[entry.name] = Pricing(
-                gpu,
-                kind,
-                int(count) if count.isdigit() else 1,
-                prices.per_gpu_hour(kind),
+                entry.gpus[0],
+                spec.kind,
+                spec.count,
+                prices.per_gpu_hour(spec.kind),
                 prices.entry_hourly(entry.gpus),
             )
 

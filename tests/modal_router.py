@@ -26,8 +26,8 @@ import uvicorn
 
 from apps.modal.backends import STATS_INTERVAL, WAKE_RETRY_SECONDS, ModalBackends, StatsLike
 from fleet.loading import load_settings
-from fleet.routing import hash_token
-from fleet.settings import Entry, TokenRef
+from fleet.settings import Entry
+from fleet.tokens import TokenRef, hash_token
 from router.app import create_app
 
 ADMIN_TOKEN = "tfa_modal-router-test"

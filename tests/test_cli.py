@@ -13,8 +13,8 @@ import pytest
 
 from apps.cli.main import up_banner
 from fleet.loading import load_settings
-from fleet.routing import hash_token
 from fleet.settings import PACKAGED_EXAMPLE
+from fleet.tokens import hash_token
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -28,7 +28,7 @@ import pytest
 from apps.local.backends import LocalBackends
 from apps.modal.backends import STATS_TIMEOUT, ModalBackends
 from fleet.settings import Entry, FleetSettings, StandInOptions
-from fleet.warm import WarmWindow
+from fleet.window import WarmWindow
 
 from .fake_modal_edge import edge_argv
 from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv

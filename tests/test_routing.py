@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from fleet.errors import FleetError
-from fleet.routing import ChatAdvert, RoutingTable, hash_token
-from fleet.settings import Entry, FleetSettings, Team, resolve_chat_entry, settings_warnings
+from fleet.routing import ChatAdvert, RoutingTable, resolve_chat_entry
+from fleet.rules import checked, settings_warnings
+from fleet.settings import Entry, FleetSettings, Team
+from fleet.tokens import hash_token
 
 ENTRIES = (
     Entry(name="small", model="TabbyML/StarCoder-1B", aliases=("starcoder-1b",)),
@@ -328,7 +330,7 @@ def test_health_advertises_the_chat_model_of_the_team_chat_entry() -> None:
 
 def _settings_problems(**team: object) -> str:
     with pytest.raises(ValueError) as caught:
-        FleetSettings(entries=CHAT_ENTRIES, teams=[{"name": "t", **team}])
+        checked(FleetSettings(entries=CHAT_ENTRIES, teams=[{"name": "t", **team}]))
     return str(caught.value)
 
 

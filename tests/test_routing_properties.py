@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.errors import FleetError
-from fleet.routing import Route, RoutingTable, hash_token
+from fleet.routing import Route, RoutingTable
 from fleet.settings import Entry, FleetSettings, Team
+from fleet.tokens import hash_token
 
 TOKEN = "tft_property-token"
 ENTRIES = (

@@ -25,8 +25,8 @@ from starlette.requests import Request
 
 from fleet.errors import FleetError
 from fleet.loading import load_settings
-from fleet.routing import hash_token
 from fleet.settings import FleetSettings
+from fleet.tokens import hash_token
 from router.admin import AdminAuth
 from router.status_page import render_status
 

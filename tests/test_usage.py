@@ -16,9 +16,10 @@ import httpx
 import pytest
 
 from fleet.errors import FleetError
-from fleet.settings import FleetSettings, settings_warnings
+from fleet.rules import settings_warnings
+from fleet.settings import FleetSettings
 from router.observe import Observer, RequestRecord
-from router.proxy import _event_type
+from router.proxy import event_type
 from router.usage import BUCKET_SECONDS, RECENT_REFUSALS, RETENTION, Usage, parse_since, percentile
 
 from .fleetproc import COMPLETION, RunningFleet, run_fleet
@@ -164,9 +165,9 @@ def test_acceptance_rate_is_selects_over_views_as_tabbys_reports() -> None:
 
 
 def test_event_type_is_read_from_a_json_body_with_a_string_type() -> None:
-    assert _event_type(b'{"type": "select", "completion_id": "c", "choice_index": 0}') == "select"
+    assert event_type(b'{"type": "select", "completion_id": "c", "choice_index": 0}') == "select"
     for body in (b"", b"not json", b'["view"]', b'{"type": 1}', b'{"type": "other"}', b"[" * 100_000):
-        assert _event_type(body) is None
+        assert event_type(body) is None
 
 
 def test_fallbacks_and_cold_waits_count_for_the_entry_asked_for() -> None:

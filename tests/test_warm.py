@@ -23,13 +23,8 @@ from apps.modal.app import FROZEN_SETTINGS_ENV, WARM_FUNCTION, warm_settings_jso
 from fleet.loading import SettingsError, load_settings
 from fleet.prices import DEFAULT_GPU_HOUR, DEFAULT_PRICES_DATE
 from fleet.settings import Entry, FleetSettings
-from fleet.warm import (
-    WarmWindow,
-    apply_warm_hours,
-    min_containers_at,
-    warm_gpu_hours_per_month,
-    warm_hours_per_month,
-)
+from fleet.warm import apply_warm_hours, min_containers_at, warm_gpu_hours_per_month, warm_hours_per_month
+from fleet.window import WarmWindow
 from tests.support.modal_inspect import declare, describe_app
 
 from .fleetproc import run_fleet

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Container
 
 from fleet.loading import env_warnings, load_settings
-from fleet.settings import FleetSettings, settings_warnings
+from fleet.rules import settings_warnings
+from fleet.settings import FleetSettings
 
 # What an admin token guards (with none set: answered to the router's own machine only).
 ADMIN_ENDPOINTS = "/fleet/entries, /fleet/usage, /fleet/status, /fleet/reload, /metrics"

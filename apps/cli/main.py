@@ -1,7 +1,8 @@
 """The ``fleet`` command: run the fleet locally, check and explain settings, deploy.
 
 Its other commands live beside it: ``fleet token ...`` in :mod:`apps.cli.token`, ``fleet status`` in
-:mod:`apps.cli.status`; what they share in :mod:`apps.cli.common`.
+:mod:`apps.cli.status`; what they share in :mod:`apps.cli.common`; the fleet and warm-hours tables of
+``fleet plan`` in :mod:`apps.cli.plan`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, load_for_command, text_table
+from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, load_for_command
+from apps.cli.plan import plan_table, warm_plan
 from apps.cli.status import add_status_command
 from apps.cli.token import add_token_commands
 from fleet.errors import FleetError
 from fleet.loading import SettingsError, load_settings, resolve_config_path
 from fleet.routing import RoutingTable
-from fleet.settings import Entry, FleetSettings
-from fleet.warm import warm_plan
+from fleet.settings import FleetSettings
 
 ALL_INTERFACES = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # listen address -> one to connect to
 
@@ -122,7 +123,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(plan_table(settings))
     print()
     print(access_summary(settings))
-    warm = warm_plan(settings.entries, settings.prices)
+    warm = warm_plan(settings)
     if warm:
         print()
         print("\n".join(warm))
@@ -244,45 +245,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
-
-
-def plan_table(settings: FleetSettings) -> str:
-    header = ("entry", "model", "chat model", "GPU", "idle", "containers", "inputs", "while cold", "teams")
-    rows = [header]
-    for entry in settings.entries:
-        teams = [t.name for t in settings.teams if t.entry == entry.name]
-        allowed = [
-            t.name
-            for t in settings.teams
-            if t.entry != entry.name and (not t.allowed_entries or entry.name in t.allowed_entries)
-        ]
-        team_text = ", ".join(teams) + (f" (+ may use: {', '.join(allowed)})" if allowed else "")
-        name = entry.name + (" *" if entry.name == settings.router.default_entry else "")
-        rows.append(
-            (
-                name,
-                entry.model,
-                entry.chat_model or "-",
-                entry.gpu_text if not entry.url else f"(external {entry.url})",
-                f"{entry.scaledown_window}s",
-                f"{entry.min_containers}..{entry.max_containers}",
-                f"{entry.max_inputs}/container = {entry.capacity}",
-                _while_cold(entry),
-                team_text or "-",
-            )
-        )
-    lines = text_table(rows).splitlines()
-    if settings.router.default_entry:
-        lines.append("* default entry: used when no team or model header selects one")
-    return "\n".join(lines)
-
-
-def _while_cold(entry: Entry) -> str:
-    """Where a completion for this entry goes while it starts (docs/OPERATIONS.md, Cold starts)."""
-    if entry.fallback is None:
-        return "waits"
-    chat = ", chat too" if entry.fallback_chat else ""
-    return f"{entry.fallback} after {entry.cold_wait:g}s{chat}"
 
 
 def _backend_kind(tabby_bin: str | None) -> str:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from apps.cli.common import CliError, access_summary, load_for_command, text_table
 from fleet.loading import SettingsError, load_settings, resolve_config_path
-from fleet.routing import hash_token
-from fleet.settings import LEGACY_LABEL, PACKAGED_EXAMPLE, FleetSettings, TokenRef
+from fleet.settings import PACKAGED_EXAMPLE, FleetSettings
+from fleet.tokens import LEGACY_LABEL, TokenRef, hash_token
 
 if TYPE_CHECKING:
     from tomlkit.container import Container

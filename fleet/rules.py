@@ -1,0 +1,261 @@
+"""The rules across fields of the settings: each broken one as a line of advice, all of them at once.
+
+Names are unique and unambiguous (entries, their Modal class names, aliases, teams); references
+name entries that exist (router.default_entry, a team's entry, allowed_entries and chat_entry, an
+entry's fallback, without a cycle); a token belongs to one holder; router.auth agrees with the teams'
+tokens. :func:`cross_problems` lists them; :mod:`fleet.loading` runs it on every load, and :func:`checked`
+is the entry point for settings built by hand. :func:`settings_warnings`: valid, but probably not
+what the admin meant.
+"""
+
+from __future__ import annotations
+
+from fleet.routing import resolve_chat_entry
+from fleet.settings import Entry, FleetSettings, Team
+from fleet.tokens import TokenHolder
+
+
+class RuleError(ValueError):
+    """Settings break rules across fields; ``problems`` holds one line of advice per broken rule."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def checked(settings: FleetSettings) -> FleetSettings:
+    """``settings`` when it keeps every rule across fields, else a :class:`RuleError` listing every problem."""
+    found = cross_problems(settings)
+    if found:
+        raise RuleError(found)
+    return settings
+
+
+def cross_problems(settings: FleetSettings, *, check_auth: bool = True) -> list[str]:
+    """Every rule across fields: references between entries and teams, tokens and (with ``check_auth``)
+    the auth mode."""
+    found = reference_problems(settings) + token_problems(settings)
+    return found + auth_problems(settings) if check_auth else found
+
+
+def reference_problems(settings: FleetSettings) -> list[str]:
+    """Names and aliases unambiguous, and every reference between entries and teams to an entry that exists
+    (default entry, team entries, allowed and chat entries, fallbacks), each broken one as advice."""
+    problems: list[str] = []
+    entry_names = [e.name for e in settings.entries]
+    known = set(entry_names)
+    choices = ", ".join(entry_names)
+
+    seen: dict[str, int] = {}
+    for index, name in enumerate(entry_names):
+        if name in seen:
+            problems.append(
+                f"entries[{index}].name: duplicate entry name {name!r} (also the name of entries[{seen[name]}], "
+                f"counting from 0); give each entry a unique name"
+            )
+        seen.setdefault(name, index)
+
+    class_names: dict[str, str] = {}
+    for entry in settings.entries:
+        key = entry.class_name.lower()  # Modal's web URLs are lower-case, so compare that way
+        if key in class_names and class_names[key] != entry.name:
+            problems.append(
+                f'entries["{entry.name}"].name: entries {class_names[key]!r} and {entry.name!r} would get the '
+                f"same Modal class name {entry.class_name!r}; rename one of them"
+            )
+        class_names.setdefault(key, entry.name)
+
+    # Names and aliases select an entry in the X-Tabby-Model header: they must be unambiguous.
+    selectors: dict[str, str] = {name: name for name in entry_names}
+    for entry in settings.entries:
+        for alias in entry.aliases:
+            owner = selectors.get(alias)
+            if owner is not None and owner != entry.name:
+                problems.append(
+                    f'entries["{entry.name}"].aliases: alias {alias!r} already selects entry {owner!r}; '
+                    f"pick another alias"
+                )
+            elif owner == entry.name and alias != entry.name:
+                problems.append(f'entries["{entry.name}"].aliases: alias {alias!r} is listed twice; list it once')
+            selectors[alias] = entry.name
+        for other in settings.entries:
+            if other.name != entry.name and other.model.lower() in entry.aliases:
+                problems.append(
+                    f'entries["{entry.name}"].aliases: alias {other.model.lower()!r} is the model id of entry '
+                    f"{other.name!r}; pick another alias"
+                )
+
+    default = settings.router.default_entry
+    if default is not None and default not in known:
+        problems.append(f"router.default_entry: unknown entry {default!r}; choose one of: {choices}")
+
+    team_seen: set[str] = set()
+    for team in settings.teams:
+        where = f'teams["{team.name}"]'
+        if team.name in team_seen:
+            problems.append(f"{where}.name: duplicate team name {team.name!r}; give each team a unique name")
+        team_seen.add(team.name)
+        for allowed in team.allowed_entries:
+            if allowed not in known:
+                problems.append(f"{where}.allowed_entries: unknown entry {allowed!r}; choose from: {choices}")
+        if team.entry is not None:
+            if team.entry not in known:
+                problems.append(f"{where}.entry: unknown entry {team.entry!r}; choose one of: {choices}")
+            elif team.allowed_entries and team.entry not in team.allowed_entries:
+                problems.append(
+                    f"{where}.entry: {team.entry!r} is not in its allowed_entries "
+                    f"({', '.join(team.allowed_entries)}); add it there or pick one of those"
+                )
+        elif default is not None and default in known and team.allowed_entries and default not in team.allowed_entries:
+            problems.append(
+                f"{where}: has no entry and router.default_entry {default!r} is outside its "
+                f"allowed_entries ({', '.join(team.allowed_entries)}); set the team's entry"
+            )
+        problems += _chat_entry_problems(settings, team, where, known)
+    problems += _fallback_problems(settings, choices)
+    return problems
+
+
+def _fallback_problems(settings: FleetSettings, choices: str) -> list[str]:
+    """An entry's fallback: another entry that exists, no cycle; chat fallback needs a chat model there."""
+    problems: list[str] = []
+    entries = {entry.name: entry for entry in settings.entries}
+    for entry in settings.entries:
+        where = f'entries["{entry.name}"]'
+        target = entry.fallback
+        if target is None:
+            if entry.fallback_chat:
+                problems.append(f"{where}.fallback_chat: set without a fallback; set fallback, or drop fallback_chat")
+            continue
+        if target == entry.name:
+            problems.append(f"{where}.fallback: an entry cannot fall back to itself; name another entry: {choices}")
+        elif target not in entries:
+            problems.append(f"{where}.fallback: unknown entry {target!r}; choose one of: {choices}")
+        elif _fallback_cycle(entries, entry.name):
+            cycle = " -> ".join(_fallback_cycle(entries, entry.name))
+            problems.append(f"{where}.fallback: fallbacks form a cycle ({cycle}); end the chain at an entry without")
+        elif entry.fallback_chat and not entries[target].chat_model:
+            problems.append(
+                f"{where}.fallback_chat: the fallback {target!r} has no chat_model, so it cannot answer chat; "
+                f'set entries["{target}"].chat_model or drop fallback_chat'
+            )
+    return problems
+
+
+def _fallback_cycle(entries: dict[str, Entry], start: str) -> list[str]:
+    """The chain of fallbacks from ``start`` back to ``start``, or [] when it ends (or leaves the fleet)."""
+    chain = [start]
+    current = entries[start].fallback
+    while current is not None and current in entries and current not in chain:
+        chain.append(current)
+        current = entries[current].fallback
+    return [*chain, start] if current == start else []
+
+
+def _chat_entry_problems(settings: FleetSettings, team: Team, where: str, known: set[str]) -> list[str]:
+    chat_entry = team.chat_entry
+    if chat_entry is None:
+        return []
+    with_chat = [e.name for e in settings.entries if e.chat_model]
+    usable = [name for name in with_chat if not team.allowed_entries or name in team.allowed_entries]
+    pick = f"choose one of: {', '.join(usable)}" if usable else "(no entry it may use has a chat_model yet)"
+    if chat_entry not in known:
+        return [f"{where}.chat_entry: unknown entry {chat_entry!r}; {pick}"]
+    if team.allowed_entries and chat_entry not in team.allowed_entries:
+        return [
+            f"{where}.chat_entry: {chat_entry!r} is not in its allowed_entries ({', '.join(team.allowed_entries)}); "
+            f"add it there{', or ' + pick if usable else ''}"
+        ]
+    if chat_entry not in with_chat:
+        return [
+            f"{where}.chat_entry: entry {chat_entry!r} has no chat_model, so it cannot answer chat; set "
+            f'entries["{chat_entry}"].chat_model{", or " + pick if usable else ""}'
+        ]
+    return []
+
+
+def settings_warnings(settings: FleetSettings) -> list[str]:
+    """Valid but probably unintended: one line of advice each (`fleet check` prints them)."""
+    warnings = []
+    for team in settings.teams:
+        if resolve_chat_entry(settings, team)[0] is None:
+            scope = f"its allowed_entries ({', '.join(team.allowed_entries)})" if team.allowed_entries else "the fleet"
+            warnings.append(
+                f'teams["{team.name}"]: no chat: no entry of {scope} has a chat_model, so its IDEs offer no chat '
+                f"and chat requests get 501 no-chat-model; set chat_model on one of them, or allow the team an "
+                f"entry that has one"
+            )
+    for entry in settings.entries:
+        if entry.url is None and settings.prices.entry_hourly(entry.gpus) is None:
+            gpu = entry.gpu_spec.kind
+            warnings.append(
+                f'entries["{entry.name}"]: no price for GPU {gpu}; add it under [prices] gpu_hour to see its cost'
+            )
+    return warnings
+
+
+def token_problems(settings: FleetSettings) -> list[str]:
+    """Labels unique within a team (and among admin tokens); a hash belongs to one holder only."""
+    problems: list[str] = []
+    owner_of: dict[str, str] = {}
+    holders: list[tuple[TokenHolder, str, str]] = [
+        (team, f'teams["{team.name}"]', f"team {team.name!r}") for team in settings.teams
+    ]
+    holders.append((settings.router, "router", "the admin tokens"))
+    for holder, where, who in holders:
+        labels: set[str] = set()
+        for index, token in enumerate(holder.held_tokens()):
+            here = f"{where}.{holder.field_of(index)}"
+            if token.label in labels:
+                problems.append(
+                    f"{here}: label {token.label!r} is used twice in {who}; give each token its own label "
+                    f"(token-1, token-2, ... name the hashes of the legacy {holder.LEGACY_FIELD} list)"
+                )
+            labels.add(token.label)
+            owner = owner_of.get(token.sha256)
+            if owner is not None:
+                problems.append(
+                    f"{here}: the hash {token.sha256[:12]}... of {token.label!r} is also a token of {owner}; "
+                    f"a token belongs to one holder, so issue a new one with `fleet token new`"
+                )
+            else:
+                owner_of[token.sha256] = f"{who} (label {token.label!r})"
+    return problems
+
+
+def auth_problems(settings: FleetSettings) -> list[str]:
+    """router.auth against the teams' tokens: a team nobody can use, or tokens nobody checks."""
+    with_tokens = [team.name for team in settings.teams if team.token_digests]
+    without = [team.name for team in settings.teams if not team.token_digests]
+    mode = settings.router.auth
+    issue = "fleet token new --team {} --label LABEL --write"
+    if mode == "tokens":
+        if not settings.teams:
+            return [
+                'router.auth: "tokens", but there are no teams, so every request would be refused (401); add a '
+                '[[teams]] table and give it a token (fleet token new), or set router.auth = "open"'
+            ]
+        return [
+            f'teams["{name}"].tokens: router.auth is "tokens" but team {name!r} has no token, so nobody can '
+            f"use it (401); give it one ({issue.format(name)}), or remove the team"
+            for name in without
+        ]
+    if mode == "open":
+        return [
+            f'teams["{name}"].tokens: router.auth is "open", so tokens are never checked and anyone may act as '
+            f"team {name!r} by naming it; remove its tokens (fleet token revoke --team {name} --label ...), "
+            f'or set router.auth = "tokens" and give every team a token'
+            for name in with_tokens
+        ]
+    if with_tokens and without:
+        return [
+            f"teams: some have tokens ({_quoted(with_tokens)}) and some none ({_quoted(without)}). With tokens in use "
+            f"every request needs one, so {_quoted(without)} would be locked out (401). Either give them tokens "
+            f'({"; ".join(issue.format(name) for name in without)}), or set router.auth = "open" in [router] '
+            f"and remove the tokens of {_quoted(with_tokens)}"
+        ]
+    return []
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(repr(name) for name in names)
