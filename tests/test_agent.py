@@ -31,7 +31,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 
 AGENT_CLI = Path(__file__).parent / "agent" / "node_modules" / "tabby-agent" / "dist" / "cli.js"
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 
 CONFIG = """
 [router]

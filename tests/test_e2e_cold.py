@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 
 ACCEPTANCE = """
 [router]

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
+from .support.fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
 
 Figure = Callable[[str, object], None]
 

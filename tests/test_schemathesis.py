@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .fleetproc import run_fleet
+from .support.fleetproc import run_fleet
 
 CONFIG = """
 [router]

@@ -11,7 +11,7 @@ leaves in the middle of it.
 Every case ends with a normal request that must get its own answer (never bytes the rude answer left
 behind), and the hostile-client cases check that the router holds no request in flight afterwards
 (``fleet_in_flight`` on /metrics). ``x-rude`` picks the backend's answer and ``x-tag`` marks each
-request, as in the conformance suite. The backend is a :class:`~tests.rude_backend.LazyBodyBackend`:
+request, as in the conformance suite. The backend is a :class:`~tests.support.rude_backend.LazyBodyBackend`:
 the handler reads the request body itself, so some answers can come before it (or never read it).
 
 Nine of these cases found router bugs when they were written (docs/RELIABILITY.md lists them, each
@@ -33,10 +33,10 @@ from typing import Any
 import httpx
 import pytest
 
-from . import rude_client
-from .fleetproc import RunningFleet, run_fleet
-from .rude_backend import Connection, LazyBodyBackend, Request, chunk, head, lazy_body_backend, ok, read_body
-from .rude_client import assert_json_error, fresh_pool, new_tag
+from .support import rude_client
+from .support.fleetproc import RunningFleet, run_fleet
+from .support.rude_backend import Connection, LazyBodyBackend, Request, chunk, head, lazy_body_backend, ok, read_body
+from .support.rude_client import assert_json_error, fresh_pool, new_tag
 
 BODY_TIMEOUT = 1.0
 READ_TIMEOUT = 1.5  # also the first-byte timeout: the entry sets no first_byte_timeout of its own

@@ -4,7 +4,7 @@ Each case sends one request whose answer the backend writes byte by byte (``x-ru
 the answer; the router forwards unknown headers unchanged), checks what the client got, then sends a
 normal request that must get its own answer, on the same pooled backend connection wherever the
 rude answer was complete and keep-alive. ``x-tag`` marks each request so the test can find what the
-backend received (tests/rude_backend.py records every request with its connection number). For
+backend received (tests/support/rude_backend.py records every request with its connection number). For
 the odd-but-valid answers the router must also count no backend failure (its /metrics).
 
 One router and one backend serve the plain cases; the TLS cases have their own pair.
@@ -32,10 +32,10 @@ import httpx
 import pytest
 import trustme
 
-from . import rude_client
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
-from .rude_backend import Connection, Request, RudeBackend, chunk, head, ok, rude_backend
-from .rude_client import assert_json_error, fresh_pool, new_tag
+from .support import rude_client
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support.rude_backend import Connection, Request, RudeBackend, chunk, head, ok, rude_backend
+from .support.rude_client import assert_json_error, fresh_pool, new_tag
 
 BODY_TIMEOUT = 2.0
 READ_TIMEOUT = 5.0

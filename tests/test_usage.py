@@ -21,7 +21,7 @@ from router.observe import Observer, RequestRecord
 from router.proxy import _event_type
 from router.usage import BUCKET_SECONDS, RECENT_REFUSALS, RETENTION, Usage, parse_since, percentile
 
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z, a bucket boundary
 SETTINGS = FleetSettings.model_validate(

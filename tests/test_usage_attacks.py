@@ -2,7 +2,7 @@
 router that is not one does to /fleet/usage, the Prometheus series and `fleet status`.
 
 Usage runs with an injected clock (only clocks are faked); `fleet status` talks to real sockets: a raw
-HTTP server (tests/rude_backend.py) that answers like something that is not a router."""
+HTTP server (tests/support/rude_backend.py) that answers like something that is not a router."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from fleet.settings import FleetSettings
 from router.observe import Observer, RequestRecord
 from router.usage import Usage, parse_since
 
-from .fleetproc import run_fleet
-from .rude_backend import Connection, Request, head, ok, rude_backend
+from .support.fleetproc import run_fleet
+from .support.rude_backend import Connection, Request, head, ok, rude_backend
 
 T0 = 1_800_000_000.0  # a bucket boundary
 H100_HOURLY = 3.9492

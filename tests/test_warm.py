@@ -30,7 +30,7 @@ from fleet.warm import (
     warm_hours_per_month,
 )
 
-from .fleetproc import run_fleet
+from .support.fleetproc import run_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 WEEKS_PER_MONTH = 365.25 / 12 / 7
