@@ -10,6 +10,8 @@ import pytest
 
 from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
+
 CONFIG = """
 [router]
 default_entry = "small"

@@ -19,6 +19,8 @@ import pytest
 
 from .support.fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
 
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
+
 Figure = Callable[[str, object], None]
 
 CONFIG = """

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.errors import FleetError
 from fleet.routing import Route, RoutingTable, hash_token
 from fleet.settings import Entry, FleetSettings, Team
+
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
 
 TOKEN = "tft_property-token"
 ENTRIES = (

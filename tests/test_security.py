@@ -18,6 +18,8 @@ from router.admin import AdminAuth
 
 from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
+
 ADMIN, TEAM = "tfa_admin-secret", "tft_team-secret"
 ADMIN_HASH, TEAM_HASH = (hashlib.sha256(t.encode()).hexdigest() for t in (ADMIN, TEAM))
 

@@ -38,6 +38,8 @@ from .support.fleetproc import RunningFleet, run_fleet
 from .support.rude_backend import Connection, LazyBodyBackend, Request, chunk, head, lazy_body_backend, ok, read_body
 from .support.rude_client import assert_json_error, fresh_pool, new_tag
 
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
+
 BODY_TIMEOUT = 1.0
 READ_TIMEOUT = 1.5  # also the first-byte timeout: the entry sets no first_byte_timeout of its own
 PROMPT = 1.0  # "promptly": well under READ_TIMEOUT

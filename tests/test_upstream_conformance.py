@@ -37,6 +37,8 @@ from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 from .support.rude_backend import Connection, Request, RudeBackend, chunk, head, ok, rude_backend
 from .support.rude_client import assert_json_error, fresh_pool, new_tag
 
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
+
 BODY_TIMEOUT = 2.0
 READ_TIMEOUT = 5.0
 PROMPT = 2.0  # "promptly": well under READ_TIMEOUT, so a router waiting for a body that never comes fails
