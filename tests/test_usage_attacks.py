@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from fleet.settings import FleetSettings
 from router.observe import Observer, RequestRecord
 from router.usage import Usage, parse_since
 
+from .support import fleets
 from .support.fleetproc import run_fleet
 from .support.rude_backend import Connection, Request, head, ok, rude_backend
 
@@ -214,14 +214,7 @@ def test_fleet_status_explains_a_url_that_is_not_the_routers_address(tmp_path: P
 
 
 ADMIN = "tfa_attacks-admin"
-GUARDED = f"""
-[router]
-admin_token_sha256 = ["{hashlib.sha256(ADMIN.encode()).hexdigest()}"]
-
-[[entries]]
-name = "small"
-model = "TabbyML/StarCoder-1B"
-"""
+GUARDED = fleets.guarded(ADMIN)
 
 
 def test_a_mistyped_login_on_the_status_page_lets_the_browser_ask_again(tmp_path: Path) -> None:
