@@ -31,19 +31,13 @@ import httpx
 import pytest
 from aiohttp import web
 
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support import fleets
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 
 AGENT_CLI = Path(__file__).parent / "agent" / "node_modules" / "tabby-agent" / "dist" / "cli.js"
 
-CONFIG = """
-[[entries]]
-name = "small"
-model = "TabbyML/StarCoder-1B"
-
-[[entries]]
-name = "large"
-model = "TabbyML/StarCoder-7B"
-
+CONFIG = fleets.small_and_large(
+    then="""
 [[teams]]
 name = "frontend"
 entry = "small"
@@ -52,6 +46,7 @@ entry = "small"
 name = "research"
 entry = "large"
 """
+)
 TOKEN = "tft_agent-test-token"
 OTHER_TOKEN = "tft_agent-other-token"
 

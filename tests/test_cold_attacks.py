@@ -30,10 +30,10 @@ from apps.modal.backends import STATS_TIMEOUT, ModalBackends
 from fleet.settings import Entry, FleetSettings, StandInOptions
 from fleet.window import WarmWindow
 
-from .fake_modal_edge import edge_argv
-from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
-from .modal_router import ADMIN, router_argv, router_env
-from .rude_backend import Connection, Request, chunk, head, rude_backend
+from .support.fake_modal_edge import edge_argv
+from .support.fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
+from .support.modal_router import ADMIN, router_argv, router_env
+from .support.rude_backend import Connection, Request, chunk, head, rude_backend
 
 KEY, SECRET = "wk-attack", "ws-attack"
 
@@ -58,7 +58,7 @@ def _wait_for(predicate: Any, seconds: float, what: str) -> Any:
 
 @contextmanager
 def modal_router(tmp_path: Path, config: str, urls: dict[str, str], *options: str) -> Iterator[str]:
-    """The router with its Modal backends (tests/modal_router.py) for ``urls`` (class name -> URL)."""
+    """The router with its Modal backends (tests/support/modal_router.py) for ``urls`` (class name -> URL)."""
     (tmp_path / "fleet.toml").write_text(config)
     port = free_port()
     argv = router_argv(tmp_path / "fleet.toml", port, urls, "--stats-interval", "0.5", "--wake-retry", "3", *options)

@@ -9,26 +9,21 @@ from pathlib import Path
 
 import httpx
 
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support import fleets
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 
-ACCEPTANCE = """
-[router]
-start_timeout = 60
-
-[[entries]]
-name = "small"
-model = "TabbyML/StarCoder-1B"
-
-[[entries]]
-name = "large"
-model = "TabbyML/StarCoder-7B"
+ACCEPTANCE = fleets.small_and_large(
+    router="start_timeout = 60",
+    large="""
 fallback = "small"
 standin = { start_delay = 20 }
-
+""",
+    then="""
 [[teams]]
 name = "ml"
 entry = "large"
-"""
+""",
+)
 TEAM = {"X-Tabby-Team": "ml"}
 
 

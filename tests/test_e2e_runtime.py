@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 
 CONFIG = """
 [router]

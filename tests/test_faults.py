@@ -17,7 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
+from .support.fleetproc import COMPLETION, RunningFleet, free_port, run_fleet, serve_process, standin_argv
+
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
 
 Figure = Callable[[str, object], None]
 

@@ -10,6 +10,8 @@ import pytest
 from fleet.errors import FleetError
 from router.gate import EntryGate, GateLimits
 
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
+
 
 def run(coro: Awaitable[None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 10))  # type: ignore[arg-type]

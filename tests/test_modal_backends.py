@@ -14,9 +14,9 @@ from apps.modal.backends import ModalBackends, proxy_auth_headers
 from fleet.errors import FleetError
 from fleet.settings import Entry, FleetSettings
 
-from .fake_modal_edge import edge_argv
-from .fleetproc import COMPLETION, free_port, serve_process, standin_argv
-from .modal_router import ADMIN, router_argv, router_env
+from .support.fake_modal_edge import edge_argv
+from .support.fleetproc import COMPLETION, free_port, serve_process, standin_argv
+from .support.modal_router import ADMIN, router_argv, router_env
 
 KEY, SECRET = "wk-test", "ws-test"
 CONFIG = """

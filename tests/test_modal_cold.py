@@ -1,7 +1,7 @@
 """Cold starts on Modal, through the real router over loopback: only Modal's edge and stats are faked.
 
-The fake edge (tests/fake_modal_edge.py) starts a "container" on the first request after being cold
-(``--start-delay``) and says what Modal's ``get_current_stats()`` would; tests/modal_router.py reads
+The fake edge (tests/support/fake_modal_edge.py) starts a "container" on the first request after being cold
+(``--start-delay``) and says what Modal's ``get_current_stats()`` would; tests/support/modal_router.py reads
 the stats from it every 0.5 s and retries a failed wake after 3 s (production: 15 s and 30 s).
 """
 
@@ -17,23 +17,19 @@ from typing import Any
 import httpx
 import pytest
 
-from .fake_modal_edge import edge_argv
-from .fleetproc import COMPLETION, free_port, serve_process, standin_argv
-from .modal_router import ADMIN, router_argv, router_env
+from .support import fleets
+from .support.fake_modal_edge import edge_argv
+from .support.fleetproc import COMPLETION, free_port, serve_process, standin_argv
+from .support.modal_router import ADMIN, router_argv, router_env
 
 KEY, SECRET = "wk-cold", "ws-cold"
 START_DELAY = 3.0  # the large class's cold start
-CONFIG = """
-[[entries]]
-name = "small"
-model = "TabbyML/StarCoder-1B"
-
-[[entries]]
-name = "large"
-model = "TabbyML/StarCoder-7B"
+CONFIG = fleets.small_and_large(
+    large="""
 fallback = "small"
 cold_wait = 1
-
+""",
+    then="""
 [[entries]]
 name = "broken"
 model = "TabbyML/StarCoder-3B"
@@ -41,7 +37,8 @@ model = "TabbyML/StarCoder-3B"
 [[entries]]
 name = "refused"
 model = "TabbyML/StarCoder-3B"
-"""
+""",
+)
 
 
 @pytest.fixture(scope="module")

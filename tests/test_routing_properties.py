@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,6 +10,8 @@ from fleet.errors import FleetError
 from fleet.routing import Route, RoutingTable
 from fleet.settings import Entry, FleetSettings, Team
 from fleet.tokens import hash_token
+
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
 
 TOKEN = "tft_property-token"
 ENTRIES = (

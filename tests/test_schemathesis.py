@@ -12,7 +12,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .fleetproc import run_fleet
+import pytest
+
+from .support.fleetproc import run_fleet
+
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
 
 CONFIG = """
 [router]

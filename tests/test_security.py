@@ -16,7 +16,9 @@ from fleet.errors import FleetError
 from fleet.settings import FleetSettings
 from router.admin import AdminAuth
 
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
+
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
 
 ADMIN, TEAM = "tfa_admin-secret", "tft_team-secret"
 ADMIN_HASH, TEAM_HASH = (hashlib.sha256(t.encode()).hexdigest() for t in (ADMIN, TEAM))

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .fleetproc import COMPLETION, free_port, serve_process, standin_argv
+from .support.fleetproc import COMPLETION, free_port, serve_process, standin_argv
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from fleet.tokens import hash_token
 from router.admin import AdminAuth
 from router.status_page import render_status
 
-from .fleetproc import COMPLETION, RunningFleet, free_port, run_fleet
+from .support.fleetproc import COMPLETION, RunningFleet, free_port, run_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "img" / "fleet-status.png"

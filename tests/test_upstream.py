@@ -17,6 +17,8 @@ import pytest
 from router.backends import Upstream
 from router.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Backend"], Awaitable[None]]
 
 

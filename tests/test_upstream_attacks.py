@@ -11,7 +11,7 @@ leaves in the middle of it.
 Every case ends with a normal request that must get its own answer (never bytes the rude answer left
 behind), and the hostile-client cases check that the router holds no request in flight afterwards
 (``fleet_in_flight`` on /metrics). ``x-rude`` picks the backend's answer and ``x-tag`` marks each
-request, as in the conformance suite. The backend is a :class:`~tests.rude_backend.LazyBodyBackend`:
+request, as in the conformance suite. The backend is a :class:`~tests.support.rude_backend.LazyBodyBackend`:
 the handler reads the request body itself, so some answers can come before it (or never read it).
 
 Nine of these cases found router bugs when they were written (docs/RELIABILITY.md lists them, each
@@ -26,17 +26,19 @@ import json
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 
-from . import rude_client
-from .fleetproc import RunningFleet, run_fleet
-from .rude_backend import Connection, LazyBodyBackend, Request, chunk, head, lazy_body_backend, ok, read_body
-from .rude_client import assert_json_error, fresh_pool, new_tag
+from .support import fleets, rude_client
+from .support.fleetproc import RunningFleet
+from .support.rude_backend import Connection, LazyBodyBackend, Request, chunk, head, lazy_body_backend, ok, read_body
+from .support.rude_client import assert_json_error, fresh_pool, new_tag
+
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
 
 BODY_TIMEOUT = 1.0
 READ_TIMEOUT = 1.5  # also the first-byte timeout: the entry sets no first_byte_timeout of its own
@@ -50,18 +52,9 @@ BACKENDS: list[LazyBodyBackend] = []
 
 
 def fleet_config(url: str) -> str:
-    return f"""
-    [router]
-    body_timeout = {BODY_TIMEOUT}
-    read_timeout = {READ_TIMEOUT}
-    max_body_bytes = {MAX_BODY}
-
-    [[entries]]
-    name = "rude"
-    model = "TabbyML/StarCoder-1B"
-    url = "{url}"
-    max_inputs = 64
-    """
+    return fleets.rude(
+        url, f"body_timeout = {BODY_TIMEOUT}\nread_timeout = {READ_TIMEOUT}\nmax_body_bytes = {MAX_BODY}"
+    )
 
 
 # --- the backend's answers, one per x-rude value ----------------------------------------------------
@@ -281,25 +274,9 @@ async def dispatch(reader: Reader, writer: Writer, request: Request, _conn: Conn
 # --- fixtures ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[LazyBodyBackend]:
-    with lazy_body_backend(dispatch) as running:
-        BACKENDS.append(running)
-        yield running
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, backend: LazyBodyBackend) -> Iterator[RunningFleet]:
-    with run_fleet(tmp_path_factory.mktemp("attacks"), fleet_config(backend.url)) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def no_handler_bugs() -> Iterator[None]:
-    """A test fails for the router's behaviour, never for an exception in the backend's own code."""
-    yield
-    for running in BACKENDS:
-        assert not running.errors, f"the rude backend's handler raised: {running.errors!r}"
+backend, fleet, no_handler_bugs = rude_client.suite_fixtures(
+    lazy_body_backend, dispatch, fleet_config, BACKENDS, "attacks"
+)
 
 
 # --- helpers ----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Each case sends one request whose answer the backend writes byte by byte (``x-ru
 the answer; the router forwards unknown headers unchanged), checks what the client got, then sends a
 normal request that must get its own answer, on the same pooled backend connection wherever the
 rude answer was complete and keep-alive. ``x-tag`` marks each request so the test can find what the
-backend received (tests/rude_backend.py records every request with its connection number). For
+backend received (tests/support/rude_backend.py records every request with its connection number). For
 the odd-but-valid answers the router must also count no backend failure (its /metrics).
 
 One router and one backend serve the plain cases; the TLS cases have their own pair.
@@ -32,10 +32,12 @@ import httpx
 import pytest
 import trustme
 
-from . import rude_client
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
-from .rude_backend import Connection, Request, RudeBackend, chunk, head, ok, rude_backend
-from .rude_client import assert_json_error, fresh_pool, new_tag
+from .support import fleets, rude_client
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support.rude_backend import Connection, Request, RudeBackend, chunk, head, ok, rude_backend
+from .support.rude_client import assert_json_error, fresh_pool, new_tag
+
+pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./dev reliability
 
 BODY_TIMEOUT = 2.0
 READ_TIMEOUT = 5.0
@@ -45,18 +47,7 @@ BACKENDS: list[RudeBackend] = []  # every backend this module started, checked f
 
 
 def fleet_config(url: str, extra: str = "") -> str:
-    return f"""
-    [router]
-    body_timeout = {BODY_TIMEOUT}
-    read_timeout = {READ_TIMEOUT}
-    {extra}
-
-    [[entries]]
-    name = "rude"
-    model = "TabbyML/StarCoder-1B"
-    url = "{url}"
-    max_inputs = 64
-    """
+    return fleets.rude(url, f"body_timeout = {BODY_TIMEOUT}\nread_timeout = {READ_TIMEOUT}\n{extra}")
 
 
 # --- the backend's answers, one per x-rude value ----------------------------------------------------
@@ -170,25 +161,7 @@ async def dispatch(_reader: asyncio.StreamReader, writer: Writer, request: Reque
 # --- fixtures ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[RudeBackend]:
-    with rude_backend(dispatch) as running:
-        BACKENDS.append(running)
-        yield running
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, backend: RudeBackend) -> Iterator[RunningFleet]:
-    with run_fleet(tmp_path_factory.mktemp("rude"), fleet_config(backend.url)) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def no_handler_bugs() -> Iterator[None]:
-    """A test fails for the router's behaviour, never for an exception in the backend's own code."""
-    yield
-    for running in BACKENDS:
-        assert not running.errors, f"the rude backend's handler raised: {running.errors!r}"
+backend, fleet, no_handler_bugs = rude_client.suite_fixtures(rude_backend, dispatch, fleet_config, BACKENDS, "rude")
 
 
 # --- helpers ----------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 import time
@@ -22,7 +21,8 @@ from router.observe import Observer, RequestRecord
 from router.proxy import event_type
 from router.usage import BUCKET_SECONDS, RECENT_REFUSALS, RETENTION, Usage, parse_since, percentile
 
-from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from .support import fleets
+from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z, a bucket boundary
 SETTINGS = FleetSettings.model_validate(
@@ -422,14 +422,7 @@ def test_usage_end_to_end_counts_teams_entries_events_refusals_fallbacks_and_cos
 
 
 ADMIN = "tfa_usage-admin"
-GUARDED = f"""
-[router]
-admin_token_sha256 = ["{hashlib.sha256(ADMIN.encode()).hexdigest()}"]
-
-[[entries]]
-name = "small"
-model = "TabbyML/StarCoder-1B"
-"""
+GUARDED = fleets.guarded(ADMIN)
 
 
 def test_usage_needs_the_admin_token_and_refuses_a_bad_since(tmp_path: Path) -> None:

@@ -2,13 +2,12 @@
 router that is not one does to /fleet/usage, the Prometheus series and `fleet status`.
 
 Usage runs with an injected clock (only clocks are faked); `fleet status` talks to real sockets: a raw
-HTTP server (tests/rude_backend.py) that answers like something that is not a router."""
+HTTP server (tests/support/rude_backend.py) that answers like something that is not a router."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +23,9 @@ from fleet.settings import FleetSettings
 from router.observe import Observer, RequestRecord
 from router.usage import Usage, parse_since
 
-from .fleetproc import run_fleet
-from .rude_backend import Connection, Request, head, ok, rude_backend
+from .support import fleets
+from .support.fleetproc import run_fleet
+from .support.rude_backend import Connection, Request, head, ok, rude_backend
 
 T0 = 1_800_000_000.0  # a bucket boundary
 H100_HOURLY = 3.9492
@@ -214,14 +214,7 @@ def test_fleet_status_explains_a_url_that_is_not_the_routers_address(tmp_path: P
 
 
 ADMIN = "tfa_attacks-admin"
-GUARDED = f"""
-[router]
-admin_token_sha256 = ["{hashlib.sha256(ADMIN.encode()).hexdigest()}"]
-
-[[entries]]
-name = "small"
-model = "TabbyML/StarCoder-1B"
-"""
+GUARDED = fleets.guarded(ADMIN)
 
 
 def test_a_mistyped_login_on_the_status_page_lets_the_browser_ask_again(tmp_path: Path) -> None:

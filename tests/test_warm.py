@@ -27,26 +27,22 @@ from fleet.warm import apply_warm_hours, min_containers_at, warm_gpu_hours_per_m
 from fleet.window import WarmWindow
 from tests.support.modal_inspect import declare, describe_app
 
-from .fleetproc import run_fleet
+from .support import fleets
+from .support.fleetproc import run_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 WEEKS_PER_MONTH = 365.25 / 12 / 7
 
-FLEET = """
-[[entries]]
-name = "small"
-model = "TabbyML/StarCoder-1B"
-
-[[entries]]
-name = "large"
-model = "TabbyML/StarCoder-7B"
+FLEET = fleets.small_and_large(
+    large="""
 gpu = "H100:2"
 max_containers = 3
 warm = [
   {days = "mon-fri", start = "08:00", end = "19:00", timezone = "Europe/Berlin", min_containers = 2},
   {days = "fri", start = "22:00", end = "06:00", timezone = "America/New_York", min_containers = 1},
 ]
-
+""",
+    then="""
 [[entries]]
 name = "medium"
 model = "TabbyML/StarCoder-3B"
@@ -57,7 +53,8 @@ warm = [{days = "daily", start = "09:00", end = "18:00", timezone = "Asia/Tokyo"
 name = "box"
 model = "TabbyML/StarCoder-1B"
 url = "http://gpu-box:8080"
-"""
+""",
+)
 
 
 def settings_from(tmp_path: Path, text: str) -> FleetSettings:

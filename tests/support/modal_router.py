@@ -1,10 +1,10 @@
 """The router with its Modal backends, for tests: Modal's URL lookup and stats are replaced.
 
-    python -m tests.modal_router --config fleet.toml --port P --urls '{"TabbySmall": "http://..."}'
+    python -m tests.support.modal_router --config fleet.toml --port P --urls '{"TabbySmall": "http://..."}'
         [--stats-interval SECONDS] [--wake-retry SECONDS] [--admin-token TOKEN]
 
 The lookup is a table (a class missing from it fails its lookup, as Modal would say). The stats of a
-class are read from ``<its URL>/_edge/stats`` (tests/fake_modal_edge.py says what Modal's
+class are read from ``<its URL>/_edge/stats`` (tests/support/fake_modal_edge.py says what Modal's
 ``get_current_stats()`` would); a URL that is not a fake edge has no stats, like a failing call.
 On Modal a loopback client is no admin, so the tests that read ``/fleet/entries`` give the router an
 admin token (``--admin-token``, added to the settings) and send it (``ADMIN``). Everything else is the
@@ -37,9 +37,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def router_argv(
     config: Path, port: int, urls: dict[str, str], *options: str, admin_token: str | None = ADMIN_TOKEN
 ) -> list[str]:
-    """The command line that runs this router (for tests.fleetproc.serve_process)."""
+    """The command line that runs this router (for tests.support.fleetproc.serve_process)."""
     admin = ["--admin-token", admin_token] if admin_token else []
-    return [sys.executable, "-m", "tests.modal_router", "--config", str(config), "--port", str(port),
+    return [sys.executable, "-m", "tests.support.modal_router", "--config", str(config), "--port", str(port),
             "--urls", json.dumps(urls), *admin, *options]  # fmt: skip
 
 

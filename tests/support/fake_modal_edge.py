@@ -1,6 +1,6 @@
 """A stand-in for Modal's web edge in front of one backend: proxy auth, the 303 of long calls, cold starts.
 
-    python -m tests.fake_modal_edge --port P --backend URL --key K --secret S [--redirect-after SECONDS]
+    python -m tests.support.fake_modal_edge --port P --backend URL --key K --secret S [--redirect-after SECONDS]
         [--start-delay SECONDS]
 
 Requests without ``Modal-Key``/``Modal-Secret`` get 401. A call still running after
@@ -113,8 +113,8 @@ def build(backend: str, key: str, secret: str, redirect_after: float, start_dela
 
 
 def edge_argv(port: int, backend: str, key: str, secret: str, *options: str) -> list[str]:
-    """The command line that runs this edge in front of ``backend`` (for tests.fleetproc.serve_process)."""
-    return [sys.executable, "-m", "tests.fake_modal_edge", "--port", str(port), "--backend", backend,
+    """The command line that runs this edge in front of ``backend`` (for tests.support.fleetproc.serve_process)."""
+    return [sys.executable, "-m", "tests.support.fake_modal_edge", "--port", str(port), "--backend", backend,
             "--key", key, "--secret", secret, *options]  # fmt: skip
 
 

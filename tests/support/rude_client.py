@@ -1,18 +1,22 @@
 """The client side of the rude-backend suites (test_upstream_conformance, test_upstream_attacks):
 requests through the router tagged so the backend's records can be matched to them, the normal
-follow-up every case ends with, and the router's JSON errors."""
+follow-up every case ends with, the router's JSON errors, and the fixtures both suites share."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import pytest
 
-from .fleetproc import COMPLETION, RunningFleet
-from .rude_backend import Request
+from .fleetproc import COMPLETION, RunningFleet, run_fleet
+from .rude_backend import Handler, Request, RudeBackend
+
+B = TypeVar("B", bound=RudeBackend)
 
 
 class Backend(Protocol):
@@ -69,3 +73,41 @@ def assert_json_error(response: httpx.Response, status: int) -> dict[str, Any]:
         pytest.fail(f"not a JSON error: {response.text[:300]!r}")
     assert error.get("code") and error.get("message"), error
     return dict(error)
+
+
+def suite_fixtures(
+    serve: Callable[[Handler], contextlib.AbstractContextManager[B]],
+    dispatch: Handler,
+    fleet_config: Callable[[str], str],
+    backends: list[B],
+    workdir: str,
+) -> tuple[Any, Any, Any]:
+    """The three fixtures of a rude-backend suite, for its module to bind by these names:
+
+        backend, fleet, no_handler_bugs = rude_client.suite_fixtures(rude_backend, dispatch, ...)
+
+    ``backend`` (module scope): ``serve(dispatch)``, a rude backend answering by the suite's
+    ``x-rude`` cases, appended to ``backends``; ``fleet`` (module scope): ``fleet up`` in a fresh
+    ``workdir`` with ``fleet_config(backend.url)``; ``no_handler_bugs`` (autouse): after each test,
+    fails it if the handler of any backend in ``backends`` raised, so that a test fails for the
+    router's behaviour, never for a bug in the backend's own code."""
+
+    @pytest.fixture(scope="module")
+    def backend() -> Iterator[B]:
+        with serve(dispatch) as running:
+            backends.append(running)
+            yield running
+
+    @pytest.fixture(scope="module")
+    def fleet(tmp_path_factory: pytest.TempPathFactory, backend: RudeBackend) -> Iterator[RunningFleet]:
+        with run_fleet(tmp_path_factory.mktemp(workdir), fleet_config(backend.url)) as running:
+            yield running
+
+    @pytest.fixture(autouse=True)
+    def no_handler_bugs() -> Iterator[None]:
+        """A test fails for the router's behaviour, never for an exception in the backend's own code."""
+        yield
+        for running in backends:
+            assert not running.errors, f"the rude backend's handler raised: {running.errors!r}"
+
+    return backend, fleet, no_handler_bugs
