@@ -22,6 +22,7 @@ from apps.modal.app import (
 from apps.tabby import container_root
 from fleet.loading import load_settings
 from fleet.settings import Entry, FleetSettings
+
 from .support.modal_inspect import declare, describe_app, image_commands
 
 THREE = """

@@ -1,4 +1,4 @@
-"""How a Tabby process is started and supervised (apps/tabby_cmd.py), with real child processes."""
+"""How a Tabby process is started and supervised (apps/tabby.py), with real child processes."""
 
 from __future__ import annotations
 

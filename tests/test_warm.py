@@ -25,10 +25,10 @@ from fleet.prices import DEFAULT_GPU_HOUR, DEFAULT_PRICES_DATE
 from fleet.settings import Entry, FleetSettings
 from fleet.warm import apply_warm_hours, min_containers_at, warm_gpu_hours_per_month, warm_hours_per_month
 from fleet.window import WarmWindow
-from .support.modal_inspect import declare, describe_app
 
 from .support import fleets
 from .support.fleetproc import run_fleet
+from .support.modal_inspect import declare, describe_app
 
 ROOT = Path(__file__).resolve().parent.parent
 WEEKS_PER_MONTH = 365.25 / 12 / 7
