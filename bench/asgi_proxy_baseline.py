@@ -10,13 +10,14 @@ import argparse
 
 import uvicorn
 from asgi_proxy import asgi_proxy
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
-def build(backends: dict[str, str]):  # type: ignore[no-untyped-def]
-    proxies = {name: asgi_proxy(url) for name, url in backends.items()}
+def build(backends: dict[str, str]) -> ASGIApp:
+    proxies: dict[str, ASGIApp] = {name: asgi_proxy(url) for name, url in backends.items()}
     first = next(iter(proxies.values()))
 
-    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         model = next((v.decode() for k, v in scope["headers"] if k == b"x-tabby-model"), "")

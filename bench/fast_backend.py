@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import time
+from typing import cast
 
 import httptools
 import uvloop
@@ -58,7 +59,7 @@ class Connection(asyncio.Protocol):
         self.pending: asyncio.TimerHandle | asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a server's stream transport (loop.create_server)
 
     def data_received(self, data: bytes) -> None:
         try:

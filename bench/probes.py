@@ -52,7 +52,10 @@ def run_wrk(
     if cpus is not None:
         argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk printed no Requests/sec: {out[-2000:]}")
+    rps = float(found.group(1))
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)\b", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     total = re.search(r"(\d+) requests in", out)
@@ -120,7 +123,8 @@ def sse_timing(url: str, entry: str, runs: int) -> dict[str, Any]:
 
 def _backend_stats(backend_url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{backend_url}/_standin/stats", timeout=5) as response:
-        return json.load(response)
+        stats: dict[str, Any] = json.load(response)
+    return stats
 
 
 async def _abort_once(url: str, entry: str, backend_url: str, stream: bool) -> float | None:
@@ -139,7 +143,7 @@ async def _abort_once(url: str, entry: str, backend_url: str, stream: bool) -> f
     while time.monotonic() < deadline:
         stats = _backend_stats(backend_url)
         if stats["cancelled"] > before:
-            return (stats["last_cancelled_at"] - left) * 1000
+            return (float(stats["last_cancelled_at"]) - left) * 1000
         await asyncio.sleep(0.002)
     return None  # never cancelled within 3 s
 

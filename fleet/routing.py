@@ -142,8 +142,8 @@ class RoutingTable:
         self._adverts: dict[str | None, ChatAdvert] = {}
         for key, (chat_entry, _) in self._chat.items():
             team = self.teams[key] if key else None
-            entry = (team.entry if team else None) or self.default_entry
-            if chat_entry is not None and entry is not None and chat_entry != entry:
+            completion_entry = (team.entry if team else None) or self.default_entry
+            if chat_entry is not None and completion_entry is not None and chat_entry != completion_entry:
                 self._adverts[key] = ChatAdvert(self.chat_models[chat_entry], chat_entry)
 
     # -- the decision ---------------------------------------------------------------------------

@@ -197,7 +197,10 @@ def _minute(clock: str) -> int:
 
 
 def _time(clock: str) -> time:
-    return time(0, 0) if clock == "24:00" else time(*map(int, clock.split(":")))
+    if clock == "24:00":
+        return time(0, 0)
+    hours, minutes = clock.split(":")
+    return time(int(hours), int(minutes))
 
 
 def _day_advice(value: str, name: str) -> str:

@@ -88,5 +88,5 @@ def create_app(
             app.openapi_schema = fleet_openapi(app)
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend its schema
     return ProxyDispatch(app, fleet.proxy)

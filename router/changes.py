@@ -6,7 +6,7 @@ legacy token has no label), so an admin reading the log sees which holder's acce
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -41,7 +41,7 @@ def describe_changes(old: FleetSettings, new: FleetSettings) -> list[str]:
 
 
 def _named_changes(
-    what: str, old: dict[str, BaseModel], new: dict[str, BaseModel], ignore: frozenset[str]
+    what: str, old: Mapping[str, BaseModel], new: Mapping[str, BaseModel], ignore: frozenset[str]
 ) -> list[str]:
     lines = []
     added = [name for name in new if name not in old]

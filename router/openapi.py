@@ -70,7 +70,8 @@ WHOAMI = {
 
 def tabby_api() -> dict[str, Any]:
     text = resources.files("router").joinpath("tabby_openapi.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    document: dict[str, Any] = json.loads(text)
+    return document
 
 
 def fleet_openapi(app: FastAPI) -> dict[str, Any]:

@@ -11,11 +11,10 @@ the client's connection is aborted (:class:`RequestAborted`), so a truncated ans
 Settings can be reloaded while requests run: a request keeps the routing table, gate and limiter it
 started with; the next request uses the new ones (:meth:`Proxy.adopt`).
 
-The IDE agent's health check (``/v1/health``, and ``/v1beta/server_setting``) does no model work: it
-takes no gate slot and counts against no team limit, so a busy entry or a team over its rate keeps
-its IDEs "connected" (docs/ERRORS.md). When a team's chat goes to another entry than the one that
-answers its health check, the health answer advertises that entry's chat model, as the IDE enables
-chat only when health names one.
+The IDE agent's health check (``/v1/health``, and ``/v1beta/server_setting``) does no model work: it takes no gate slot
+and counts against no team limit, so a busy entry or a team over its rate keeps its IDEs "connected" (docs/ERRORS.md).
+When a team's chat goes to another entry than the one that answers its health check, the health answer advertises that
+entry's chat model, as the IDE enables chat only when health names one.
 
 Plain ASGI rather than a FastAPI route, headers as byte pairs: the hot path skips request parsing,
 dependency injection and response classes (measurements: docs/PERFORMANCE.md).
@@ -105,6 +104,8 @@ class ProxyState:
         self.max_url_bytes = router.max_url_bytes
         # Gates and limiters of surviving entries and teams are the same objects (their counts of
         # requests in flight stay true); their new limits are applied by :meth:`Proxy.adopt`.
+        self.gates: dict[str, EntryGate]  # declared here: the type checker reads previous.gates before the assignment
+        self.limiters: dict[str, TeamLimiter]
         old_gates = previous.gates if previous else {}
         self.gate_limits = {
             entry.name: GateLimits(
@@ -364,11 +365,10 @@ class Proxy:
                 record.start_seconds = time.perf_counter() - leasing  # waited for a start, then refused
             await _refuse(send, error, record, entry)
         except UpstreamError as exc:
-            error = _upstream_error(entry, exc)
             self.observer.upstream_error(entry, exc.code.removeprefix("backend-"))
             log.warning("entry %s: %s (id %s): %s%s", entry, exc.code, record.request_id, exc,
                         f" [{exc.detail}]" if exc.detail else "")  # fmt: skip
-            await _refuse(send, error, record, entry)
+            await _refuse(send, _upstream_error(entry, exc), record, entry)
         finally:
             if upstream_started:
                 record.upstream_seconds = time.perf_counter() - upstream_started

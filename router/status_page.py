@@ -68,8 +68,8 @@ def status_tables(
     """
     currency = snapshot.get("prices", {}).get("currency", "USD")
     teams: Mapping[str, Any] = snapshot.get("teams", {})
-    header = ("entry", "state", "containers", "cold starts", "requests", "p95", "cold waits", "fallbacks",
-              "GPU-seconds", "cost", "warm hours")  # fmt: skip
+    header: tuple[str, ...] = ("entry", "state", "containers", "cold starts", "requests", "p95", "cold waits",
+                               "fallbacks", "GPU-seconds", "cost", "warm hours")  # fmt: skip
     entries = _entry_rows(snapshot.get("entries", {}), health.get("entries", {}), warm or {}, currency)
     if warm is None:
         header, entries = header[:-1], [row[:-1] for row in entries]
@@ -99,7 +99,7 @@ def status_tables(
 def _entry_rows(
     used: Mapping[str, Any], states: Mapping[str, Any], warm: Mapping[str, Sequence[str]], currency: str
 ) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name in [*states, *(name for name in used if name not in states)]:
         usage = used.get(name, {})
         state = states.get(name, {}).get("state") or usage.get("state") or "?"
@@ -117,7 +117,7 @@ def _entry_rows(
 def _team_rows(teams: Mapping[str, Any], entries: Mapping[str, Any], currency: str) -> list[tuple[str, ...]]:
     """Each team's use and share of the cost; then the cost of entries no team used (warm, idle), so the
     column adds up to the entries' cost."""
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             _team(name), _count(team.get("requests")), _count(team.get("completions")),
             percent(team.get("acceptance_rate")), milliseconds(_p95(team)),

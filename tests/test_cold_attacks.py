@@ -282,7 +282,13 @@ model = "TabbyML/StarCoder-7B"
         )
         argv = router_argv(tmp_path / "fleet.toml", router_port, {"TabbyBig": edge}, "--stats-interval", "0.5")
         process = subprocess.Popen(argv, env=router_env(KEY, SECRET), stderr=subprocess.DEVNULL)
-        stack.callback(lambda: process.poll() is None and (process.kill(), process.wait()))
+
+        def stop_router() -> None:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+        stack.callback(stop_router)
         router = f"http://127.0.0.1:{router_port}"
         _wait_for(lambda: _reachable(router), 20, "the router")
         assert httpx.get(f"{router}/v1/health", timeout=10).headers["x-fleet-backend"] == "starting"

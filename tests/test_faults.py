@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -153,7 +154,7 @@ def _still_open(sock: socket.socket) -> bool:
 
 
 def _hammer(
-    base_url: str, stop: threading.Event, results: list[tuple[str, object]], path: str, sent: list[float] | None = None
+    base_url: str, stop: threading.Event, results: list[tuple[str, Any]], path: str, sent: list[float] | None = None
 ) -> None:
     with httpx.Client(base_url=base_url, timeout=10) as client:
         deadline = time.monotonic() + 30  # bounded even if stop is never set
@@ -185,7 +186,7 @@ def test_router_restart_under_load_never_corrupts_a_response(tmp_path: Path, fig
         first = subprocess.Popen(router_argv, cwd=tmp_path)
         _wait_port(router_port)
         stop = threading.Event()
-        results: list[tuple[str, object]] = []
+        results: list[tuple[str, Any]] = []
         workers = [
             threading.Thread(target=_hammer, args=(f"http://127.0.0.1:{router_port}", stop, results, "/v1/completions"))
             for _ in range(8)
@@ -208,7 +209,7 @@ def test_router_restart_under_load_never_corrupts_a_response(tmp_path: Path, fig
     kinds = {kind for kind, _ in results}
     assert "corrupt" not in kinds, [r for r in results if r[0] == "corrupt"][:3]
     answered = [value for kind, value in results if kind == "http"]
-    assert all(status == 200 and "StarCoder-1B" in text for status, text in answered)  # type: ignore[misc]
+    assert all(status == 200 and "StarCoder-1B" in text for status, text in answered)
     assert len(answered) > 50  # load ran before and after the restart
     assert "transport" in kinds  # and the restart was seen as refused connections, not as bad answers
     refused = sum(1 for kind, _ in results if kind == "transport")
@@ -247,9 +248,9 @@ def test_settings_reload_under_load_drops_nothing(tmp_path: Path, figure: Figure
     with run_fleet(tmp_path, RELOAD_BEFORE) as running:
         running.start("new", "old")
         stop = threading.Event()
-        results: list[tuple[str, object]] = []
+        results: list[tuple[str, Any]] = []
         sent_at: list[list[float]] = [[] for _ in range(8)]
-        outcomes: list[list[tuple[str, object]]] = [[] for _ in range(8)]
+        outcomes: list[list[tuple[str, Any]]] = [[] for _ in range(8)]
         workers = [
             threading.Thread(target=_hammer, args=(running.base_url, stop, outcomes[i], "/v1/completions", sent_at[i]))
             for i in range(8)
@@ -273,10 +274,10 @@ def test_settings_reload_under_load_drops_nothing(tmp_path: Path, figure: Figure
         after_refusal = httpx.post(f"{running.base_url}/v1/completions", json=COMPLETION, timeout=10)
     assert reloaded.status_code == 200 and reloaded.json()["status"] == "reloaded"
     assert {kind for kind, _ in results} == {"http"}, [r for r in results if r[0] != "http"][:3]
-    statuses = [value[0] for _, value in results]  # type: ignore[index]
+    statuses = [value[0] for _, value in results]
     assert statuses == [200] * len(statuses)
-    before = [value[1] for at, (_, value) in timed if at < reload_asked]  # type: ignore[index]
-    after = [value[1] for at, (_, value) in timed if at > reload_done]  # type: ignore[index]
+    before = [value[1] for at, (_, value) in timed if at < reload_asked]
+    after = [value[1] for at, (_, value) in timed if at > reload_done]
     figure("requests during reload run / failed", f"{len(statuses)} / 0")
     assert before and all("StarCoder-1B" in text for text in before)  # the old default before ...
     assert after and all("StarCoder-7B" in text for text in after)  # ... the new one after

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.reliability  # an attack, fault or bad-input suite: ./d
 
 
 def run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 10))  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(coro, 10))
 
 
 def test_over_capacity_waits_then_gets_503() -> None:

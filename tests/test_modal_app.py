@@ -169,7 +169,8 @@ def test_a_gpu_class_depends_only_on_its_entry_and_the_image_settings(tmp_path: 
     # warm hours are applied by the warm_hours function (update_autoscaler), not by redefining the class
     warm = 'warm = [{days = "daily", start = "08:00", end = "18:00", timezone = "UTC"}]'
     changed = changed.replace("target_inputs = 6", f"target_inputs = 6\n{warm}")
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     before_fleet, before = build(settings_from(tmp_path / "a", THREE))
     after_fleet, after = build(settings_from(tmp_path / "b", changed))
     for entry, name in (("small", "TabbySmall"), ("large-7b", "TabbyLarge7b")):

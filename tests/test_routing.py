@@ -248,7 +248,8 @@ def test_errors_serialise_to_the_documented_shape() -> None:
             "choices": ["small", "medium"],
         }
     }
-    assert "team" not in error.payload()["error"]  # context for the router's log, never sent
+    sent = error.payload()["error"]
+    assert isinstance(sent, dict) and "team" not in sent  # context for the router's log, never sent
 
 
 # -- chat ----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -38,7 +39,7 @@ allowed_entries = ["small", "medium"]
 """
 
 
-def load(tmp_path: Path, text: str, **overrides: object):
+def load(tmp_path: Path, text: str, **overrides: Any) -> FleetSettings:
     path = tmp_path / "fleet.toml"
     path.write_text(text)
     return load_settings(path, **overrides)

@@ -82,7 +82,7 @@ async def collect(
 
 
 def run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 20))  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(coro, 20))
 
 
 def test_connections_are_reused() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Container
+from collections.abc import Container, Sequence
 
 from fleet.loading import env_warnings, load_settings
 from fleet.rules import settings_warnings
@@ -65,7 +65,7 @@ def plural(count: int) -> str:
     return "" if count == 1 else "s"
 
 
-def text_table(rows: list[tuple[str, ...]], numeric: Container[int] = ()) -> str:
+def text_table(rows: Sequence[tuple[str, ...]], numeric: Container[int] = ()) -> str:
     """``rows`` (the first is the header) as aligned text with a rule under the header; the columns whose
     index is in ``numeric`` are right-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -25,7 +25,8 @@ TIMEOUT_SECONDS = 10.0  # to connect, and between two pieces of an answer
 DEADLINE_SECONDS = 30.0  # for all three answers: a body trickling in a byte at a time is not waited for
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a snapshot of a hundred teams on ten entries is a few hundred kB
 # What each answer holds (key -> type; the items of a dict or list are objects): anything else is not a router.
-SHAPES: dict[str, dict[str, type]] = {
+Shape = dict[str, type[dict[str, Any]] | type[list[Any]]]  # key -> the JSON container its value must be
+SHAPES: dict[str, Shape] = {
     "/fleet/usage": {"entries": dict, "teams": dict, "refusals": list},
     "/fleet/health": {"entries": dict},
     "/fleet/entries": {"entries": list},
@@ -175,7 +176,7 @@ def _check(response: Any, body: bytes, base: str, token: str | None, since: str)
     raise CliError(f"the router at {base} answered {path} with HTTP {response.status_code} ({code}): {message}")
 
 
-def _router_shaped(answer: Any, shape: dict[str, type]) -> bool:
+def _router_shaped(answer: Any, shape: Shape) -> bool:
     if not isinstance(answer, dict):
         return False
     for key, kind in shape.items():
@@ -207,8 +208,8 @@ def status_text(snapshot: dict[str, Any], health: dict[str, Any], table: dict[st
     lines = [f"{label.ljust(width)}  {value}" for label, value in facts]
     entries = (table or {}).get("entries", [])
     warm = {entry["name"]: entry["warm"] for entry in entries if "warm" in entry} or None
-    for table in status_tables(snapshot, health, warm):
-        lines += ["", table.title, *table_lines(table)]
+    for shown in status_tables(snapshot, health, warm):
+        lines += ["", shown.title, *table_lines(shown)]
     lines += ["", price_note(snapshot)]
     return "\n".join(lines)
 

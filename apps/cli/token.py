@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from fleet.tokens import LEGACY_LABEL, TokenRef, hash_token
 
 if TYPE_CHECKING:
     from tomlkit.container import Container
-    from tomlkit.items import Table
+    from tomlkit.items import InlineTable, Table
     from tomlkit.toml_document import TOMLDocument
 
 TOKEN_PREFIX = "tft_"  # makes a leaked token easy to recognise (and to grep for) as a fleet token
@@ -264,7 +264,9 @@ def _read_document(path: Path) -> TOMLDocument:
     return tomlkit.parse(path.read_text(encoding="utf-8"))
 
 
-def _holder_table(document: TOMLDocument, holder: _Holder, path: Path, *, create: bool) -> Table | Container:
+def _holder_table(
+    document: TOMLDocument, holder: _Holder, path: Path, *, create: bool
+) -> Table | InlineTable | Container:
     import tomlkit
 
     if holder.name is None:
@@ -275,7 +277,8 @@ def _holder_table(document: TOMLDocument, holder: _Holder, path: Path, *, create
             router = tomlkit.table()
             document.add("router", router)
         return router
-    for table in document.get("teams") or []:
+    teams: Iterable[Table | InlineTable] = document.get("teams") or []  # [[teams]] tables, or inline ones
+    for table in teams:
         if table.get("name") == holder.name:
             return table
     raise CliError(

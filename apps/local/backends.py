@@ -144,10 +144,10 @@ class LocalBackend:
         """The backend's URL, starting it if needed; waits at most ``wait`` seconds."""
         if self.state == "ready" and self.url:
             return self.url
-        self._start_once()
+        starting = self._start_once()
         try:
             async with asyncio.timeout(wait):
-                await asyncio.shield(self._starting)  # a request giving up does not stop the start
+                await asyncio.shield(starting)  # a request giving up does not stop the start
         except TimeoutError:
             raise FleetError(
                 503,
@@ -162,22 +162,21 @@ class LocalBackend:
             raise FleetError(502, "backend-failed", f"entry {self.entry.name!r} did not start")
         return self.url
 
-    async def _spawn(self) -> None:
-        """Make the entry's folder and run its process (self.process); raises OSError if either fails."""
+    async def _spawn(self) -> tuple[asyncio.subprocess.Process, int]:
+        """Make the entry's folder and run its process (self.process, listening on self.port), and return
+        both; raises OSError if either fails."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        port = self.port = _free_port()
         if self.tabby_bin:
-            argv = tabby_serve_argv(
-                self.entry, binary=self.tabby_bin, port=self.port, device=self.entry.device, host=HOST
-            )
+            argv = tabby_serve_argv(self.entry, binary=self.tabby_bin, port=port, device=self.entry.device, host=HOST)
             write_tabby_config(self.root, self.entry)
         else:
-            argv = standin_argv(self.entry, port=self.port, host=HOST)
+            argv = standin_argv(self.entry, port=port, host=HOST)
         env = {**os.environ, **tabby_env(self.root)}
         with self.log_path.open("ab") as log_file:
             log_file.write(f"\n--- starting: {' '.join(argv)}\n".encode())
             log_file.flush()
-            self.process = await asyncio.create_subprocess_exec(
+            process = self.process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
@@ -185,23 +184,23 @@ class LocalBackend:
                 env=env,
                 preexec_fn=_die_with_parent,
             )
+        return process, port
 
     async def _start(self) -> None:
         self.state = "starting"
         started = time.monotonic()
         try:
-            await self._spawn()
+            process, port = await self._spawn()
         except OSError as exc:  # no process at all (data_dir not writable, binary not runnable): failed, not starting
             reason = f"could not start {self.kind}: {exc}"
             raise self._failed(reason, reason, "Fix data_dir or tabby_bin") from None
         self.starts += 1
         self._stopping = False
-        process = self.process
         self._count_lifetime(process)
-        log.info("entry %s: starting %s (pid %d, port %d)", self.entry.name, self.kind, process.pid, self.port)
+        log.info("entry %s: starting %s (pid %d, port %d)", self.entry.name, self.kind, process.pid, port)
         try:
             async with asyncio.timeout(self.entry.startup_timeout):
-                while not await _port_open(self.port):
+                while not await _port_open(port):
                     if process.returncode is not None:
                         raise _StartFailed(f"exited with code {process.returncode} before opening its port")
                     await asyncio.sleep(READY_POLL_SECONDS)

@@ -65,7 +65,7 @@ def entry_class(spec: EntrySpec) -> type[EntryServer]:
 
 # One class per entry deployed on Modal: its image, GPU, scaling, volume (app.cls), how many requests a
 # container takes (modal.concurrent) and its web server, all from its spec.
-entry_classes = {
+entry_classes: dict[str, type[EntryServer]] = {
     spec.class_name: app.cls(**spec.cls)(modal.concurrent(**spec.concurrent)(entry_class(spec)))
     for spec in fleet.entries
 }
@@ -83,6 +83,9 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     """What dir(module) lists: its globals (read, not written) and the entry classes."""
     return sorted({*globals(), *entry_classes})
+
+
+assert fleet.router.concurrent is not None and fleet.router.asgi_app is not None  # router_spec sets both
 
 
 @app.function(**fleet.router.function)

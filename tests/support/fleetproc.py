@@ -124,12 +124,13 @@ def run_fleet(workdir: Path, config: str, env: dict[str, str] | None = None) -> 
 def serve_process(argv: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
     """Run a server process until the block ends; yields its base URL once its port accepts."""
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None  # stderr=PIPE
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"{argv[:4]} exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                raise AssertionError(f"{argv[:4]} exited: {process.stderr.read().decode()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break

@@ -44,6 +44,7 @@ def declare(settings: FleetSettings) -> ModuleType:
         from apps.modal import deploy  # the first time, this runs it too
 
         module = importlib.util.module_from_spec(deploy.__spec__)
+        assert deploy.__spec__.loader is not None  # a module imported from a file has one
         deploy.__spec__.loader.exec_module(module)
     return module
 

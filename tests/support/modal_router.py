@@ -69,7 +69,7 @@ def main() -> None:
             if response.status != 200:
                 raise LookupError(f"no stats for {entry.class_name} (HTTP {response.status})")
             sample = await response.json()
-        return SimpleNamespace(num_total_runners=sample["runners"], backlog=sample["backlog"])  # type: ignore[return-value]
+        return SimpleNamespace(num_total_runners=sample["runners"], backlog=sample["backlog"])
 
     settings = load_settings(args.config)
     if args.admin_token:

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 
 IDLE_SECONDS = 30.0  # the longest a connection waits for (the rest of) a request before it is closed
 # What a rude world throws at a connection; anything else raised on it is a bug in a test's handler.
@@ -34,7 +35,7 @@ class Request:
     conn: int  # the connection's number, 1 for the backend's first connection
     index: int  # 0 for the first request on its connection
     body: bytes = b""
-    marks: list[float] = field(default_factory=list)  # handlers note times here (e.g. when each event went out)
+    marks: list[Any] = field(default_factory=list)  # handlers note here what they need: times, byte counts, "done"
 
     def header(self, name: str) -> str | None:
         return next((value for key, value in self.headers if key == name), None)
