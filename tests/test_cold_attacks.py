@@ -180,9 +180,12 @@ name = "big"
 model = "TabbyML/StarCoder-7B"
 fallback = "small"
 cold_wait = 1
-standin = { start_delay = 4 }
+standin = { start_delay = 15 }
 """
 HERD_SIZE = 200
+# The herd must be answered while "big" still starts (its completions by the fallback, its health checks
+# by the router). Sending 200 requests from 200 threads took over 4 s (and over 10 s) on a loaded 2-core
+# machine, so the starts last long enough for that: 15 s locally, 25 s for the Modal class.
 
 
 def _open_fds(pid: int) -> int:
@@ -210,7 +213,7 @@ def test_a_herd_on_a_cold_local_entry_starts_it_once_and_leaks_nothing(tmp_path:
         assert [r.status_code for r in answers] == [200] * HERD_SIZE, {r.status_code for r in answers}
         assert all(r.headers.get("x-fleet-fallback") == "big" for r in answers[::2])  # all during big's start
         assert all(r.headers.get("x-fleet-backend") == "starting" for r in answers[1::2])
-        fleet.wait_for(lambda: _state(fleet, "big") == "ready", 20, "big ready")
+        fleet.wait_for(lambda: _state(fleet, "big") == "ready", 30, "big ready")
         entries = fleet.entries()
         assert entries["big"]["runtime"]["starts"] == 1 and entries["small"]["runtime"]["starts"] == 1
         health = fleet.health()["entries"]
@@ -221,13 +224,13 @@ def test_a_herd_on_a_cold_local_entry_starts_it_once_and_leaks_nothing(tmp_path:
 
 
 def test_a_herd_on_a_cold_modal_class_wakes_it_once(tmp_path: Path) -> None:
-    config = HERD.replace("standin = { start_delay = 4 }\n", "")
+    config = HERD.replace("standin = { start_delay = 15 }\n", "")
     with ExitStack() as stack:
         small_port, big_port, edge_port = free_port(), free_port(), free_port()
         small = stack.enter_context(serve_process(standin_argv(small_port), small_port))
         big = stack.enter_context(serve_process(standin_argv(big_port, model="TabbyML/StarCoder-7B"), big_port))
         edge = stack.enter_context(
-            serve_process(edge_argv(edge_port, big, KEY, SECRET, "--start-delay", "10"), edge_port)
+            serve_process(edge_argv(edge_port, big, KEY, SECRET, "--start-delay", "25"), edge_port)
         )
         router = stack.enter_context(modal_router(tmp_path, config, {"TabbySmall": small, "TabbyBig": edge}))
         httpx.get(f"{router}/models/small/v1/health", timeout=10)
@@ -235,7 +238,7 @@ def test_a_herd_on_a_cold_modal_class_wakes_it_once(tmp_path: Path) -> None:
         answers = _herd(router, "/models/big")
         assert [r.status_code for r in answers] == [200] * HERD_SIZE, {r.status_code for r in answers}
         assert all(r.headers.get("x-fleet-fallback") == "big" for r in answers[::2])
-        _wait_for(lambda: _runtime(router, "big")["state"] == "ready", 20, "big awake")
+        _wait_for(lambda: _runtime(router, "big")["state"] == "ready", 40, "big awake")
         edge_stats = httpx.get(f"{edge}/_edge/stats", timeout=10).json()
         assert edge_stats["wakes"] == 1 and _runtime(router, "big")["wakes"] == 1, edge_stats
         # one wake request; health checks and completions of the herd sent nothing to the cold class
