@@ -25,6 +25,7 @@ from router.backends import Backends
 from router.openapi import fleet_openapi
 from router.proxy import Proxy
 from router.runtime import FleetRuntime, SettingsLoader
+from router.store import SegmentStore
 
 PROXIED_PREFIXES = (*TABBY_API_PREFIXES, TEAM_PREFIX, MODEL_PREFIX)
 
@@ -59,15 +60,17 @@ def create_app(
     backends: Backends,
     reload_settings: SettingsLoader | None = None,
     settings_source: str | None = None,
+    store: SegmentStore | None = None,
 ) -> ProxyDispatch:
     """The router for ``settings``; ``reload_settings`` (if given) re-reads them on /fleet/reload or SIGHUP.
 
     ``settings_source`` names where ``reload_settings`` reads from, for the reload's log line (default:
     the file `fleet` finds without --config: $FLEET_CONFIG, ./fleet.toml, or the packaged example).
+    ``store`` keeps usage and tokens across restarts and routers (router/store.py); None: in memory only.
     The runtime (router/runtime.py) is the router's state and its life; the endpoints (router/endpoints.py)
     read it from ``app.state.fleet``; ProxyDispatch sends Tabby's API past FastAPI to the proxy.
     """
-    fleet = FleetRuntime(settings, backends, reload_settings, settings_source)
+    fleet = FleetRuntime(settings, backends, reload_settings, settings_source, store)
     app = FastAPI(
         title="tabby-fleet router",
         version=__version__,

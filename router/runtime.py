@@ -30,6 +30,8 @@ from router.backends import Backends
 from router.changes import describe_changes
 from router.observe import Observer
 from router.proxy import Proxy, ProxyState, RequestAborted
+from router.state import StateSync
+from router.store import SegmentStore
 from router.usage import Usage
 
 log = logging.getLogger("router")
@@ -46,8 +48,10 @@ class FleetRuntime:
         backends: Backends,
         reload_settings: SettingsLoader | None = None,
         settings_source: str | None = None,
+        store: SegmentStore | None = None,
     ) -> None:
         self.backends = backends
+        self.state_sync = StateSync(store)  # usage and tokens to and from the store (router/state.py)
         self.usage = Usage(settings)
         self.observer = Observer(self.usage)
         self.proxy = Proxy(settings, backends, self.observer)
@@ -128,11 +132,15 @@ class FleetRuntime:
         # Everything loaded so far (FastAPI, pydantic, settings) lives as long as the router. Freezing
         # it keeps the garbage collector from rescanning it every few thousand requests.
         gc.freeze()
+        await self.state_sync.load()  # what earlier runs and the other routers kept
         sampler = asyncio.create_task(self.usage.run_sampler(self.backends.status))  # container-seconds, cold starts
+        syncing = asyncio.create_task(self.state_sync.run())
         try:
             yield
         finally:
             sampler.cancel()
+            syncing.cancel()
+            await self.state_sync.close()  # the last flush: a clean stop loses nothing
             await self.backends.close()
             await self.proxy.close()
 
