@@ -14,12 +14,14 @@ the team's entry > ``router.default_entry``.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from fleet.errors import FleetError
 from fleet.settings import FleetSettings, Team
-from fleet.tokens import match_token
+from fleet.tokens import TokenGrant, token_digest
 
 TABBY_API_PREFIXES = ("/v1/", "/v1beta/")
 TEAM_PREFIX = "/teams/"
@@ -113,12 +115,19 @@ class RoutingTable:
         only = self.entry_names[0] if len(self.entry_names) == 1 else None
         self.default_entry = settings.router.default_entry or only
         self.tokens_required = settings.auth_mode == "tokens"
-        # Every token: its digest, its team, and who holds it ("<team>/<label>", for X-Tabby-User).
-        self._tokens: tuple[tuple[bytes, tuple[str, str]], ...] = tuple(
-            (bytes.fromhex(token.sha256), (team.name, f"{team.name}/{token.label}"))
+        # Every token of the settings by its digest: its team, and who holds it ("<team>/<label>").
+        self.settings_tokens: dict[bytes, TokenGrant] = {
+            bytes.fromhex(token.sha256): TokenGrant(team.name, f"{team.name}/{token.label}")
             for team in settings.teams
             for token in team.labelled_tokens
-        )
+        }
+        # The tokens a request is checked against: the settings' ones, until a running router's live
+        # tokens (router/live_tokens.py) replace the whole mapping in one assignment, with tokens issued on
+        # the running fleet added and revoked ones left out. So a revocation costs a request nothing.
+        self.tokens: Mapping[bytes, TokenGrant] = self.settings_tokens
+        self.revoked: Mapping[bytes, str] = {}  # digest -> holder, to say "revoked" rather than "invalid"
+        self.used: dict[bytes, float] = {}  # digest -> last use (unix seconds): one assignment a request
+        self.clock: Callable[[], float] = time.time
         # X-Tabby-Model accepts an entry's name, one of its aliases, or its model id.
         selectors: dict[str, str] = {}
         model_owners: dict[str, list[str]] = {}
@@ -231,15 +240,35 @@ class RoutingTable:
                 "this fleet requires a team token: send 'Authorization: Bearer <token>' (in tabby-agent's "
                 'config.toml: [server] token = "<token>"); ask your fleet admin for one',
             )
-        found = match_token(token, self._tokens)
-        if found is None:
+        digest = token_digest(token)
+        grant = self.tokens.get(digest)  # one dict lookup: why that leaks nothing, fleet.tokens.find_token
+        if grant is None:
+            holder = self.revoked.get(digest)
+            if holder is not None:
+                raise FleetError(
+                    401,
+                    "token-revoked",
+                    f"this token ({holder}) was revoked by your fleet admin; ask them for a new one "
+                    "(`fleet token new`) and put it in [server] token of tabby-agent's config.toml",
+                )
             raise FleetError(
                 401,
                 "invalid-token",
                 "the bearer token matches no team; check [server] token in tabby-agent's config.toml, "
                 "or ask your fleet admin for a new one",
             )
-        return found
+        now = self.clock()
+        if grant.expires is not None and now >= grant.expires:
+            raise FleetError(
+                401,
+                "token-expired",
+                f"this token ({grant.user}) has expired; ask your fleet admin for a new one (`fleet token new "
+                f"--team {grant.team} --label LABEL --url <router>`) and put it in [server] token of "
+                "tabby-agent's config.toml",
+                team=grant.team,
+            )
+        self.used[digest] = now
+        return grant.team, grant.user
 
     def _team(self, token_team: str | None, header_team: str | None, path_team: str | None) -> tuple[Team | None, str]:
         if header_team and path_team and header_team != path_team:

@@ -4,8 +4,8 @@ Tabby's API paths (``/v1/...``, ``/v1beta/...`` and their ``/teams/<team>/`` and
 prefixed forms) go straight to the streaming :class:`Proxy`, and so does ``/fleet/whoami`` (also under
 those prefixes: ``<endpoint>/fleet/whoami``). Everything else is a small FastAPI app (router/endpoints.py):
 ``/fleet/health`` (liveness for anyone, details for admins), ``/fleet/entries``, ``/fleet/usage``
-(router/usage.py), ``/fleet/reload``, ``/metrics``, the status page ``/fleet/status``
-(router/status_page.py) and the OpenAPI docs at ``/fleet/docs``.
+(router/usage.py), ``/fleet/reload``, ``/fleet/tokens`` (router/token_endpoints.py), ``/metrics``, the
+status page ``/fleet/status`` (router/status_page.py) and the OpenAPI docs at ``/fleet/docs``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fleet import __version__
 from fleet.errors import FleetError
 from fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX, WHOAMI_PATH
 from fleet.settings import FleetSettings
-from router import endpoints
+from router import endpoints, token_endpoints
 from router.backends import Backends
 from router.openapi import fleet_openapi
 from router.proxy import Proxy
@@ -85,6 +85,7 @@ def create_app(
     app.exception_handler(FleetError)(endpoints.fleet_error)
     app.exception_handler(StarletteHTTPException)(endpoints.http_error)
     app.include_router(endpoints.router)
+    app.include_router(token_endpoints.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -78,6 +78,7 @@ class ReloadResult(BaseModel):
     status: str
     entries: list[str]
     teams: list[str]
+    changes: list[str]  # router/changes.py's lines: entries, teams, tokens by label; never a secret
 
 
 def fleet_of(request: Request) -> FleetRuntime:
@@ -91,7 +92,14 @@ def require_admin(request: Request) -> None:
     fleet_of(request).state.admin.require(request)
 
 
+def require_admin_change(request: Request) -> None:
+    """FastAPI dependency of what changes the fleet: an admin's Bearer token, not sent for another site, a
+    JSON body (router/admin.py, AdminAuth.require_change); else 401/403/415."""
+    fleet_of(request).state.admin.require_change(request)
+
+
 admin_only = [Depends(require_admin)]
+admin_change = [Depends(require_admin_change)]
 router = APIRouter(tags=["fleet"])
 
 
@@ -185,11 +193,14 @@ async def fleet_usage(request: Request, since: str = "24h") -> JSONResponse:
     return JSONResponse(snapshot, headers={"cache-control": "no-store"})
 
 
-@router.post("/fleet/reload", response_model=ReloadResult, dependencies=admin_only)
+@router.post("/fleet/reload", response_model=ReloadResult, dependencies=admin_change)
 async def fleet_reload(request: Request) -> ReloadResult:
-    """Re-read the settings (as SIGHUP does). In-flight requests finish on the old table (admin)."""
-    new = await fleet_of(request).reload()
-    return ReloadResult(status="reloaded", entries=[e.name for e in new.entries], teams=[t.name for t in new.teams])
+    """Re-read the settings (as SIGHUP does) and say what changed. In-flight requests finish on the old table
+    (admin, Bearer token, JSON body: ``{}``)."""
+    new, changes = await fleet_of(request).reload()
+    return ReloadResult(
+        status="reloaded", entries=[e.name for e in new.entries], teams=[t.name for t in new.teams], changes=changes
+    )
 
 
 @router.get("/metrics", response_class=Response)
@@ -215,7 +226,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
             "unknown-path",
             f"{request.url.path!r} is not served here; Tabby's API lives at {PATH_HELP}; "
             f"the router's own endpoints are /fleet/whoami, /fleet/health, /fleet/entries, /fleet/usage, "
-            f"/fleet/status, /fleet/docs and /metrics",
+            f"/fleet/tokens, /fleet/status, /fleet/docs and /metrics",
         )
     elif exc.status_code == 405:
         error = FleetError(405, "method-not-allowed", f"{request.method} is not allowed on {request.url.path}")

@@ -28,6 +28,8 @@ from fleet.loading import SettingsError, resolve_config_path
 from fleet.settings import FleetSettings
 from router.backends import Backends
 from router.changes import describe_changes
+from router.live_tokens import KIND as TOKEN_RECORDS
+from router.live_tokens import LiveTokens
 from router.observe import Observer
 from router.proxy import Proxy, ProxyState, RequestAborted
 from router.state import StateSync
@@ -52,6 +54,9 @@ class FleetRuntime:
     ) -> None:
         self.backends = backends
         self.state_sync = StateSync(store)  # usage and tokens to and from the store (router/state.py)
+        self.live_tokens = LiveTokens()  # tokens issued and revoked while running (router/live_tokens.py)
+        self.state_sync.add_consumer(TOKEN_RECORDS, self.tokens_changed)
+        self.state_sync.add_producer(self.live_tokens.produce)
         self.usage = Usage(settings)
         self.observer = Observer(self.usage)
         self.proxy = Proxy(settings, backends, self.observer)
@@ -59,6 +64,7 @@ class FleetRuntime:
         self.reload_settings = reload_settings
         self.settings_source = settings_source
         self._reload_lock = asyncio.Lock()
+        self.live_tokens.install(self.proxy.state.table)
         self.observer.watch_state(self.entry_status)
         self.observer.watch_usage(self.usage, backends.status)
 
@@ -85,9 +91,15 @@ class FleetRuntime:
         """What each team and entry used since ``since`` (router/usage.py): /fleet/usage's JSON."""
         return self.usage.snapshot(since, self.entry_status())
 
-    async def reload(self) -> FleetSettings:
-        """Re-read the settings and adopt them; the settings now in use. 409 without a settings source,
-        400 (old settings kept) when they do not load, the backends' refusal (e.g. 409 on Modal) as is."""
+    def tokens_changed(self, records: list[dict[str, Any]]) -> None:
+        """Token records, read back from the store or just written here: into the routing table at once."""
+        self.live_tokens.apply(records)
+        self.live_tokens.install(self.proxy.state.table)
+
+    async def reload(self) -> tuple[FleetSettings, list[str]]:
+        """Re-read the settings and adopt them; the settings now in use and what changed (router/changes.py).
+        409 without a settings source, 400 (old settings kept) when they do not load, the backends' refusal
+        (e.g. 409 on Modal) as is."""
         if self.reload_settings is None:
             raise FleetError(409, "reload-unavailable", "this router was started without a settings source to reload")
         async with self._reload_lock:
@@ -105,7 +117,7 @@ class FleetRuntime:
             "settings reloaded from %s: %d entries, %d teams; %s", source, len(new.entries), len(new.teams),
             "; ".join(changes) if changes else "nothing changed",
         )  # fmt: skip
-        return new
+        return new, changes
 
     async def adopt(self, settings: FleetSettings) -> None:
         """Put ``settings`` in place. The backends may refuse (FleetError) before anything changes; requests
@@ -115,6 +127,7 @@ class FleetRuntime:
             settings, current, self.backends.router_share, loopback_admin=current.loopback_admin
         )
         await self.backends.adopt(settings)  # may refuse (e.g. on Modal: redeploy instead)
+        self.live_tokens.install(state.table)  # after the await: what arrived meanwhile is in it too
         self.proxy.adopt(state)
         self.usage.adopt(settings)
 

@@ -325,7 +325,7 @@ def test_a_reload_removing_the_fallback_during_cold_wait_does_not_route_to_it(tm
         without_small = path.read_text().replace('fallback = "small"\n', "")
         without_small = without_small.replace('[[entries]]\nname = "small"\nmodel = "TabbyML/StarCoder-1B"\n\n', "")
         path.write_text(without_small)
-        reloaded = httpx.post(f"{fleet.base_url}/fleet/reload", timeout=10)
+        reloaded = httpx.post(f"{fleet.base_url}/fleet/reload", json={}, timeout=10)
         assert reloaded.status_code == 200 and reloaded.json()["entries"] == ["big"], reloaded.text
         waiting.join(30)
         # Not a 502 "entry 'small' has no url and no runtime": the request waits for big, as without a fallback.

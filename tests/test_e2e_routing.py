@@ -286,10 +286,10 @@ def test_reload_logs_what_changed(tmp_path: Path) -> None:
         text = text.replace('name = "medium"\nmodel = "TabbyML/StarCoder-3B"', 'name = "medium"\nmodel = "X/Y"')
         text += '\n[[entries]]\nname = "huge"\nmodel = "TabbyML/StarCoder-15B"\n'
         config.write_text(text)
-        assert httpx.post(f"{running.base_url}/fleet/reload", timeout=10).status_code == 200
+        assert httpx.post(f"{running.base_url}/fleet/reload", json={}, timeout=10).status_code == 200
         line = next(line for line in running.log_tail().splitlines() if "settings reloaded" in line)
         config.write_text(text.replace('name = "huge"', 'name = "Huge!"'))
-        assert httpx.post(f"{running.base_url}/fleet/reload", timeout=10).status_code == 400
+        assert httpx.post(f"{running.base_url}/fleet/reload", json={}, timeout=10).status_code == 400
         refused = next(line for line in running.log_tail().splitlines() if "refused, old settings kept" in line)
     assert "fleet.toml" in refused and "Huge!" in refused
     assert "settings reloaded from " in line and "fleet.toml: 4 entries, 2 teams" in line

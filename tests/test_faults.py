@@ -260,7 +260,7 @@ def test_settings_reload_under_load_drops_nothing(tmp_path: Path, figure: Figure
         time.sleep(1.0)
         (tmp_path / "fleet.toml").write_text(RELOAD_BEFORE.replace('default_entry = "old"', 'default_entry = "new"'))
         reload_asked = time.monotonic()
-        reloaded = httpx.post(f"{running.base_url}/fleet/reload", timeout=10)
+        reloaded = httpx.post(f"{running.base_url}/fleet/reload", json={}, timeout=10)
         reload_done = time.monotonic()
         time.sleep(1.0)
         stop.set()
@@ -268,9 +268,9 @@ def test_settings_reload_under_load_drops_nothing(tmp_path: Path, figure: Figure
             worker.join(30)
         timed = [(at, outcome) for i in range(8) for at, outcome in zip(sent_at[i], outcomes[i], strict=False)]
         results = [outcome for _, outcome in timed]
-        bad = httpx.post(f"{running.base_url}/fleet/reload", timeout=10)  # still the same, valid file
+        bad = httpx.post(f"{running.base_url}/fleet/reload", json={}, timeout=10)  # still the same, valid file
         (tmp_path / "fleet.toml").write_text("[router]\ndefault_entry = 'nope'\n[[entries]]\nname='x'\nmodel='m'\n")
-        refused = httpx.post(f"{running.base_url}/fleet/reload", timeout=10)
+        refused = httpx.post(f"{running.base_url}/fleet/reload", json={}, timeout=10)
         after_refusal = httpx.post(f"{running.base_url}/v1/completions", json=COMPLETION, timeout=10)
     assert reloaded.status_code == 200 and reloaded.json()["status"] == "reloaded"
     assert {kind for kind, _ in results} == {"http"}, [r for r in results if r[0] != "http"][:3]
@@ -330,7 +330,7 @@ def test_reload_raising_capacity_admits_a_queued_request_at_once(tmp_path: Path)
         second.start()
         running.wait_for(lambda: running.health()["entries"]["slow"]["queued"] == 1, 10, "B queued")
         (tmp_path / "fleet.toml").write_text(QUEUED_BEFORE.replace("max_inputs = 1", "max_inputs = 2"))
-        assert httpx.post(f"{running.base_url}/fleet/reload", timeout=10).status_code == 200
+        assert httpx.post(f"{running.base_url}/fleet/reload", json={}, timeout=10).status_code == 200
         assert running.health()["entries"]["slow"]["queued"] == 0
         first.join(30)
         second.join(30)

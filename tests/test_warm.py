@@ -454,7 +454,7 @@ def test_a_reload_that_adds_a_window_covering_now_starts_the_entry_at_once(tmp_p
         window = f'{{days = "daily", start = "{_hhmm(now - timedelta(hours=1))}", end = "{_hhmm(now + timedelta(hours=1))}", timezone = "UTC"}}'  # noqa: E501
         path = tmp_path / "fleet.toml"
         path.write_text(path.read_text() + f"    warm = [{window}]\n")
-        assert httpx.post(f"{fleet.base_url}/fleet/reload", timeout=10).status_code == 200
+        assert httpx.post(f"{fleet.base_url}/fleet/reload", json={}, timeout=10).status_code == 200
         # not at the next 15 s check: the reload itself checks the windows
         fleet.wait_for(lambda: fleet.entries()["small"]["runtime"]["state"] == "ready", 10, "started by the reload")
 

@@ -1,8 +1,8 @@
 """The ``fleet`` command: run the fleet locally, check and explain settings, deploy.
 
 Its other commands live beside it: ``fleet token ...`` in :mod:`apps.cli.token`, ``fleet status`` in
-:mod:`apps.cli.status`; what they share in :mod:`apps.cli.common`; the fleet and warm-hours tables of
-``fleet plan`` in :mod:`apps.cli.plan`.
+:mod:`apps.cli.status`, ``fleet reload`` in :mod:`apps.cli.reload`; what they share in
+:mod:`apps.cli.common`; the fleet and warm-hours tables of ``fleet plan`` in :mod:`apps.cli.plan`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from types import ModuleType
 
 from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, load_for_command
 from apps.cli.plan import plan_table, warm_plan
+from apps.cli.reload import add_reload_command
 from apps.cli.status import add_status_command
 from apps.cli.token import add_token_commands
 from fleet.errors import FleetError
@@ -24,6 +25,7 @@ from fleet.loading import SettingsError, load_settings, resolve_config_path
 from fleet.routing import RoutingTable
 from fleet.settings import FleetSettings
 
+STATE_DIR = "state"  # data_dir/state: the router's store (router/store.py), shared by routers on one data_dir
 ALL_INTERFACES = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # listen address -> one to connect to
 
 
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     route.set_defaults(func=cmd_route)
 
     add_status_command(sub)
+    add_reload_command(sub)
     add_token_commands(sub, with_config)
 
     return parser
@@ -218,6 +221,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from apps.local.backends import LocalBackends
     from router.app import create_app
+    from router.store import SegmentStore, writer_id
 
     settings = load_for_command(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
@@ -232,6 +236,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         backends,
         reload_settings=lambda: load_settings(args.config),
         settings_source=str(resolve_config_path(args.config)),
+        store=SegmentStore(settings.data_dir / STATE_DIR, writer_id()),  # tokens (and usage) across restarts
     )
     uvicorn.run(
         app,

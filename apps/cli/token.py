@@ -1,30 +1,29 @@
 """``fleet token new / list / revoke``: team and admin tokens, written into the settings file.
 
 A token is shown once; the settings keep its sha256 and a label. ``--write`` edits the file with
-tomlkit, so its comments and layout survive, and writes it only if the result still loads.
+tomlkit, so its comments and layout survive, and writes it only if the result still loads. With
+``--url`` the commands act on a running router instead (apps/cli/token_remote.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from apps.cli.common import CliError, access_summary, load_for_command, text_table
+from apps.cli.reload import add_router_options
+from apps.cli.token_remote import remote_list, remote_new, remote_revoke
 from fleet.loading import SettingsError, load_settings, resolve_config_path
 from fleet.settings import PACKAGED_EXAMPLE, FleetSettings
-from fleet.tokens import LEGACY_LABEL, TokenRef, hash_token
+from fleet.tokens import ADMIN_TOKEN_PREFIX, LEGACY_LABEL, TEAM_TOKEN_PREFIX, TokenRef, hash_token, new_token
 
 if TYPE_CHECKING:
     from tomlkit.container import Container
     from tomlkit.items import InlineTable, Table
     from tomlkit.toml_document import TOMLDocument
-
-TOKEN_PREFIX = "tft_"  # makes a leaked token easy to recognise (and to grep for) as a fleet token
-ADMIN_TOKEN_PREFIX = "tfa_"
 
 
 def add_token_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
@@ -38,6 +37,15 @@ def add_token_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser]
         who.add_argument("--admin", action="store_true", help="an admin token: /fleet/* details, /metrics, reload")
         cmd.add_argument("--label", required=True, help="who or what holds the token, e.g. alice-laptop (a slug)")
         with_config(cmd)
+        running(cmd)
+
+    def running(cmd: argparse.ArgumentParser) -> None:
+        add_router_options(cmd, url_default=None)
+        cmd.add_argument(
+            "--expires",
+            metavar="WHEN",
+            help="with --url: when the token stops working: 90d, 12h, 2w, or an ISO date (default: never)",
+        )
 
     new = token_sub.add_parser("new", help="Make a token for a team (or an admin): print it once, and its line.")
     holder(new)
@@ -49,14 +57,20 @@ def add_token_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser]
     new.set_defaults(func=cmd_token_new)
 
     listing = with_config(token_sub.add_parser("list", help="Every token: team, label and a hash prefix."))
+    add_router_options(listing, url_default=None)
     listing.set_defaults(func=cmd_token_list)
 
-    revoke = token_sub.add_parser("revoke", help="Remove a token from the settings file (then reload the router).")
+    revoke = token_sub.add_parser(
+        "revoke", help="Remove a token from the settings file (then reload the router), or with --url revoke it live."
+    )
     holder(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
 
 
 def cmd_token_new(args: argparse.Namespace) -> int:
+    if args.url:
+        return remote_new(args)
+    _local_only(args)
     settings = load_for_command(args, check_auth=False)  # works while a fleet is moved to tokens team by team
     _check_label(args.label)
     holder = _holder(settings, args)
@@ -65,8 +79,7 @@ def cmd_token_new(args: argparse.Namespace) -> int:
             f"{holder.who} already has a token labelled {args.label!r} (labels: {', '.join(holder.labels)}); "
             f"pick another label, or revoke that token first (fleet token revoke {holder.flag} --label {args.label})"
         )
-    prefix = ADMIN_TOKEN_PREFIX if args.admin else TOKEN_PREFIX
-    token = prefix + secrets.token_urlsafe(32)  # 256 bits of randomness
+    token = new_token(ADMIN_TOKEN_PREFIX if args.admin else TEAM_TOKEN_PREFIX)  # 256 bits of randomness
     new = TokenRef(label=args.label, sha256=hash_token(token))
     holder_text = "an admin" if args.admin else f"team {holder.name!r}"
     if args.write:
@@ -96,6 +109,8 @@ def cmd_token_new(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
+    if args.url:
+        return remote_list(args)
     settings = load_for_command(args, check_auth=False)
     rows = [("team", "label", "sha256", "listed in")]
     for team in settings.teams:
@@ -114,6 +129,9 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
+    if args.url:
+        return remote_revoke(args)
+    _local_only(args)
     settings = load_for_command(args, check_auth=False)
     holder = _holder(settings, args)
     if args.label not in holder.labels:
@@ -148,6 +166,14 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     print()
     print(_reload_advice("The running router keeps accepting it until it re-reads its settings:"))
     return 0
+
+
+def _local_only(args: argparse.Namespace) -> None:
+    if args.expires:
+        raise CliError(
+            "--expires is for tokens issued on a running router (add --url URL); tokens in the settings file "
+            "do not expire (revoke them with `fleet token revoke`)"
+        )
 
 
 class _Holder:
@@ -238,10 +264,10 @@ def _print_remaining(problems: list[str]) -> None:
 def _reload_advice(what: str) -> str:
     return (
         f"{what}\n"
-        "  local:  curl -X POST http://127.0.0.1:8080/fleet/reload   (from the router's machine when no admin token\n"
-        "          is set; else add -H 'Authorization: Bearer <admin token>'), or kill -HUP <pid of fleet up>,\n"
-        "          or restart fleet up\n"
-        "  Modal:  fleet deploy"
+        "  local:  fleet reload   (POSTs /fleet/reload to http://127.0.0.1:8080; --url, --admin-token), or\n"
+        "          kill -HUP <pid of fleet up>, or restart fleet up\n"
+        "  Modal:  fleet deploy\n"
+        "(On a running router, `fleet token new|revoke --url URL` works at once, without either.)"
     )
 
 
