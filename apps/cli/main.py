@@ -218,6 +218,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from apps.local.backends import LocalBackends
     from router.app import create_app
+    from router.store import SegmentStore, writer_id
 
     settings = load_for_command(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
@@ -232,6 +233,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         backends,
         reload_settings=lambda: load_settings(args.config),
         settings_source=str(resolve_config_path(args.config)),
+        # Usage kept across restarts, and shared with every router on this data_dir (router/store.py).
+        store=SegmentStore(settings.data_dir / "state", writer_id()),
     )
     uvicorn.run(
         app,
