@@ -313,6 +313,7 @@ class SegmentStore:
     def health(self) -> dict[str, Any]:
         """Where the store is, whether it works, how big it is, and what was skipped in it."""
         size = files = days = 0
+        error = self.error  # listing may fail too: the error reported is the operation's that failed
         try:
             for day in self._days():
                 days += 1
@@ -321,9 +322,10 @@ class SegmentStore:
                     files += 1
         except (OSError, StoreError):
             pass  # the error of the operation that failed is reported below
+        self.error = error
         return {
-            "ok": self.error is None,
-            "error": self.error,
+            "ok": error is None,
+            "error": error,
             "path": str(self.directory),
             "days": days,
             "segments": files,

@@ -49,6 +49,8 @@ RETENTION = 90 * 24 * 3600
 # How often the sampler reads each entry's containers: container-seconds integrate a count over time
 # (Modal), so a container's first and last 10 s may be misplaced; a local process reports exact seconds.
 SAMPLE_SECONDS = 10.0
+# Closed minutes kept for the producer when nobody calls it (a Usage without StateSync, in unit tests): a day.
+FLUSH_BACKLOG = 24 * 60
 RECENT_REFUSALS = 20  # the snapshot's "refusals" list, newest first
 
 # Route kinds beyond fleet.routing's: the paths whose answers Usage counts (RequestRecord.kind).
@@ -179,7 +181,7 @@ class Usage:
         self._current = Bucket(int(now // BUCKET_SECONDS))  # this router's counts since the last flush
         self._minutes: dict[int, Bucket] = {}  # history: minute index -> bucket, the last COMPACT_AFTER
         self._hours: dict[int, Bucket] = {}  # history: hour index -> bucket, before that
-        self._unflushed: list[Bucket] = []  # closed buckets not yet handed to the store (already in history)
+        self._unflushed: list[Bucket] = []  # closed buckets not yet handed to the store (nor in the history)
         self.oldest: float | None = None  # the start of the oldest bucket held (read back or counted)
         self._lifetime_cells: dict[tuple[str, str], Cell] = {}  # (team, entry) -> every count in the history
         self._lifetime_entries: dict[str, EntryCell] = {}
@@ -267,13 +269,12 @@ class Usage:
             cell.cold_waits += 1
 
     def _roll(self, now: float) -> Bucket:
-        """Close the current bucket into the history (and the store's queue), open the one for ``now``."""
+        """Close the current bucket (it waits for produce()), open the one for ``now``."""
         closed = self._current
         if closed.cells or closed.entries:
-            self._keep(closed)
-            self._unflushed.append(closed)
-            if len(self._unflushed) > self.retention // BUCKET_SECONDS:  # nobody flushes (no StateSync)
-                del self._unflushed[0]
+            self._unflushed.append(closed)  # into the history when produce() has made its records
+            if len(self._unflushed) > FLUSH_BACKLOG:  # nobody flushes (a Usage without StateSync)
+                self._keep(self._unflushed.pop(0))
         bucket = self._current = Bucket(int(now // BUCKET_SECONDS))
         if bucket.index // HOUR_MINUTES != closed.index // HOUR_MINUTES:
             self.compact(now)
@@ -291,25 +292,26 @@ class Usage:
             entry_total = self._lifetime_entries.get(name) or self._lifetime_entries.setdefault(name, EntryCell())
             entry_total.add(entry_cell)
         index, span = bucket.index, bucket.span
-        if bucket.end <= self._clock() - self.retention:
+        now = self._clock()
+        if bucket.end <= now - self.retention:
             return  # past retention: counted (Prometheus' counters never go down), not kept
-        if span == 1 and index >= self._compacted_to:
-            held = self._minutes.get(index)
-            if held is None:
-                held = self._minutes[index] = Bucket(index)
+        if span == 1 and index >= max(self._compacted_to, _hour_boundary(now)):
+            holder, key, span_of = self._minutes, index, 1
         else:
-            hour = index // HOUR_MINUTES
-            held = self._hours.get(hour)
-            if held is None:
-                held = self._hours[hour] = Bucket(hour * HOUR_MINUTES, HOUR_MINUTES)
-        held.add(bucket)
+            holder, key, span_of = self._hours, index // HOUR_MINUTES, HOUR_MINUTES
+        held = holder.get(key)
+        if held is None:  # the first of its minute or hour: kept as it is, no copy (produce() let it go)
+            held = bucket if bucket.span == span_of else Bucket(index // span_of * span_of, span_of)
+            holder[key] = held
+        if held is not bucket:
+            held.add(bucket)
         start = float(held.start)
         if self.oldest is None or start < self.oldest:
             self.oldest = start
 
     def compact(self, now: float) -> None:
         """Fold the minute buckets older than COMPACT_AFTER into hours; drop what is past retention."""
-        boundary = int((now - COMPACT_AFTER) // BUCKET_SECONDS) // HOUR_MINUTES * HOUR_MINUTES
+        boundary = _hour_boundary(now)
         for index in [index for index in self._minutes if index < boundary]:
             minute = self._minutes.pop(index)
             hour = index // HOUR_MINUTES
@@ -333,14 +335,14 @@ class Usage:
         if now >= self._current.end:
             self._roll(now)
         current = self._current
-        records: list[dict[str, Any]] = []
-        for bucket in self._unflushed:
-            records += _records(bucket)
-        self._unflushed.clear()
+        buckets, self._unflushed = self._unflushed, []
         if current.cells or current.entries:
-            records += _records(current)
-            self._keep(current)
+            buckets.append(current)
             self._current = Bucket(current.index)  # the rest of this minute counts anew
+        records: list[dict[str, Any]] = []
+        for bucket in buckets:
+            records += _records(bucket)
+            self._keep(bucket)  # after its records: the history may add to it from now on
         return records
 
     def consume(self, records: list[dict[str, Any]]) -> None:
@@ -427,10 +429,12 @@ class Usage:
         read back at start included, plus the current bucket): Prometheus' counters, never decreasing."""
         cells = {pair: _copy(cell) for pair, cell in self._lifetime_cells.items()}
         entries: dict[str, EntryCell] = {}
-        for (team, _, entry), cell in self._current.cells.items():
-            (cells.get((team, entry)) or cells.setdefault((team, entry), Cell())).add(cell)
-        for source_entries in (self._lifetime_entries, self._current.entries):
-            for name, entry_cell in source_entries.items():
+        for name, entry_cell in self._lifetime_entries.items():
+            (entries.get(name) or entries.setdefault(name, EntryCell())).add(entry_cell)
+        for bucket in (*self._unflushed, self._current):
+            for (team, _, entry), cell in bucket.cells.items():
+                (cells.get((team, entry)) or cells.setdefault((team, entry), Cell())).add(cell)
+            for name, entry_cell in bucket.entries.items():
                 (entries.get(name) or entries.setdefault(name, EntryCell())).add(entry_cell)
         return cells, entries
 
@@ -441,8 +445,9 @@ class Usage:
         entries: dict[str, EntryCell] = {}
         first_hour = first // HOUR_MINUTES
         buckets = [b for h, b in self._hours.items() if h >= first_hour]
-        buckets += [b for m, b in self._minutes.items() if m >= first]
-        buckets.append(self._current)
+        horizon = self._clock() - self.retention  # a minute past retention waits for compact() to drop it
+        buckets += [b for m, b in self._minutes.items() if m >= first and b.end > horizon]
+        buckets += [b for b in (*self._unflushed, self._current) if b.index >= first and b.end > horizon]
         for bucket in buckets:
             for key, cell in bucket.cells.items():
                 (cells.get(key) or cells.setdefault(key, Cell())).add(cell)
@@ -474,6 +479,11 @@ class Usage:
         now = self._clock()
         if now >= self._current.end:
             self._roll(now)
+
+
+def _hour_boundary(now: float) -> int:
+    """The first minute kept as a minute at ``now``: older ones are folded into their hour."""
+    return int((now - COMPACT_AFTER) // BUCKET_SECONDS) // HOUR_MINUTES * HOUR_MINUTES
 
 
 def _records(bucket: Bucket) -> list[dict[str, Any]]:
