@@ -54,6 +54,7 @@ class StateSync:
         self._producers: list[Producer] = []
         self._consumers: dict[str, Consumer] = {}
         self._pending: list[Record] = []
+        self._writing = 0  # records of the batch being written
         self.dropped = 0  # records given up while the store could not be written
         self._failing = False
         self._lock = asyncio.Lock()  # one write at a time: a segment has one writer, and so does its end
@@ -113,9 +114,11 @@ class StateSync:
             return
         async with self._lock:
             batch, self._pending = self._pending, []
+            self._writing = len(batch)  # still pending, for health(), until written
             try:
                 await asyncio.to_thread(self.store.append, batch)
             except StoreError as exc:
+                self._writing = 0
                 self._pending = batch + self._pending
                 overflow = len(self._pending) - MAX_PENDING
                 if overflow > 0:
@@ -123,6 +126,7 @@ class StateSync:
                     self.dropped += overflow
                 self._failed(exc)
                 return
+            self._writing = 0
         self._recovered()
 
     async def append_now(self, records: list[Record]) -> None:
@@ -173,6 +177,6 @@ class StateSync:
             return {"ok": True, "kept": False, "note": "no store: usage and tokens live in this process only"}
         health = await asyncio.to_thread(self.store.health)  # a stat per file: off the event loop
         return health | {
-            "kept": True, "retention_days": self.retention_days, "pending_records": len(self._pending),
+            "kept": True, "retention_days": self.retention_days, "pending_records": len(self._pending) + self._writing,
             "dropped": self.dropped,
         }  # fmt: skip
