@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -219,3 +221,23 @@ def test_a_damaged_segment_is_skipped_and_named_and_the_router_serves_on(tmp_pat
             answer = httpx.post(f"{fleet.base_url}/v1/completions", json=COMPLETION,
                                 headers={"Authorization": f"Bearer {TOKENS['ana']}"}, timeout=10)  # fmt: skip
             assert answer.status_code == 200
+            views_and_cli(fleet)
+
+
+def views_and_cli(fleet: RunningFleet) -> None:
+    """?by and ?team: a bad value is a 400 with advice; `fleet status --by token --team` prints the developers."""
+    for params, code, advice in (
+        ({"by": "user"}, "bad-by", "team, token"),
+        ({"team": "beta"}, "unknown-team", "alpha"),
+    ):
+        answer = httpx.get(f"{fleet.base_url}/fleet/usage", params=params, timeout=10)
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == code, answer.text
+        assert advice in answer.json()["error"]["message"]
+    assert {row["team"] for row in usage(fleet, team="alpha")["tokens"]} == {"alpha"}
+    printed = subprocess.run(
+        [sys.executable, "-m", "apps.cli", "status", "--url", fleet.base_url, "--by", "token", "--team", "alpha"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    developers = printed.stdout.split("Developers", 1)[1]
+    assert "ana" in developers and "bo" in developers
