@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fleet.loading import SettingsError, load_settings
 from router.store import COMPACTED, SegmentStore
 from router.usage import BUCKET_SECONDS, Usage
 from router.usage_records import USAGE, USAGE_ENTRY, fold_hourly
@@ -230,3 +231,16 @@ def test_flush_cost_for_many_active_keys_is_measured() -> None:
         assert len(records) == keys
         print(f"flush of {keys} keys: produce {produced * 1000:.1f} ms")
         assert produced < 10.0
+
+
+def test_retention_days_is_checked_with_its_range(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text('[store]\nretention_days = 2\n\n[[entries]]\nname = "small"\nmodel = "TabbyML/StarCoder-1B"\n')
+    try:
+        load_settings(config)
+    except SettingsError as error:
+        assert any("store.retention_days" in problem and "3" in problem for problem in error.problems), error.problems
+    else:
+        raise AssertionError("retention_days = 2 must be refused")
+    config.write_text(config.read_text().replace("= 2", "= 30"))
+    assert load_settings(config).store.retention_days == 30
