@@ -34,6 +34,7 @@ from fleet.settings import (
     ModalOptions,
     RouterOptions,
     StandInOptions,
+    StoreOptions,
     Team,
 )
 from fleet.tokens import TokenRef
@@ -166,6 +167,7 @@ _TABLE_MODELS: dict[str, type[BaseModel]] = {
     "teams": Team,
     "router": RouterOptions,
     "modal": ModalOptions,
+    "store": StoreOptions,
     "standin": StandInOptions,
     "tokens": TokenRef,
     "admin_tokens": TokenRef,

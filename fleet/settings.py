@@ -309,6 +309,19 @@ class ModalOptions(BaseModel):
     router_memory: Annotated[int, Field(ge=128, le=65_536)] | None = None
 
 
+class StoreOptions(BaseModel):
+    """``[store]``: the router's own state on disk (usage, router/store.py), under ``data_dir/state`` locally
+    and on the fleet's Volume on Modal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Days of usage kept. At least 3: a day is compacted to hourly buckets once it is 2 days old, and
+    # 90 days of a busy fleet compacted stay a few MB (docs/OPERATIONS.md, "Usage and cost").
+    retention_days: Annotated[
+        int, Field(ge=3, le=3650, description="days of usage kept: 3 to 3650 (compaction needs 2)")
+    ] = 90
+
+
 class FleetSettings(BaseSettings):
     """The whole fleet. Load with :func:`fleet.loading.load_settings` to get the file lookup right and every
     rule checked; one built by hand is checked across fields by :func:`fleet.rules.checked`."""
@@ -331,6 +344,8 @@ class FleetSettings(BaseSettings):
     tabby_bin: str | None = None
     # USD per GPU-hour for cost figures (fleet/prices.py has the defaults, their date and source).
     prices: PriceTable = PriceTable()
+    # How long the router's own state (usage) is kept on disk.
+    store: StoreOptions = StoreOptions()
 
     def entry(self, name: str) -> Entry:
         for entry in self.entries:

@@ -24,7 +24,7 @@ from fleet.routing import PATH_HELP
 from router.admin import BASIC_CHALLENGE
 from router.runtime import FleetRuntime
 from router.status_page import render_refusal, render_status
-from router.usage import parse_since
+from router.usage_report import parse_by, parse_since
 
 
 class EntryState(BaseModel):
@@ -40,6 +40,8 @@ class FleetHealth(BaseModel):
     runtime: str
     uptime_seconds: float
     entries: dict[str, EntryState]
+    # Admins: where the router keeps its usage, whether it can write there, its size (router/state.py).
+    store: dict[str, Any] | None = None
 
 
 class EntryInfo(BaseModel):
@@ -123,6 +125,7 @@ async def fleet_health(request: Request) -> FleetHealth:
         runtime=fleet.backends.runtime,
         uptime_seconds=round(fleet.uptime(), 3),
         entries=entries,
+        store=await fleet.state_sync.health() if detailed else None,
     )
 
 
@@ -140,7 +143,7 @@ async def fleet_status(request: Request) -> HTMLResponse:
         challenge = {"WWW-Authenticate": BASIC_CHALLENGE} if status == 401 else {}
         return HTMLResponse(render_refusal(status, error.code, error.message), status, challenge)
     health = (await fleet_health(request)).model_dump(exclude_none=True)
-    snapshot = fleet.usage_snapshot(parse_since("today", datetime.now(UTC)))
+    snapshot = fleet.usage_snapshot(parse_since("today", datetime.now(UTC)), by="token")
     page = render_status(snapshot, health, fleet.state.settings)
     return HTMLResponse(page, headers={"cache-control": "no-store"})
 
@@ -186,10 +189,12 @@ async def fleet_entries(request: Request) -> FleetTable:
 
 
 @router.get("/fleet/usage", dependencies=admin_only)
-async def fleet_usage(request: Request, since: str = "24h") -> JSONResponse:
+async def fleet_usage(request: Request, since: str = "24h", by: str = "team", team: str | None = None) -> JSONResponse:
     """What each team and entry used and cost since ``since`` (admin): ISO 8601, unix seconds, 15m / 1h /
-    24h / 7d back from now, or today. In memory per router process; docs/OPERATIONS.md, "Usage and cost"."""
-    snapshot = fleet_of(request).usage_snapshot(parse_since(since, datetime.now(UTC)))
+    24h / 7d back from now, or today; ``by=token`` adds a row per developer, ``team`` keeps one team's rows.
+    The whole fleet's: every router and every restart, through the store (docs/OPERATIONS.md, "Usage and cost")."""
+    fleet = fleet_of(request)
+    snapshot = fleet.usage_snapshot(parse_since(since, datetime.now(UTC)), parse_by(by), team)
     return JSONResponse(snapshot, headers={"cache-control": "no-store"})
 
 

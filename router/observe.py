@@ -26,7 +26,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from router.usage import LATENCY_STEPS, EntryCell, Usage
+from router.usage import LATENCY_STEPS, Usage
+from router.usage_records import EntryCell
 
 log = logging.getLogger("tabby_fleet.access")
 
@@ -54,8 +55,8 @@ def new_request_id() -> str:
 class RequestRecord:
     """One request's facts, filled in as the proxy learns them."""
 
-    __slots__ = ("code", "entry", "event", "fallback_from", "kind", "method", "path", "queue_seconds", "reason",
-                 "request_id", "start_seconds", "started", "status", "team", "upstream_seconds")  # fmt: skip
+    __slots__ = ("code", "entry", "event", "fallback_from", "kind", "label", "method", "path", "queue_seconds",
+                 "reason", "request_id", "start_seconds", "started", "status", "team", "upstream_seconds")  # fmt: skip
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
         self.request_id = request_id
@@ -63,6 +64,7 @@ class RequestRecord:
         self.path = path
         self.started = time.perf_counter()
         self.team = "-"
+        self.label = "-"  # the label of the token that authenticated the request; "-" without one
         self.entry = "-"
         self.reason = "-"
         self.status = 0

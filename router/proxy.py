@@ -1,15 +1,14 @@
 """The streaming proxy: a raw ASGI handler for Tabby's API paths.
 
-For each request: check the request head's limits, route it (pure, :mod:`fleet.routing`),
-read its body (bounded), take the team's and the entry's slots, lease the entry's backend, forward
-method, path, query, body and end-to-end headers with the :class:`UpstreamClient` (aiohttp), and
-stream the answer back chunk by chunk (SSE event by event). When the client disconnects, the
-upstream request is cancelled at once: its connection is closed, so the backend stops generating
-(the IDE agent aborts on every keystroke). When the backend breaks off an answer already under way,
-the client's connection is aborted (:class:`RequestAborted`), so a truncated answer never looks whole.
+For each request: check the request head's limits, route it (pure, :mod:`fleet.routing`), read its body (bounded),
+take the team's and the entry's slots, lease the entry's backend, forward method, path, query, body and end-to-end
+headers with the :class:`UpstreamClient` (aiohttp), and stream the answer back chunk by chunk (SSE event by event).
+When the client disconnects, the upstream request is cancelled at once: its connection is closed, so the backend stops
+generating (the IDE agent aborts on every keystroke). When the backend breaks off an answer already under way, the
+client's connection is aborted (:class:`RequestAborted`), so a truncated answer never looks whole.
 
-Settings can be reloaded while requests run: a request keeps the routing table, gate and limiter it
-started with; the next request uses the new ones (:meth:`Proxy.adopt`).
+Settings can be reloaded while requests run: a request keeps the routing table, gate and limiter it started with;
+the next request uses the new ones (:meth:`Proxy.adopt`).
 
 The IDE agent's health check (``/v1/health``, and ``/v1beta/server_setting``) does no model work: it takes no gate slot
 and counts against no team limit, so a busy entry or a team over its rate keeps its IDEs "connected" (docs/ERRORS.md).
@@ -240,8 +239,9 @@ class Proxy:
             record.status = CLIENT_LEFT
             return
         kind = route.kind
-        if route.user is not None:  # Tabby's event log names who it served
+        if route.user is not None:  # Tabby's event log names who it served; usage counts by its token label
             head.forwarded.append((b"x-tabby-user", route.user.encode()))
+            record.label = route.user.partition("/")[2] or "-"
         if kind is SERVER_SETTING and scope["method"] == "GET":
             record.status = 200
             await _send_json(send, state.server_setting, route.entry, record.request_id)

@@ -35,6 +35,8 @@ from router.proxy import Proxy, ProxyState, RequestAborted
 from router.state import StateSync
 from router.store import SegmentStore
 from router.usage import Usage
+from router.usage_records import KINDS, USAGE, USAGE_ENTRY, fold_hourly
+from router.usage_report import check_team, snapshot
 
 log = logging.getLogger("router")
 
@@ -53,11 +55,17 @@ class FleetRuntime:
         store: SegmentStore | None = None,
     ) -> None:
         self.backends = backends
-        self.state_sync = StateSync(store)  # usage and tokens to and from the store (router/state.py)
+        self.state_sync = StateSync(store, retention_days=settings.store.retention_days)  # router/state.py
         self.live_tokens = LiveTokens()  # tokens issued and revoked while running (router/live_tokens.py)
         self.state_sync.add_consumer(TOKEN_RECORDS, self.tokens_changed)
         self.state_sync.add_producer(self.live_tokens.produce)
         self.usage = Usage(settings)
+        # Usage's counts since the last flush go to the store; what the others wrote comes back into its history.
+        self.state_sync.add_producer(self.usage.produce)
+        for kind in KINDS:
+            self.state_sync.add_consumer(kind, self.usage.consume)
+        self.state_sync.add_compaction(USAGE, fold_hourly, expires=True)
+        self.state_sync.add_compaction(USAGE_ENTRY, fold_hourly, expires=True)
         self.observer = Observer(self.usage)
         self.proxy = Proxy(settings, backends, self.observer)
         self.started = time.monotonic()
@@ -87,9 +95,10 @@ class FleetRuntime:
             }  # fmt: skip
         return status
 
-    def usage_snapshot(self, since: datetime) -> dict[str, Any]:
-        """What each team and entry used since ``since`` (router/usage.py): /fleet/usage's JSON."""
-        return self.usage.snapshot(since, self.entry_status())
+    def usage_snapshot(self, since: datetime, by: str = "team", team: str | None = None) -> dict[str, Any]:
+        """What each team, entry (and with ``by="token"`` developer) used since ``since``: /fleet/usage's JSON
+        (router/usage_report.py); ``team`` (checked: 400 unknown-team) keeps one team's rows."""
+        return snapshot(self.usage, since, self.entry_status(), by=by, team=check_team(self.usage, team))
 
     def tokens_changed(self, records: list[dict[str, Any]]) -> None:
         """Token records, read back from the store or just written here: into the routing table at once."""
@@ -130,6 +139,7 @@ class FleetRuntime:
         self.live_tokens.install(state.table)  # after the await: what arrived meanwhile is in it too
         self.proxy.adopt(state)
         self.usage.adopt(settings)
+        self.state_sync.retention_days = settings.store.retention_days
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:

@@ -80,6 +80,7 @@ def status_tables(
             _team_rows(teams, snapshot.get("entries", {}), currency), "no requests in this window",
             frozenset(range(1, 7)),
         ),
+        *_developer_table(snapshot, currency),
         Table(
             "refusal-codes", "Refusals by code", ("code", "refusals", "teams"), _code_rows(teams),
             "no refusals in this window", frozenset({1}),
@@ -132,6 +133,36 @@ def _team_rows(teams: Mapping[str, Any], entries: Mapping[str, Any], currency: s
     return rows
 
 
+def _developer_table(snapshot: Mapping[str, Any], currency: str) -> list[Table]:
+    """Per developer (team and token label; "-": no token), when the snapshot has them (``by=token``)."""
+    if "tokens" not in snapshot:
+        return []
+    rows: list[tuple[str, ...]] = [
+        (
+            _team(row.get("team") or NO_TEAM), str(row.get("label") or "-"), _count(row.get("requests")),
+            _count(row.get("completions")), percent(row.get("acceptance_rate")),
+            milliseconds((row.get("latency_ms") or {}).get("p50")), milliseconds(_p95(row)),
+            _count(row.get("busy_seconds")), money(row.get("cost"), currency),
+        )
+        for row in snapshot["tokens"]
+    ]  # fmt: skip
+    header = ("team", "token", "requests", "completions", "acceptance", "p50", "p95", "busy seconds", "cost")
+    return [Table("developers", "Developers", header, rows, "no requests in this window", frozenset(range(2, 9)))]
+
+
+def store_banner(health: Mapping[str, Any]) -> str | None:
+    """The warning the page shows when the router cannot keep its usage (None when it can)."""
+    store = health.get("store")
+    if not store or store.get("ok", True):
+        return None
+    pending = store.get("pending_records", 0)
+    return (
+        f"The usage store is failing: {store.get('error') or 'unknown error'}. Completions are still served; usage "
+        f"is counted in memory ({pending} records waiting) and written once the store works again. Fix the "
+        f"store's path ({store.get('path')}): it must be a writable directory with free space."
+    )
+
+
 def _code_rows(teams: Mapping[str, Any]) -> list[tuple[str, ...]]:
     """Refusals by error code, most frequent first, with the teams that got them."""
     by_code: dict[str, list[tuple[str, int]]] = {}
@@ -162,6 +193,9 @@ def render_status(snapshot: Mapping[str, Any], health: Mapping[str, Any], settin
         f"<div><dt>{_e(label)}</dt><dd>{_e(value)}</dd></div>" for label, value in status_facts(snapshot, health)
     )
     sections = "".join(_html_table(table) for table in status_tables(snapshot, health, warm))
+    banner = store_banner(health)
+    if banner is not None:
+        sections = f'<p class="banner" role="alert">{_e(banner)}</p>' + sections
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -284,6 +318,7 @@ def _html_row(table: Table, row: tuple[str, ...]) -> str:
 _CSS = (
     "body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1f2328;background:#fff}"
     "h1{font-size:20px;margin:0 0 8px}h2{font-size:16px;margin:24px 0 8px}"
+    ".banner{background:#fff1e5;border:1px solid #d4a72c;padding:8px 12px;margin:12px 0}"
     ".facts{display:flex;flex-wrap:wrap;gap:4px 24px;margin:0}.facts div{display:flex;gap:6px}"
     ".facts dt{color:#656d76}.facts dd{margin:0;font-weight:600}"
     "table{border-collapse:collapse;min-width:50%}th,td{padding:4px 10px;border-bottom:1px solid #d0d7de;"

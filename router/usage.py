@@ -1,22 +1,24 @@
-"""What each team and entry used, and what it cost: in-memory time buckets behind ``GET /fleet/usage``.
+"""What each developer, team and entry used, and what it cost: time buckets behind ``GET /fleet/usage``.
 
-Per router process, per ``BUCKET_SECONDS`` bucket, kept for ``RETENTION``:
+Counted by this router, per ``BUCKET_SECONDS`` bucket:
 
-- per (team, entry), from each finished request (:meth:`Usage.observe`, called by ``Observer.finish``,
-  so it is cheap: a dict lookup and a few additions): requests, 2xx completions and chats, the IDE's
-  view/select/dismiss events, a latency histogram of completions, cold waits, fallbacks, refusals by
-  code and busy (upstream) seconds;
+- per (team, token label, entry), from each finished request (:meth:`Usage.observe`, called by
+  ``Observer.finish``, so it is cheap: one tuple key, a dict lookup and a few additions): requests, 2xx
+  completions and chats, the IDE's view/select/dismiss events, a latency histogram of completions, cold
+  waits, fallbacks, refusals by code and busy (upstream) seconds. The label is the token's
+  (``fleet.tokens``), "-" without one (an open fleet, a team header);
 - per entry, from a sampler reading ``Backends.status()`` every ``SAMPLE_SECONDS``
   (:meth:`Usage.sample`): container-seconds and cold starts, and their GPU-seconds and cost at the
   settings of the time (a reload that changes or removes an entry does not rewrite what it cost).
 
-:meth:`Usage.snapshot` sums the buckets since a time into the JSON of /fleet/usage (the schema is in
-docs/OPERATIONS.md, "Usage and cost"); a team's share of an entry's cost is its share of that entry's
-busy seconds. Lifetime totals (merged as
-each bucket closes, so they never decrease when old buckets are dropped) feed the Prometheus series.
-
-Everything here is an estimate kept in one process: lost on restart, and with several router
-containers each counts only its own requests (docs/OPERATIONS.md).
+What this router counted since the last flush lives in ``_current``; everything else (flushed, closed,
+read back from the store: earlier runs and the other routers) in the *history*: minute buckets for the
+last ``COMPACT_AFTER``, hour buckets before, ``retention_days`` in all. :meth:`Usage.produce` (a
+``StateSync`` producer, every 2 s) hands the counts since the last flush to the store as records
+(router/usage_records.py) and moves them into the history: no copy and no diff per request, and a
+restart or a crash loses at most one flush interval. :meth:`Usage.consume` adds what was read back.
+The JSON of /fleet/usage is router/usage_report.py's. Lifetime totals (every count this process has
+seen, never decreasing) feed the Prometheus series.
 """
 
 from __future__ import annotations
@@ -24,27 +26,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from fleet.errors import FleetError
 from fleet.routing import CHAT, HEALTH, SERVER_SETTING
 from fleet.settings import FleetSettings
+from router.usage_records import Cell, EntryCell, Key, cell_from, cell_record, entry_cell_from, entry_record
 
 log = logging.getLogger("tabby_fleet.usage")
 
-# One bucket per minute: /fleet/usage?since=15m is exact to the minute, and 8 days of buckets (11,520)
-# stay a few MB even with dozens of (team, entry) pairs.
+# One bucket per minute: /fleet/usage?since=15m is exact to the minute for the last COMPACT_AFTER; older
+# minutes are folded into hours (60x fewer buckets), so 90 days of a busy fleet stay a few MB in memory.
 BUCKET_SECONDS = 60
-# Eight days: a week back from any time of today, "since=7d" included.
-RETENTION = 8 * 24 * 3600
+HOUR_MINUTES = 60
+# Two days of minutes: "since=24h" and "today" are exact to the minute; older windows to the hour. The store
+# compacts a day folder at the same age (router/store.py), so memory and disk fold the same buckets.
+COMPACT_AFTER = 2 * 24 * 3600
+# The default of [store] retention_days (fleet/settings.py), in seconds.
+RETENTION = 90 * 24 * 3600
 # How often the sampler reads each entry's containers: container-seconds integrate a count over time
 # (Modal), so a container's first and last 10 s may be misplaced; a local process reports exact seconds.
 SAMPLE_SECONDS = 10.0
+# Closed minutes kept for the producer when nobody calls it (a Usage without StateSync, in unit tests): a day.
+FLUSH_BACKLOG = 24 * 60
 RECENT_REFUSALS = 20  # the snapshot's "refusals" list, newest first
 
 # Route kinds beyond fleet.routing's: the paths whose answers Usage counts (RequestRecord.kind).
@@ -81,6 +87,7 @@ class Record(Protocol):
     """What :meth:`Usage.observe` reads from a finished request (router.observe.RequestRecord)."""
 
     team: str
+    label: str
     entry: str
     kind: str | None
     event: str | None
@@ -91,81 +98,46 @@ class Record(Protocol):
     fallback_from: str | None
 
 
-class Cell:
-    """One (team, entry)'s counts in one bucket (or summed over many)."""
-
-    __slots__ = ("busy_seconds", "chats", "cold_waits", "completions", "dismisses", "fallbacks", "latency",
-                 "latency_seconds", "refusals", "requests", "selects", "served_by", "views")  # fmt: skip
-
-    def __init__(self) -> None:
-        self.requests = self.completions = self.chats = 0
-        self.views = self.selects = self.dismisses = 0
-        self.cold_waits = self.fallbacks = 0
-        self.busy_seconds = self.latency_seconds = 0.0
-        self.latency: dict[int, int] = {}  # latency_index -> completions
-        self.refusals: dict[str, int] = {}  # error code -> refusals
-        self.served_by: dict[str, int] = {}  # the entry that served this one's fallbacks -> how many
-
-    def add(self, other: Cell) -> None:
-        self.requests += other.requests
-        self.completions += other.completions
-        self.chats += other.chats
-        self.views += other.views
-        self.selects += other.selects
-        self.dismisses += other.dismisses
-        self.cold_waits += other.cold_waits
-        self.fallbacks += other.fallbacks
-        self.busy_seconds += other.busy_seconds
-        self.latency_seconds += other.latency_seconds
-        for index, count in other.latency.items():
-            self.latency[index] = self.latency.get(index, 0) + count
-        for code, count in other.refusals.items():
-            self.refusals[code] = self.refusals.get(code, 0) + count
-        for entry, count in other.served_by.items():
-            self.served_by[entry] = self.served_by.get(entry, 0) + count
-
-
-class EntryCell:
-    """One entry's containers in one bucket (or summed): GPU-seconds and cost at the settings of the time,
-    so a reload that changes or removes the entry leaves what was counted as it was."""
-
-    __slots__ = ("cold_starts", "container_seconds", "cost", "gpu_seconds", "unpriced_seconds")
-
-    def __init__(self) -> None:
-        self.container_seconds = 0.0
-        self.cold_starts = 0
-        self.cost = 0.0  # the priced seconds at the price of the time
-        self.unpriced_seconds = 0.0  # container seconds on a GPU without a price
-        self.gpu_seconds = 0.0  # container seconds x GPUs per container
-
-    def add(self, other: EntryCell) -> None:
-        self.container_seconds += other.container_seconds
-        self.cold_starts += other.cold_starts
-        self.cost += other.cost
-        self.unpriced_seconds += other.unpriced_seconds
-        self.gpu_seconds += other.gpu_seconds
-
-    def window_cost(self, pricing: Pricing | None) -> float | None:
-        """What the time cost; None when some of it ran without a price (or none ran and there is none)."""
-        if self.unpriced_seconds or (not self.container_seconds and (pricing is None or pricing.hourly is None)):
-            return None
-        return self.cost
-
-
 class Bucket:
-    __slots__ = ("cells", "end", "entries", "start")
+    """The counts of one minute (``span`` 1) or one hour (``span`` 60) from ``index`` (in minutes)."""
 
-    def __init__(self, index: int) -> None:
-        self.start = index * BUCKET_SECONDS
-        self.end = self.start + BUCKET_SECONDS
-        self.cells: dict[tuple[str, str], Cell] = {}
+    __slots__ = ("cells", "entries", "index", "span")
+
+    def __init__(self, index: int, span: int = 1) -> None:
+        self.index = index  # minutes since the epoch
+        self.span = span  # minutes
+        self.cells: dict[Key, Cell] = {}
         self.entries: dict[str, EntryCell] = {}
+
+    @property
+    def start(self) -> int:
+        return self.index * BUCKET_SECONDS
+
+    @property
+    def end(self) -> int:
+        return (self.index + self.span) * BUCKET_SECONDS
 
     def entry(self, name: str) -> EntryCell:
         cell = self.entries.get(name)
         if cell is None:
             cell = self.entries[name] = EntryCell()
         return cell
+
+    def add(self, other: Bucket) -> None:
+        for key, cell in other.cells.items():
+            mine = self.cells.get(key)
+            if mine is None:
+                self.cells[key] = _copy(cell)
+            else:
+                mine.add(cell)
+        for name, entry_cell in other.entries.items():
+            self.entry(name).add(entry_cell)
+
+
+def _copy(cell: Cell) -> Cell:
+    copy = Cell()
+    copy.add(cell)
+    return copy
 
 
 class Pricing(NamedTuple):
@@ -181,6 +153,7 @@ class Pricing(NamedTuple):
 class Refusal(NamedTuple):
     at: float
     team: str
+    label: str
     entry: str
     status: int
     code: str
@@ -198,16 +171,21 @@ class _Seen:
 
 
 class Usage:
-    """Usage per team and entry in time buckets; ``clock`` is unix seconds (injected by tests)."""
+    """Usage per team, token label and entry in time buckets; ``clock`` is unix seconds (injected by tests)."""
 
     def __init__(self, settings: FleetSettings | None = None, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or time.time
         now = self._clock()
         self.started = now
-        self._current = Bucket(int(now // BUCKET_SECONDS))
-        self._buckets: deque[Bucket] = deque([self._current])
-        self._closed_cells: dict[tuple[str, str], Cell] = {}  # lifetime totals of closed buckets
-        self._closed_entries: dict[str, EntryCell] = {}
+        self.retention = RETENTION
+        self._current = Bucket(int(now // BUCKET_SECONDS))  # this router's counts since the last flush
+        self._minutes: dict[int, Bucket] = {}  # history: minute index -> bucket, the last COMPACT_AFTER
+        self._hours: dict[int, Bucket] = {}  # history: hour index -> bucket, before that
+        self._unflushed: list[Bucket] = []  # closed buckets not yet handed to the store (nor in the history)
+        self.oldest: float | None = None  # the start of the oldest bucket held (read back or counted)
+        self._lifetime_cells: dict[tuple[str, str], Cell] = {}  # (team, entry) -> every count in the history
+        self._lifetime_entries: dict[str, EntryCell] = {}
+        self._compacted_to = 0  # minute buckets before this minute index have been folded into hours
         self.recent: deque[Refusal] = deque(maxlen=RECENT_REFUSALS)
         self._seen: dict[str, _Seen] = {}
         self.gpu_totals: dict[tuple[str, str], float] = {}  # (entry, GPU type) -> lifetime GPU-seconds
@@ -221,9 +199,10 @@ class Usage:
             self.adopt(settings)
 
     def adopt(self, settings: FleetSettings) -> None:
-        """Take (reloaded) settings: the entries and teams to report, and the prices."""
+        """Take (reloaded) settings: the entries and teams to report, the prices, the retention."""
         prices = settings.prices
         self.prices = {"currency": prices.currency, "date": prices.date, "source": prices.source}
+        self.retention = settings.store.retention_days * 86400
         self.teams = tuple(team.name for team in settings.teams)
         self.entries = tuple(entry.name for entry in settings.entries)
         self.fallbacks = {entry.name: entry.fallback for entry in settings.entries if entry.fallback}
@@ -248,7 +227,7 @@ class Usage:
         bucket = self._current
         if now >= bucket.end:
             bucket = self._roll(now)
-        key = (record.team, record.entry)
+        key = (record.team, record.label, record.entry)
         cell = bucket.cells.get(key)
         if cell is None:
             cell = bucket.cells[key] = Cell()
@@ -275,14 +254,14 @@ class Usage:
             cell.busy_seconds += record.upstream_seconds
         if record.code is not None:
             cell.refusals[record.code] = cell.refusals.get(record.code, 0) + 1
-            self.recent.append(Refusal(now, record.team, record.entry, record.status, record.code))
+            self.recent.append(Refusal(now, record.team, record.label, record.entry, record.status, record.code))
         if record.start_seconds or record.fallback_from is not None:
             self._cold(bucket, record, cell)
 
     def _cold(self, bucket: Bucket, record: Record, cell: Cell) -> None:
         """A cold wait and a fallback count for the entry asked for (which the request waited for)."""
         if record.fallback_from is not None:
-            key = (record.team, record.fallback_from)
+            key = (record.team, record.label, record.fallback_from)
             cell = bucket.cells.get(key) or bucket.cells.setdefault(key, Cell())
             cell.fallbacks += 1
             cell.served_by[record.entry] = cell.served_by.get(record.entry, 0) + 1
@@ -290,21 +269,96 @@ class Usage:
             cell.cold_waits += 1
 
     def _roll(self, now: float) -> Bucket:
-        """Close the current bucket (into the lifetime totals), open the one for ``now``, drop the expired."""
+        """Close the current bucket (it waits for produce()), open the one for ``now``."""
         closed = self._current
-        for key, cell in closed.cells.items():
-            total = self._closed_cells.get(key) or self._closed_cells.setdefault(key, Cell())
-            total.add(cell)
-        for name, entry_cell in closed.entries.items():
-            entry_total = self._closed_entries.get(name) or self._closed_entries.setdefault(name, EntryCell())
-            entry_total.add(entry_cell)
+        if closed.cells or closed.entries:
+            self._unflushed.append(closed)  # into the history when produce() has made its records
+            if len(self._unflushed) > FLUSH_BACKLOG:  # nobody flushes (a Usage without StateSync)
+                self._keep(self._unflushed.pop(0))
         bucket = self._current = Bucket(int(now // BUCKET_SECONDS))
-        buckets = self._buckets
-        buckets.append(bucket)
-        oldest = bucket.start - RETENTION
-        while buckets[0].start < oldest:
-            buckets.popleft()
+        if bucket.index // HOUR_MINUTES != closed.index // HOUR_MINUTES:
+            self.compact(now)
         return bucket
+
+    # --- the history: flushed, closed and read-back buckets ------------------------------------------
+
+    def _keep(self, bucket: Bucket) -> None:
+        """Add ``bucket`` (a minute's or an hour's counts) to the lifetime totals and, within retention, the history."""
+        for (team, _, entry), cell in bucket.cells.items():
+            pair = (team, entry)
+            total = self._lifetime_cells.get(pair) or self._lifetime_cells.setdefault(pair, Cell())
+            total.add(cell)
+        for name, entry_cell in bucket.entries.items():
+            entry_total = self._lifetime_entries.get(name) or self._lifetime_entries.setdefault(name, EntryCell())
+            entry_total.add(entry_cell)
+        index, span = bucket.index, bucket.span
+        now = self._clock()
+        if bucket.end <= now - self.retention:
+            return  # past retention: counted (Prometheus' counters never go down), not kept
+        if span == 1 and index >= max(self._compacted_to, _hour_boundary(now)):
+            holder, key, span_of = self._minutes, index, 1
+        else:
+            holder, key, span_of = self._hours, index // HOUR_MINUTES, HOUR_MINUTES
+        held = holder.get(key)
+        if held is None:  # the first of its minute or hour: kept as it is, no copy (produce() let it go)
+            held = bucket if bucket.span == span_of else Bucket(index // span_of * span_of, span_of)
+            holder[key] = held
+        if held is not bucket:
+            held.add(bucket)
+        start = float(held.start)
+        if self.oldest is None or start < self.oldest:
+            self.oldest = start
+
+    def compact(self, now: float) -> None:
+        """Fold the minute buckets older than COMPACT_AFTER into hours; drop what is past retention."""
+        boundary = _hour_boundary(now)
+        for index in [index for index in self._minutes if index < boundary]:
+            minute = self._minutes.pop(index)
+            hour = index // HOUR_MINUTES
+            held = self._hours.get(hour)
+            if held is None:
+                held = self._hours[hour] = Bucket(hour * HOUR_MINUTES, HOUR_MINUTES)
+            held.add(minute)
+        self._compacted_to = max(self._compacted_to, boundary)
+        oldest_hour = int((now - self.retention) // BUCKET_SECONDS) // HOUR_MINUTES
+        for hour in [hour for hour in self._hours if hour < oldest_hour]:
+            del self._hours[hour]
+        starts = [hour * 3600 for hour in self._hours] + [minute * BUCKET_SECONDS for minute in self._minutes]
+        self.oldest = float(min(starts)) if starts else None
+
+    def produce(self) -> list[dict[str, Any]]:
+        """StateSync's producer: the counts since the last call, as store records; they move into the history.
+
+        Costs one pass over the keys counted since the last flush (measured in docs/OPERATIONS.md), nothing
+        per request."""
+        now = self._clock()
+        if now >= self._current.end:
+            self._roll(now)
+        current = self._current
+        buckets, self._unflushed = self._unflushed, []
+        if current.cells or current.entries:
+            buckets.append(current)
+            self._current = Bucket(current.index)  # the rest of this minute counts anew
+        records: list[dict[str, Any]] = []
+        for bucket in buckets:
+            records += _records(bucket)
+            self._keep(bucket)  # after its records: the history may add to it from now on
+        return records
+
+    def consume(self, records: list[dict[str, Any]]) -> None:
+        """StateSync's consumer of "usage" and "usage-entry": records read back (earlier runs, other routers)."""
+        for record in records:
+            try:
+                bucket = Bucket(int(record["m"]), int(record.get("s", 1)))
+                if record.get("t") == "usage-entry":
+                    bucket.entries[str(record["entry"])] = entry_cell_from(record)
+                else:
+                    key = (str(record["team"]), str(record.get("label", "-")), str(record["entry"]))
+                    bucket.cells[key] = cell_from(record)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.warning("usage: a record of an unknown shape was skipped: %.200s", record)
+                continue
+            self._keep(bucket)
 
     # --- the sampler ------------------------------------------------------------------------------
 
@@ -371,223 +425,69 @@ class Usage:
     # --- reading ----------------------------------------------------------------------------------
 
     def lifetime(self) -> tuple[dict[tuple[str, str], Cell], dict[str, EntryCell]]:
-        """Totals since the router started (closed buckets plus the current one): Prometheus' counters."""
-        cells: dict[tuple[str, str], Cell] = {}
+        """Totals per (team, entry) of everything held and counted since the router started (the history,
+        read back at start included, plus the current bucket): Prometheus' counters, never decreasing."""
+        cells = {pair: _copy(cell) for pair, cell in self._lifetime_cells.items()}
         entries: dict[str, EntryCell] = {}
-        for source in (self._closed_cells, self._current.cells):
-            for key, cell in source.items():
-                (cells.get(key) or cells.setdefault(key, Cell())).add(cell)
-        for source_entries in (self._closed_entries, self._current.entries):
-            for name, entry_cell in source_entries.items():
+        for name, entry_cell in self._lifetime_entries.items():
+            (entries.get(name) or entries.setdefault(name, EntryCell())).add(entry_cell)
+        for bucket in (*self._unflushed, self._current):
+            for (team, _, entry), cell in bucket.cells.items():
+                (cells.get((team, entry)) or cells.setdefault((team, entry), Cell())).add(cell)
+            for name, entry_cell in bucket.entries.items():
                 (entries.get(name) or entries.setdefault(name, EntryCell())).add(entry_cell)
         return cells, entries
 
-    def window(self, since: float) -> tuple[dict[tuple[str, str], Cell], dict[str, EntryCell]]:
-        """The sums of the buckets from ``since`` (rounded down to its bucket) until now."""
-        first = since // BUCKET_SECONDS * BUCKET_SECONDS
-        cells: dict[tuple[str, str], Cell] = {}
+    def window(self, since: float) -> tuple[dict[Key, Cell], dict[str, EntryCell]]:
+        """The sums of the buckets from ``since`` until now: from its minute, or its hour for hour buckets."""
+        first = int(since // BUCKET_SECONDS)
+        cells: dict[Key, Cell] = {}
         entries: dict[str, EntryCell] = {}
-        for bucket in reversed(self._buckets):
-            if bucket.start < first:
-                break
+        first_hour = first // HOUR_MINUTES
+        buckets = [b for h, b in self._hours.items() if h >= first_hour]
+        horizon = self._clock() - self.retention  # a minute past retention waits for compact() to drop it
+        buckets += [b for m, b in self._minutes.items() if m >= first and b.end > horizon]
+        buckets += [b for b in (*self._unflushed, self._current) if b.index >= first and b.end > horizon]
+        for bucket in buckets:
             for key, cell in bucket.cells.items():
                 (cells.get(key) or cells.setdefault(key, Cell())).add(cell)
             for name, entry_cell in bucket.entries.items():
                 (entries.get(name) or entries.setdefault(name, EntryCell())).add(entry_cell)
         return cells, entries
 
-    def snapshot(self, since: datetime, status: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The JSON of ``GET /fleet/usage`` from ``since`` until now; ``status`` (``Backends.status()``,
-        read now) brings the container time up to now and gives each entry's state."""
-        status = status or {}
-        self.sample(status)
+    def covers_from(self, asked: float) -> float:
+        """From when the window from ``asked`` holds data: the oldest bucket held (this router's start when the
+        store held nothing older), the retention, and the hour a since older than COMPACT_AFTER rounds to."""
+        now = self._clock()
+        held = self.started if self.oldest is None else min(self.oldest, self.started)
+        covers = max(asked, held, now - self.retention)
+        if covers < now - COMPACT_AFTER:
+            covers = covers // 3600 * 3600  # hour buckets there: the window starts at the hour
+            covers = max(covers, held)
+        return covers
+
+    def now(self) -> float:
+        return self._clock()
+
+    def has_team(self, team: str) -> bool:
+        """Whether anything was counted for ``team`` (a team a reload removed still has its history)."""
+        return any(name == team for name, _ in self._lifetime_cells) or any(
+            name == team for name, _, _ in self._current.cells
+        )
+
+    def roll_to_now(self) -> None:
         now = self._clock()
         if now >= self._current.end:
             self._roll(now)
-        asked = since.timestamp()
-        kept_from = self._current.start - RETENTION  # older buckets are dropped (_roll)
-        covers_from = max(asked, self.started, kept_from)
-        cells, entry_cells = self.window(covers_from)
-        entries, costs = self._entries(cells, entry_cells, status)
-        return {
-            "since": _iso(asked),
-            "until": _iso(now),
-            "covers_from": _iso(covers_from),
-            "bucket_seconds": BUCKET_SECONDS,
-            "prices": dict(self.prices),
-            "entries": entries,
-            "teams": self._teams(cells, costs),
-            "refusals": [
-                {"at": _iso(r.at), "team": r.team, "entry": r.entry, "status": r.status, "code": r.code}
-                for r in reversed(self.recent)
-                if r.at >= asked
-            ],
-        }
-
-    def _entries(
-        self, cells: dict[tuple[str, str], Cell], entry_cells: dict[str, EntryCell], status: dict[str, dict[str, Any]]
-    ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[float | None, float]]]:
-        """The entries' rows, and each entry's (cost, busy seconds) for the teams' shares."""
-        by_entry: dict[str, Cell] = {name: Cell() for name in self.entries}
-        for (_, entry), cell in cells.items():
-            if entry != "-":
-                (by_entry.get(entry) or by_entry.setdefault(entry, Cell())).add(cell)
-        for name in entry_cells:  # an entry a reload removed still ran (and cost) in the window
-            by_entry.setdefault(name, Cell())
-        entries = {}
-        costs = {}
-        for name, cell in by_entry.items():
-            pricing = self.pricing.get(name)
-            containers_cell = entry_cells.get(name) or EntryCell()
-            state = status.get(name, {})
-            seconds = containers_cell.container_seconds
-            cost = containers_cell.window_cost(pricing)
-            costs[name] = (cost, cell.busy_seconds)
-            entries[name] = {
-                "gpu": pricing.gpu if pricing else None,
-                "price_per_hour": pricing.hourly if pricing else None,
-                "state": state.get("state", "cold"),
-                "containers": _containers_now(state),
-                **_counts(cell),
-                "cold_waits": cell.cold_waits,
-                "cold_starts": containers_cell.cold_starts,
-                "fallbacks": cell.fallbacks,
-                "refusals": dict(cell.refusals),
-                "busy_seconds": round(cell.busy_seconds, 3),
-                "container_seconds": round(seconds, 3),
-                "gpu_seconds": round(containers_cell.gpu_seconds, 3),
-                "cost": _round_cost(cost),
-                # The cost of container time while the entry served nothing in the window: no team's.
-                "unattributed_cost": _round_cost(cost) if cost is None or not cell.busy_seconds else 0.0,
-            }
-        return entries, costs
-
-    def _teams(
-        self, cells: dict[tuple[str, str], Cell], costs: dict[str, tuple[float | None, float]]
-    ) -> dict[str, Any]:
-        per_team: dict[str, dict[str, Cell]] = {team: {} for team in self.teams}
-        for (team, entry), cell in cells.items():
-            if not _idle(cell):  # e.g. only health checks: nothing to report
-                per_team.setdefault(team, {})[entry] = cell
-        teams = {}
-        for team, by_entry in per_team.items():
-            total = Cell()
-            rows: dict[str, Any] = {}
-            shares: list[float] = []
-            for entry, cell in by_entry.items():
-                total.add(cell)
-                if entry == "-":
-                    continue  # refused before an entry was chosen: counted in the team's totals only
-                share = _share(*costs.get(entry, (None, 0.0)), cell.busy_seconds)
-                if share is not None:
-                    shares.append(share)
-                rows[entry] = {
-                    "requests": cell.requests, "completions": cell.completions,
-                    "busy_seconds": round(cell.busy_seconds, 3), "cost": _round_cost(share),
-                    "latency_ms": _percentiles(cell.latency),
-                }  # fmt: skip
-            teams[team] = {
-                **_counts(total),
-                "cold_waits": total.cold_waits,
-                "fallbacks": total.fallbacks,
-                "refusals": dict(total.refusals),
-                "busy_seconds": round(total.busy_seconds, 3),
-                "cost": _round_cost(sum(shares)) if shares else None,
-                "entries": rows,
-            }
-        return teams
 
 
-def _share(entry_cost: float | None, entry_busy: float, busy: float) -> float | None:
-    """A team's part of an entry's cost: the entry's cost times the team's share of its busy seconds."""
-    if entry_cost is None or not entry_busy:
-        return None
-    return entry_cost * min(1.0, busy / entry_busy)
+def _hour_boundary(now: float) -> int:
+    """The first minute kept as a minute at ``now``: older ones are folded into their hour."""
+    return int((now - COMPACT_AFTER) // BUCKET_SECONDS) // HOUR_MINUTES * HOUR_MINUTES
 
 
-def _idle(cell: Cell) -> bool:
-    return not (cell.requests or cell.refusals or cell.busy_seconds or cell.cold_waits or cell.fallbacks)
-
-
-def _counts(cell: Cell) -> dict[str, Any]:
-    return {
-        "requests": cell.requests, "completions": cell.completions, "chats": cell.chats,
-        "views": cell.views, "selects": cell.selects, "dismisses": cell.dismisses,
-        "acceptance_rate": round(cell.selects / cell.views, 4) if cell.views else None,
-        "latency_ms": _percentiles(cell.latency),
-    }  # fmt: skip
-
-
-def _round_cost(cost: float | None) -> float | None:
-    return None if cost is None else round(cost, 6)
-
-
-def _containers_now(state: dict[str, Any]) -> int:
-    containers = state.get("containers")
-    if containers is not None:
-        return int(containers)
-    return 1 if state.get("state") in ("starting", "ready") and not state.get("external") else 0
-
-
-def percentile(histogram: dict[int, int], q: float) -> float | None:
-    """The ``q`` quantile (0..1) in milliseconds: the geometric middle of the bucket that holds it."""
-    count = sum(histogram.values())
-    if not count:
-        return None
-    rank = q * count
-    seen = 0
-    for index in sorted(histogram):
-        seen += histogram[index]
-        if seen >= rank:
-            return latency_bound_ms(index) / 10 ** (0.5 / LATENCY_STEPS)
-    return latency_bound_ms(max(histogram))  # not reached: seen ends at count >= rank
-
-
-def _percentiles(histogram: dict[int, int]) -> dict[str, float] | None:
-    if not histogram:
-        return None
-    return {"p50": round(percentile(histogram, 0.5) or 0.0, 1), "p95": round(percentile(histogram, 0.95) or 0.0, 1)}
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
-
-
-_DURATION = re.compile(r"^(\d{1,7})([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-SINCE_FORMS = (
-    "an ISO 8601 time (2026-11-27T08:00:00Z, or with an offset), unix seconds (1795766400), "
-    "a duration back from now (15m, 1h, 24h, 7d) or 'today' (00:00 UTC)"
-)
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """``since`` of /fleet/usage as a UTC datetime; FleetError 400 bad-since naming the accepted forms."""
-    value = text.strip()
-    try:
-        if value == "today":
-            return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        duration = _DURATION.match(value)
-        if duration:
-            return now - timedelta(seconds=int(duration[1]) * _UNITS[duration[2]])
-        if re.fullmatch(r"\d{1,12}(\.\d+)?", value):
-            since = datetime.fromtimestamp(float(value), UTC)
-        else:
-            since = datetime.fromisoformat(value)
-            if since.tzinfo is None:
-                since = since.replace(tzinfo=UTC)  # a time without an offset is UTC
-            since = since.astimezone(UTC)
-    except (ValueError, OverflowError, OSError):
-        raise FleetError(400, "bad-since", f"since={_shown(text)} is not a time; use {SINCE_FORMS}") from None
-    if since > now + timedelta(seconds=1):
-        raise FleetError(
-            400,
-            "bad-since",
-            f"since={_shown(text)} is in the future (now is {now.isoformat(timespec='seconds')}); use {SINCE_FORMS}",
-        )
-    return since
-
-
-def _shown(text: str) -> str:
-    """A client's value as an error message quotes it: at most 64 characters (a long one is cut, and says so)."""
-    return repr(text) if len(text) <= 64 else f"{text[:64]!r}... ({len(text)} characters)"
+def _records(bucket: Bucket) -> list[dict[str, Any]]:
+    index = bucket.index
+    out = [cell_record(index, key, cell) for key, cell in bucket.cells.items()]
+    out += [entry_record(index, name, cell) for name, cell in bucket.entries.items()]
+    return out

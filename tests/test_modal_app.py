@@ -16,6 +16,7 @@ from apps.modal.app import (
     EMBEDDING_MODEL,
     FROZEN_SETTINGS_ENV,
     ROUTER_CA_BUNDLE,
+    ROUTER_STATE,
     current_settings,
     router_settings_json,
 )
@@ -201,6 +202,8 @@ def test_router_function(declared: tuple[Any, dict]) -> None:
     assert (router["min_containers"], router["max_containers"]) == (0, 1)
     assert "modal.Secret.from_name('fleet-test-proxy')" in router["secrets"]
     assert router["web"]["router"]["requires_proxy_auth"] is False  # the IDEs' door; the router does auth
+    # its usage store on the fleet's Volume, named by the frozen settings, mounted where ROUTER_STATE points
+    assert router["volumes"] == {DATA_MOUNT: "fleet-test-data"} and ROUTER_STATE.startswith(DATA_MOUNT + "/")
     assert any("pip install" in c and "fastapi==" in c for c in router["image"])
 
 
@@ -423,7 +426,7 @@ def test_what_modal_holds_is_the_spec_of_every_class_and_function(tmp_path: Path
             "timeout": options["timeout"],
             "startup_timeout": options["timeout"],  # Modal: the timeout, when startup_timeout is unset
             "schedule": None if spec.cron is None else f"Cron('{spec.cron}', UTC)",
-            "volumes": {},
+            "volumes": {path: volume.name for path, volume in options.get("volumes", {}).items()},
             "secrets": [*map(repr, options.get("secrets", [])), f"Secret.from_dict([{FROZEN_SETTINGS_ENV}])"],
             "env": options["env"],
             "web": {} if spec.asgi_app is None else {name: {"requires_proxy_auth": False, **spec.asgi_app}},

@@ -242,13 +242,20 @@ def test_the_status_page_escapes_every_value() -> None:
         "teams": {evil: {"requests": 2, "completions": 2, "acceptance_rate": 0.5, "cost": 0.25,
                          "latency_ms": {"p50": 10.0, "p95": 20.0}, "refusals": {evil: 1}}},
         "refusals": [{"at": "2026-11-27T10:30:59+00:00", "team": evil, "entry": evil, "status": 429, "code": evil}],
+        "tokens": [{"team": evil, "label": f"{evil}-label", "requests": 2, "completions": 2, "acceptance_rate": 0.5,
+                    "latency_ms": {"p50": 10.0, "p95": 20.0}, "busy_seconds": 1.5, "cost": 0.125}],
     }  # fmt: skip
-    health = {"version": evil, "runtime": "local", "uptime_seconds": 5, "entries": {}}
+    health = {"version": evil, "runtime": "local", "uptime_seconds": 5, "entries": {},
+              "store": {"ok": False, "error": f"cannot write {evil}", "path": evil, "pending_records": 3}}  # fmt: skip
     page = render_status(snapshot, health, load_settings(None))
     assert "<script" not in page and "<b>" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     shown = rows(page)
     assert shown[("teams", evil)][-1] == "0.2500 USD"  # an escaped name reads back as itself
+    assert (
+        shown[("developers", evil)][1:3] == [f"{evil}-label", "2"] and shown[("developers", evil)][-1] == "0.1250 USD"
+    )
+    assert 'class="banner"' in page and f"cannot write {evil}" not in page  # the store's banner, escaped too
     assert shown[("entries", "small")][9] == "unknown"  # no price: cost unknown
     assert "2026-05-07" in page  # the prices' date in the footer
 

@@ -19,7 +19,9 @@ from fleet.rules import settings_warnings
 from fleet.settings import FleetSettings
 from router.observe import Observer, RequestRecord
 from router.proxy import event_type
-from router.usage import BUCKET_SECONDS, RECENT_REFUSALS, RETENTION, Usage, parse_since, percentile
+from router.usage import BUCKET_SECONDS, RECENT_REFUSALS, Usage
+from router.usage_report import parse_since, percentile
+from router.usage_report import snapshot as usage_snapshot
 
 from .support import fleets
 from .support.fleetproc import COMPLETION, RunningFleet, run_fleet
@@ -109,11 +111,11 @@ def test_counts_land_in_minute_buckets_and_since_sums_from_its_minute() -> None:
 
     usage.observe(_record(team="-", kind="health"), 0.01)  # an open fleet's health check: no team, no work
 
-    recent = usage.snapshot(_since(clock, "1m"))
+    recent = usage_snapshot(usage, _since(clock, "1m"))
     assert "-" not in recent["teams"]  # nothing to report for it
     small = recent["entries"]["small"]
     assert (small["requests"], small["completions"], small["chats"], small["busy_seconds"]) == (3, 1, 1, 0.25)
-    everything = usage.snapshot(_since(clock, "1h"))
+    everything = usage_snapshot(usage, _since(clock, "1h"))
     small = everything["entries"]["small"]
     assert (small["requests"], small["completions"], small["busy_seconds"]) == (4, 2, 0.75)
     assert everything["teams"]["alpha"]["requests"] == 4 and everything["teams"]["beta"]["requests"] == 0
@@ -124,14 +126,16 @@ def test_counts_land_in_minute_buckets_and_since_sums_from_its_minute() -> None:
 def test_old_buckets_are_dropped_after_retention_but_prometheus_totals_keep_counting() -> None:
     clock = Clock()
     usage = _usage(clock)
+    retention = SETTINGS.store.retention_days * 86400  # [store] retention_days, 90 by default
     usage.observe(_record(), 0.1)
-    clock.now += RETENTION + 2 * BUCKET_SECONDS
+    clock.now += retention + 2 * BUCKET_SECONDS
     usage.observe(_record(), 0.1)
-    snapshot = usage.snapshot(datetime.fromtimestamp(T0 - 3600, UTC))
+    snapshot = usage_snapshot(usage, datetime.fromtimestamp(T0 - 3600, UTC))
     assert snapshot["entries"]["small"]["completions"] == 1  # the first one is gone
     assert snapshot["since"] == "2027-01-15T07:00:00+00:00"  # what was asked
     covers = datetime.fromisoformat(snapshot["covers_from"]).timestamp()
-    assert clock.now - RETENTION - BUCKET_SECONDS <= covers <= clock.now - RETENTION + BUCKET_SECONDS
+    # Older than two days, buckets are hours: the window starts at the hour retention reaches into.
+    assert clock.now - retention - 3600 <= covers <= clock.now - retention
     cells, _ = usage.lifetime()
     assert cells["alpha", "small"].completions == 2  # counters never go down
 
@@ -143,7 +147,7 @@ def test_percentiles_from_the_histogram_are_within_5_percent() -> None:
     latencies = sorted(rng.lognormvariate(-2.0, 0.8) for _ in range(2000))  # around 135 ms, long tail
     for seconds in latencies:
         usage.observe(_record(), seconds)
-    row = usage.snapshot(_since(clock, "1h"))["entries"]["small"]["latency_ms"]
+    row = usage_snapshot(usage, _since(clock, "1h"))["entries"]["small"]["latency_ms"]
     for quantile, name in ((0.5, "p50"), (0.95, "p95")):
         exact = latencies[int(quantile * len(latencies)) - 1] * 1000
         assert abs(row[name] - exact) / exact < 0.05, (name, row[name], exact)
@@ -157,7 +161,7 @@ def test_acceptance_rate_is_selects_over_views_as_tabbys_reports() -> None:
         usage.observe(_record(kind="events", event=event), 0.01)
     usage.observe(_record(kind="events", event="view", status=400), 0.01)  # refused by Tabby: not counted
     usage.observe(_record(team="beta", entry="large", kind="events", event=None), 0.01)  # not an event type
-    snapshot = usage.snapshot(_since(clock, "1h"))
+    snapshot = usage_snapshot(usage, _since(clock, "1h"))
     alpha = snapshot["teams"]["alpha"]
     assert (alpha["views"], alpha["selects"], alpha["dismisses"], alpha["acceptance_rate"]) == (8, 2, 3, 0.25)
     assert snapshot["entries"]["small"]["acceptance_rate"] == 0.25
@@ -175,7 +179,7 @@ def test_fallbacks_and_cold_waits_count_for_the_entry_asked_for() -> None:
     usage = _usage(clock)
     usage.observe(_record(team="beta", entry="small", start_seconds=1.0, fallback_from="large"), 1.2)
     usage.observe(_record(team="beta", entry="large", start_seconds=4.0), 4.2)  # waited for its own start
-    snapshot = usage.snapshot(_since(clock, "1h"))
+    snapshot = usage_snapshot(usage, _since(clock, "1h"))
     large, small = snapshot["entries"]["large"], snapshot["entries"]["small"]
     assert (large["fallbacks"], large["cold_waits"], large["completions"]) == (1, 2, 1)
     assert (small["fallbacks"], small["cold_waits"], small["completions"]) == (0, 0, 1)
@@ -189,13 +193,13 @@ def test_refusals_by_code_and_the_last_20_newest_first() -> None:
         clock.now += 1
         code = "team-rate-limit" if n % 2 else "backend-starting"
         usage.observe(_record(status=429 if n % 2 else 503, code=code), 0.001)
-    snapshot = usage.snapshot(_since(clock, "1h"))
+    snapshot = usage_snapshot(usage, _since(clock, "1h"))
     assert snapshot["teams"]["alpha"]["refusals"] == {"backend-starting": 13, "team-rate-limit": 12}
     assert snapshot["entries"]["small"]["refusals"] == {"backend-starting": 13, "team-rate-limit": 12}
     recent = snapshot["refusals"]
     assert len(recent) == RECENT_REFUSALS and recent[0]["at"] > recent[-1]["at"]
-    assert recent[0] == {"at": "2027-01-15T08:00:25+00:00", "team": "alpha", "entry": "small", "status": 503,
-                         "code": "backend-starting"}  # fmt: skip
+    assert recent[0] == {"at": "2027-01-15T08:00:25+00:00", "team": "alpha", "label": "-", "entry": "small",
+                         "status": 503, "code": "backend-starting"}  # fmt: skip
 
 
 # --- containers and cost -------------------------------------------------------------------------------
@@ -208,7 +212,7 @@ def test_cost_is_container_seconds_times_the_hourly_price_and_teams_share_it_by_
     usage.observe(_record(team="alpha", entry="large", upstream_seconds=3.0), 3.1)
     usage.observe(_record(team="beta", entry="large", upstream_seconds=1.0), 1.1)
     clock.now += 1800
-    snapshot = usage.snapshot(_since(clock, "1h"), {"large": {"state": "ready", "container_seconds": 1800.0}})
+    snapshot = usage_snapshot(usage, _since(clock, "1h"), {"large": {"state": "ready", "container_seconds": 1800.0}})
     large = snapshot["entries"]["large"]
     assert (large["container_seconds"], large["gpu_seconds"], large["cold_starts"]) == (1800.0, 3600.0, 1)
     assert large["price_per_hour"] == pytest.approx(H100X2_HOURLY) and large["gpu"] == "H100:2"
@@ -224,7 +228,7 @@ def test_an_entry_that_served_nothing_has_unattributed_cost_and_an_unknown_price
     usage.sample({"small": {"state": "ready", "container_seconds": 0.0}, "odd": {"state": "ready", "containers": 1}})
     clock.now += 360
     now = {"small": {"state": "ready", "container_seconds": 360.0}, "odd": {"state": "ready", "containers": 1}}
-    snapshot = usage.snapshot(_since(clock, "1h"), now)
+    snapshot = usage_snapshot(usage, _since(clock, "1h"), now)
     small, odd = snapshot["entries"]["small"], snapshot["entries"]["odd"]
     assert small["unattributed_cost"] == small["cost"] == pytest.approx(360 / 3600 * L4_HOURLY)
     assert snapshot["teams"]["alpha"]["cost"] is None  # it used nothing priced
@@ -238,13 +242,17 @@ def test_a_container_count_is_integrated_over_time_and_rising_from_zero_is_a_col
     for containers in (0, 2, 2, 0, 1):  # 10 s apart
         usage.sample({"large": {"state": "ready", "containers": containers}})
         clock.now += 10
-    large = usage.snapshot(_since(clock, "1h"), {"large": {"state": "ready", "containers": 1}})["entries"]["large"]
+    large = usage_snapshot(usage, _since(clock, "1h"), {"large": {"state": "ready", "containers": 1}})["entries"][
+        "large"
+    ]
     assert large["container_seconds"] == 2 * 10 + 2 * 10 + 0 + 1 * 10  # the partial interval counted too
     assert (large["cold_starts"], large["containers"]) == (2, 1)
     restarted = Usage(SETTINGS, clock=clock)  # a new router process finds containers up: no start of its own
     restarted.sample({"large": {"state": "ready", "containers": 1}})
     clock.now += 10
-    large = restarted.snapshot(_since(clock, "1h"), {"large": {"state": "ready", "containers": 1}})["entries"]["large"]
+    large = usage_snapshot(restarted, _since(clock, "1h"), {"large": {"state": "ready", "containers": 1}})["entries"][
+        "large"
+    ]
     assert (large["cold_starts"], large["container_seconds"]) == (0, 10.0)
 
 
@@ -253,7 +261,7 @@ def test_a_local_backends_cumulative_seconds_add_their_delta_and_a_new_process_c
     usage = _usage(clock)
     for seconds, starts in ((5.0, 1), (15.0, 1), (3.0, 2)):  # the last: a reload replaced the backend
         usage.sample({"small": {"state": "ready", "container_seconds": seconds, "starts": starts}})
-    small = usage.snapshot(_since(clock, "1h"))["entries"]["small"]
+    small = usage_snapshot(usage, _since(clock, "1h"))["entries"]["small"]
     assert (small["container_seconds"], small["cold_starts"]) == (18.0, 2)
 
 
@@ -268,7 +276,7 @@ def test_a_reload_brings_its_teams_entries_and_prices_and_keeps_what_was_counted
         }
     )
     usage.adopt(reloaded)
-    snapshot = usage.snapshot(_since(clock, "1h"))
+    snapshot = usage_snapshot(usage, _since(clock, "1h"))
     assert set(snapshot["teams"]) == {"alpha", "beta", "delta"} and snapshot["teams"]["beta"]["completions"] == 1
     assert snapshot["entries"]["odd"]["price_per_hour"] == 4.5
 

@@ -21,7 +21,9 @@ from apps.cli.common import CliError
 from apps.cli.status import fetch_status
 from fleet.settings import FleetSettings
 from router.observe import Observer, RequestRecord
-from router.usage import Usage, parse_since
+from router.usage import Usage
+from router.usage_report import parse_since
+from router.usage_report import snapshot as usage_snapshot
 
 from .support import fleets
 from .support.fleetproc import run_fleet
@@ -124,7 +126,7 @@ def test_a_reload_that_removes_an_entry_keeps_what_its_time_cost() -> None:
             }
         )
     )
-    snapshot = usage.snapshot(parse_since("2h", datetime.fromtimestamp(clock.now, UTC)), {})
+    snapshot = usage_snapshot(usage, parse_since("2h", datetime.fromtimestamp(clock.now, UTC)), {})
     large, medium = snapshot["entries"]["large"], snapshot["entries"]["medium"]
     assert large["cost"] == pytest.approx(2 * H100_HOURLY, rel=1e-6) and large["gpu_seconds"] == pytest.approx(7200)
     assert snapshot["teams"]["beta"]["cost"] == pytest.approx(2 * H100_HOURLY, rel=1e-6)

@@ -236,7 +236,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         backends,
         reload_settings=lambda: load_settings(args.config),
         settings_source=str(resolve_config_path(args.config)),
-        store=SegmentStore(settings.data_dir / STATE_DIR, writer_id()),  # tokens (and usage) across restarts
+        # Usage and live tokens kept across restarts, and shared with every router on this data_dir (router/store.py).
+        store=SegmentStore(settings.data_dir / STATE_DIR, writer_id()),
     )
     uvicorn.run(
         app,

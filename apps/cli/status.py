@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from apps.cli.common import CliError, text_table
-from router.status_page import Table, price_note, status_facts, status_tables
+from router.status_page import Table, price_note, status_facts, status_tables, store_banner
 
 DEFAULT_URL = "http://127.0.0.1:8080"  # where `fleet up` listens unless told otherwise (--host, --port)
 TOKEN_ENV = "FLEET_ADMIN_TOKEN"
@@ -51,18 +51,33 @@ def add_status_command(sub: Any) -> None:
         help="the window: an ISO time, unix seconds, a duration back from now (15m, 24h, 7d) or 'today' "
         "(00:00 UTC; the default)",
     )
+    status.add_argument(
+        "--by",
+        default="team",
+        choices=("team", "token"),
+        help="'token' adds a row per developer (team and token label)",
+    )
+    status.add_argument("--team", metavar="TEAM", help="that team's rows only")
     status.set_defaults(func=cmd_status)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     token = args.admin_token or os.environ.get(TOKEN_ENV) or None
-    answers = fetch_status(args.url, token, args.since)  # CliError: printed by fleet's main, exit 1
+    answers = fetch_status(
+        args.url, token, args.since, by=args.by, team=args.team
+    )  # CliError: printed by fleet's main, exit 1
     print(status_text(*answers))
     return 0
 
 
 def fetch_status(
-    url: str, token: str | None, since: str, *, deadline: float = DEADLINE_SECONDS
+    url: str,
+    token: str | None,
+    since: str,
+    *,
+    deadline: float = DEADLINE_SECONDS,
+    by: str = "team",
+    team: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The usage snapshot, health and entries of the router at ``url``, or a CliError saying what to do;
     within ``deadline`` seconds (plus at most one TIMEOUT_SECONDS read) and MAX_ANSWER_BYTES an answer."""
@@ -74,7 +89,8 @@ def fetch_status(
     ends = time.monotonic() + deadline
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=TIMEOUT_SECONDS) as client:
-            for path, params in (("/fleet/usage", {"since": since}), ("/fleet/health", {}), ("/fleet/entries", {})):
+            usage = {"since": since, "by": by} | ({"team": team} if team is not None else {})
+            for path, params in (("/fleet/usage", usage), ("/fleet/health", {}), ("/fleet/entries", {})):
                 with client.stream("GET", path, params=params) as answer:
                     body = _read(answer.iter_bytes(), base, path, ends, deadline)
                 answers.append(_check(answer, body, base, token, since))
@@ -160,6 +176,8 @@ def _check(response: Any, body: bytes, base: str, token: str | None, since: str)
         raise CliError(f"the router at {base} refused {path} ({code}): {message}", f"Fix: {fix}")
     if code == "bad-since":
         raise CliError(f"--since {since!r} is not a window the router understands: {message}")
+    if code in ("unknown-team", "bad-by"):
+        raise CliError(f"the router refused {'--team' if code == 'unknown-team' else '--by'}: {message}")
     prefix = urlsplit(base).path
     if response.status_code == 404 and prefix and code == "unknown-path":
         address = base.removesuffix(prefix)
@@ -206,6 +224,9 @@ def status_text(snapshot: dict[str, Any], health: dict[str, Any], table: dict[st
     facts = status_facts(snapshot, health)
     width = max(len(label) for label, _ in facts)
     lines = [f"{label.ljust(width)}  {value}" for label, value in facts]
+    banner = store_banner(health)
+    if banner is not None:
+        lines += ["", f"WARNING: {banner}"]
     entries = (table or {}).get("entries", [])
     warm = {entry["name"]: entry["warm"] for entry in entries if "warm" in entry} or None
     for shown in status_tables(snapshot, health, warm):

@@ -43,6 +43,9 @@ from fleet.warm import WARM_LEAD
 
 TABBY_PORT = 8080  # where tabby serve listens inside its container
 DATA_MOUNT = "/data"  # the shared Volume; each container's TABBY_ROOT is DATA_MOUNT/<entry>/<task id>
+# The routers' own state (usage) on the same Volume: one Volume to create, back up and pay for, and the
+# store's day folders (YYYY-MM-DD) never clash with an entry's folders of task ids (router/store.py).
+ROUTER_STATE = f"{DATA_MOUNT}/fleet-state"
 MODEL_CACHE = "/models"  # baked model weights, outside the Volume mount so it cannot hide them
 PYTHON_VERSION = "3.11"  # the containers' Python: the one this project is tested on (requires-python >=3.11)
 FROZEN_SETTINGS_ENV = "TABBY_FLEET_SETTINGS_JSON"  # where a container finds the settings of its deploy
@@ -160,8 +163,9 @@ class FunctionSpec:
     cron: str | None = None  # the schedule's cron line (UTC), when scheduled
 
 
-def router_spec(settings: FleetSettings, proxy_auth: modal.Secret) -> FunctionSpec:
-    """The router: the IDEs' door (no proxy auth: the router checks team tokens itself)."""
+def router_spec(settings: FleetSettings, proxy_auth: modal.Secret, volume: modal.Volume) -> FunctionSpec:
+    """The router: the IDEs' door (no proxy auth: the router checks team tokens itself); it keeps its usage
+    on the shared Volume at ROUTER_STATE, so every router container and every deploy sees the same."""
     options = settings.modal
     return FunctionSpec(
         function={
@@ -174,6 +178,7 @@ def router_spec(settings: FleetSettings, proxy_auth: modal.Secret) -> FunctionSp
             "cpu": options.router_cpu,  # None: Modal's default
             "memory": options.router_memory,  # None: Modal's default
             "timeout": ROUTER_TIMEOUT,
+            "volumes": {DATA_MOUNT: volume},  # the store at ROUTER_STATE (apps/modal/deploy.py)
         },
         concurrent={"max_inputs": options.router_max_inputs},  # it mostly waits on the classes: many at once
         asgi_app={"label": options.router_label},  # None: Modal's default label, <app>-router
@@ -221,7 +226,7 @@ def fleet_spec(settings: FleetSettings) -> FleetSpec:
         app_name=settings.modal.app_name,
         volume=volume,
         entries=tuple(entry_spec(settings, entry, volume) for entry in settings.entries if entry.url is None),
-        router=router_spec(settings, proxy_auth),
+        router=router_spec(settings, proxy_auth, volume),
         warm=warm_spec(settings),
     )
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import types
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 import modal
 
-from apps.modal.app import DATA_MOUNT, EntrySpec, current_settings, fleet_spec
+from apps.modal.app import DATA_MOUNT, ROUTER_STATE, EntrySpec, current_settings, fleet_spec
 from apps.tabby import container_root, supervise, tabby_env, write_tabby_config
 from fleet.settings import Entry
 from fleet.warm import apply_warm_hours
@@ -95,9 +96,18 @@ def router() -> Any:
     """The fleet's one door: routes each request to an entry's class (router/app.py)."""
     from apps.modal.backends import ModalBackends
     from router.app import create_app
+    from router.store import SegmentStore, writer_id
 
     settings = current_settings()
-    return create_app(settings, ModalBackends(settings))
+    # Usage on the shared Volume, one segment per container (its task id); the Volume's commit makes a flush
+    # visible to the other containers, its reload shows theirs (router/store.py closes its files between).
+    store = SegmentStore(
+        Path(ROUTER_STATE),
+        os.environ.get("MODAL_TASK_ID") or writer_id(),
+        on_commit=fleet.volume.commit,
+        on_reload=fleet.volume.reload,
+    )
+    return create_app(settings, ModalBackends(settings), store=store)
 
 
 if fleet.warm is not None:  # only when a deployed entry has warm hours
