@@ -35,7 +35,7 @@ from router.proxy import Proxy, ProxyState, RequestAborted
 from router.state import StateSync
 from router.store import SegmentStore
 from router.usage import Usage
-from router.usage_records import KINDS, USAGE, USAGE_ENTRY, fold_hourly
+from router.usage_records import KINDS, USAGE, USAGE_ENTRY, USAGE_SHARED, fold_hourly
 from router.usage_report import check_team, snapshot
 
 log = logging.getLogger("router")
@@ -66,6 +66,7 @@ class FleetRuntime:
             self.state_sync.add_consumer(kind, self.usage.consume)
         self.state_sync.add_compaction(USAGE, fold_hourly, expires=True)
         self.state_sync.add_compaction(USAGE_ENTRY, fold_hourly, expires=True)
+        self.state_sync.add_compaction(USAGE_SHARED, fold_hourly, expires=True)
         self.observer = Observer(self.usage)
         self.proxy = Proxy(settings, backends, self.observer)
         self.started = time.monotonic()

@@ -10,6 +10,10 @@ Counted by this router, per ``BUCKET_SECONDS`` bucket:
 - per entry, from a sampler reading ``Backends.status()`` every ``SAMPLE_SECONDS``
   (:meth:`Usage.sample`): container-seconds and cold starts, and their GPU-seconds and cost at the
   settings of the time (a reload that changes or removes an entry does not rewrite what it cost).
+  A router's own processes (local) are counted as deltas and summed over routers, like requests; the
+  containers every router sees (Modal's, whose status says ``containers_source``) as this router's total
+  of the minute, of which the history keeps the largest any router wrote (usage_records.py), so N routers
+  sampling the same containers count them once.
 
 What this router counted since the last flush lives in ``_current``; everything else (flushed, closed,
 read back from the store: earlier runs and the other routers) in the *history*: minute buckets for the
@@ -33,7 +37,17 @@ from typing import Any, NamedTuple, Protocol
 
 from fleet.routing import CHAT, HEALTH, SERVER_SETTING
 from fleet.settings import FleetSettings
-from router.usage_records import Cell, EntryCell, Key, cell_from, cell_record, entry_cell_from, entry_record
+from router.usage_records import (
+    USAGE_ENTRY,
+    USAGE_SHARED,
+    Cell,
+    EntryCell,
+    Key,
+    cell_from,
+    cell_record,
+    entry_cell_from,
+    entry_record,
+)
 
 log = logging.getLogger("tabby_fleet.usage")
 
@@ -52,6 +66,9 @@ SAMPLE_SECONDS = 10.0
 # Closed minutes kept for the producer when nobody calls it (a Usage without StateSync, in unit tests): a day.
 FLUSH_BACKLOG = 24 * 60
 RECENT_REFUSALS = 20  # the snapshot's "refusals" list, newest first
+# A status whose containers_source is one of these counts containers every router sees (Modal's stats, or the
+# router's estimate of them): kept as the largest view per minute, not summed over routers.
+SHARED_SOURCES = frozenset({"modal", "estimate"})
 
 # Route kinds beyond fleet.routing's: the paths whose answers Usage counts (RequestRecord.kind).
 COMPLETION = "completion"
@@ -101,13 +118,16 @@ class Record(Protocol):
 class Bucket:
     """The counts of one minute (``span`` 1) or one hour (``span`` 60) from ``index`` (in minutes)."""
 
-    __slots__ = ("cells", "entries", "index", "span")
+    __slots__ = ("cells", "entries", "index", "shared", "span")
 
     def __init__(self, index: int, span: int = 1) -> None:
         self.index = index  # minutes since the epoch
         self.span = span  # minutes
         self.cells: dict[Key, Cell] = {}
-        self.entries: dict[str, EntryCell] = {}
+        self.entries: dict[str, EntryCell] = {}  # summed: deltas, and shared minutes once settled
+        # (minute, entry) -> the largest total any router wrote of the containers every router sees; an hour
+        # holds them only until compact() settles them into its entries (records of old minutes read at start).
+        self.shared: dict[tuple[int, str], EntryCell] = {}
 
     @property
     def start(self) -> int:
@@ -132,6 +152,22 @@ class Bucket:
                 mine.add(cell)
         for name, entry_cell in other.entries.items():
             self.entry(name).add(entry_cell)
+        for minute_key, total in other.shared.items():
+            largest = self.shared.get(minute_key)
+            if largest is None:
+                self.shared[minute_key] = total
+            else:
+                largest.raise_to(total)
+
+    def settle(self) -> None:
+        """The shared minutes' largest totals into the summed entries (no record of them is expected any more)."""
+        for (_, name), total in sorted(self.shared.items()):
+            self.entry(name).add(total)
+        self.shared.clear()
+
+    def entry_cells(self) -> list[tuple[str, EntryCell]]:
+        """Every entry's counts in this bucket: summed ones, then each shared minute's largest total."""
+        return [*self.entries.items(), *((name, total) for (_, name), total in self.shared.items())]
 
 
 def _copy(cell: Cell) -> Cell:
@@ -188,6 +224,8 @@ class Usage:
         self._compacted_to = 0  # minute buckets before this minute index have been folded into hours
         self.recent: deque[Refusal] = deque(maxlen=RECENT_REFUSALS)
         self._seen: dict[str, _Seen] = {}
+        self._mine: dict[tuple[int, str], EntryCell] = {}  # (minute, entry) -> this router's shared total
+        self._dirty: set[tuple[int, str]] = set()  # of those, the ones changed since the last flush
         self.gpu_totals: dict[tuple[str, str], float] = {}  # (entry, GPU type) -> lifetime GPU-seconds
         self._last_sample = now
         self.pricing: dict[str, Pricing] = {}
@@ -309,6 +347,29 @@ class Usage:
         if self.oldest is None or start < self.oldest:
             self.oldest = start
 
+    def _keep_shared(self, minute: int, name: str, total: EntryCell) -> None:
+        """A router's total of ``minute`` for the containers every router sees (``total`` is not kept: copied):
+        the history keeps the largest per field, and the lifetime totals grow by what it raised."""
+        now = self._clock()
+        if (minute + 1) * BUCKET_SECONDS <= now - self.retention:
+            return  # past retention, and no minute left to take the largest with: not counted again
+        if minute >= max(self._compacted_to, _hour_boundary(now)):
+            held = self._minutes.get(minute) or self._minutes.setdefault(minute, Bucket(minute))
+        else:  # a minute older than the minutes kept (read at start): its hour holds it until compact()
+            hour = minute // HOUR_MINUTES
+            held = self._hours.get(hour) or self._hours.setdefault(hour, Bucket(hour * HOUR_MINUTES, HOUR_MINUTES))
+        key = (minute, name)
+        largest = held.shared.get(key)
+        if largest is None:
+            held.shared[key] = increase = total.copy()
+        else:
+            increase = largest.raise_to(total)
+        lifetime = self._lifetime_entries.get(name) or self._lifetime_entries.setdefault(name, EntryCell())
+        lifetime.add(increase)
+        start = float(held.start)
+        if self.oldest is None or start < self.oldest:
+            self.oldest = start
+
     def compact(self, now: float) -> None:
         """Fold the minute buckets older than COMPACT_AFTER into hours; drop what is past retention."""
         boundary = _hour_boundary(now)
@@ -320,6 +381,9 @@ class Usage:
                 held = self._hours[hour] = Bucket(hour * HOUR_MINUTES, HOUR_MINUTES)
             held.add(minute)
         self._compacted_to = max(self._compacted_to, boundary)
+        for held in self._hours.values():
+            if held.shared:
+                held.settle()
         oldest_hour = int((now - self.retention) // BUCKET_SECONDS) // HOUR_MINUTES
         for hour in [hour for hour in self._hours if hour < oldest_hour]:
             del self._hours[hour]
@@ -343,6 +407,11 @@ class Usage:
         for bucket in buckets:
             records += _records(bucket)
             self._keep(bucket)  # after its records: the history may add to it from now on
+        for minute, name in sorted(self._dirty):  # the shared totals are in the history already (sample)
+            records.append(entry_record(minute, name, self._mine[minute, name], kind=USAGE_SHARED))
+        self._dirty.clear()
+        for key in [key for key in self._mine if key[0] < self._current.index]:
+            del self._mine[key]  # a closed minute's total is final and written
         return records
 
     def consume(self, records: list[dict[str, Any]]) -> None:
@@ -350,7 +419,12 @@ class Usage:
         for record in records:
             try:
                 bucket = Bucket(int(record["m"]), int(record.get("s", 1)))
-                if record.get("t") == "usage-entry":
+                if record.get("t") == USAGE_SHARED:
+                    if bucket.span != 1:
+                        raise ValueError("a shared total is of one minute")
+                    self._keep_shared(bucket.index, str(record["entry"]), entry_cell_from(record))
+                    continue
+                if record.get("t") == USAGE_ENTRY:
                     bucket.entries[str(record["entry"])] = entry_cell_from(record)
                 else:
                     key = (str(record["team"]), str(record.get("label", "-")), str(record["entry"]))
@@ -367,7 +441,10 @@ class Usage:
 
         ``status`` is ``Backends.status()``: an entry's cumulative ``container_seconds`` when it reports
         one (local: exact), else ``containers`` (a count now, Modal) times the time since the last sample;
-        its ``starts`` counter when it has one, else containers seen rising from 0.
+        its ``starts`` counter when it has one, else containers seen rising from 0. With a ``containers_source``
+        in SHARED_SOURCES the containers are every router's (Modal): this router's total of the minute grows
+        and goes into the history as a total (its largest view is kept), else (local) the current bucket's
+        delta grows and is summed.
         """
         now = self._clock()
         elapsed = max(0.0, now - self._last_sample)
@@ -401,7 +478,13 @@ class Usage:
             if containers is not None:
                 seen.containers = int(containers)
             if seconds or cold_starts:
-                cell = bucket.entry(name)
+                shared = state.get("containers_source") in SHARED_SOURCES
+                if shared:
+                    cell = self._mine.get((bucket.index, name)) or self._mine.setdefault(
+                        (bucket.index, name), EntryCell()
+                    )
+                else:
+                    cell = bucket.entry(name)
                 cell.container_seconds += seconds
                 cell.cold_starts += cold_starts
                 if seconds:
@@ -412,6 +495,13 @@ class Usage:
                         cell.unpriced_seconds += seconds
                     else:
                         cell.cost += seconds / 3600 * pricing.hourly
+                if shared:
+                    self._dirty.add((bucket.index, name))
+                    self._keep_shared(bucket.index, name, cell)
+        if len(self._mine) > FLUSH_BACKLOG:  # nobody flushes (a Usage without StateSync): the open minute's only
+            for closed in [closed for closed in self._mine if closed[0] < bucket.index]:
+                del self._mine[closed]
+                self._dirty.discard(closed)
 
     async def run_sampler(self, read: Callable[[], dict[str, dict[str, Any]]]) -> None:
         """Sample every SAMPLE_SECONDS until cancelled (the router's lifespan)."""
@@ -451,7 +541,7 @@ class Usage:
         for bucket in buckets:
             for key, cell in bucket.cells.items():
                 (cells.get(key) or cells.setdefault(key, Cell())).add(cell)
-            for name, entry_cell in bucket.entries.items():
+            for name, entry_cell in bucket.entry_cells():
                 (entries.get(name) or entries.setdefault(name, EntryCell())).add(entry_cell)
         return cells, entries
 

@@ -9,10 +9,22 @@ gives its total, whichever router wrote it and however often it flushed)::
      "latency": {"-40": 1, "-38": 1}, "refusals": {"team-rate-limited": 1}}
     {"t": "usage-entry", "m": 29983680, "entry": "small", "container_seconds": 60.0, "cost": 0.0133, ...}
 
+Except the containers every router sees (Modal's: each router container samples the same GPU containers), whose
+records are *totals*: the writer's container time, cost and cold starts of that minute so far, rewritten at
+each flush that changed them. A reader keeps the largest per minute, entry and field (:meth:`EntryCell.raise_to`),
+so N routers sampling the same containers count them once, and a router restarted within the minute (a new
+writer, its total from 0) adds nothing the other's view had. A writer's total only grows, so the largest of
+all records is each writer's latest, at its largest: the records need no writer id::
+
+    {"t": "usage-shared", "m": 29983680, "entry": "small", "container_seconds": 58.0, "cost": 0.0128, ...}
+
 ``m`` is the minute (unix seconds // 60); ``s``, when present, the minutes the record spans (60: an hour,
 after compaction). Counts that are zero are left out, so a record is as small as what happened.
 :func:`fold_hourly` sums a closed day's records per hour and key, in a deterministic order with rounded
-floats, so two routers compacting the same day write the same bytes (router/store.py).
+floats, so two routers compacting the same day write the same bytes (router/store.py). Shared totals are first
+resolved (the largest per minute and entry), then summed into the hour's "usage-entry" record, except a UTC
+day's last minute: its final total is flushed after midnight, into the next day's folder, so both days keep
+that minute as a "usage-shared" record and a reader takes the larger, not the sum of two day files.
 """
 
 from __future__ import annotations
@@ -23,7 +35,9 @@ from typing import Any
 Key = tuple[str, str, str]  # (team, token label, entry)
 USAGE = "usage"
 USAGE_ENTRY = "usage-entry"
-KINDS = (USAGE, USAGE_ENTRY)
+USAGE_SHARED = "usage-shared"  # a writer's running total of the minute, of containers every router sees
+KINDS = (USAGE, USAGE_ENTRY, USAGE_SHARED)
+DAY_MINUTES = 1440
 
 _COUNTS = ("requests", "completions", "chats", "views", "selects", "dismisses", "cold_waits", "fallbacks")
 _SECONDS = ("busy_seconds", "latency_seconds")
@@ -88,6 +102,21 @@ class EntryCell:
         self.unpriced_seconds += other.unpriced_seconds
         self.gpu_seconds += other.gpu_seconds
 
+    def raise_to(self, other: EntryCell) -> EntryCell:
+        """Each field to the larger of this and ``other`` (two views of the same containers); the increase."""
+        increase = EntryCell()
+        for name in _ENTRY_FIELDS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if theirs > mine:
+                setattr(increase, name, theirs - mine)
+                setattr(self, name, theirs)
+        return increase
+
+    def copy(self) -> EntryCell:
+        copy = EntryCell()
+        copy.add(self)
+        return copy
+
 
 def cell_record(minute: int, key: Key, cell: Cell, span: int = 1) -> dict[str, Any]:
     record: dict[str, Any] = {"t": USAGE, "m": minute, "team": key[0], "label": key[1], "entry": key[2]}
@@ -106,8 +135,9 @@ def cell_record(minute: int, key: Key, cell: Cell, span: int = 1) -> dict[str, A
     return record
 
 
-def entry_record(minute: int, entry: str, cell: EntryCell, span: int = 1) -> dict[str, Any]:
-    record: dict[str, Any] = {"t": USAGE_ENTRY, "m": minute, "entry": entry}
+def entry_record(minute: int, entry: str, cell: EntryCell, span: int = 1, kind: str = USAGE_ENTRY) -> dict[str, Any]:
+    """A "usage-entry" record (a delta), or with ``kind`` USAGE_SHARED a writer's total of the minute."""
+    record: dict[str, Any] = {"t": kind, "m": minute, "entry": entry}
     if span != 1:
         record["s"] = span
     for name in _ENTRY_FIELDS:
@@ -158,10 +188,16 @@ def fold_hourly(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     A record of an unknown shape is left out (it was skipped by every reader too)."""
     cells: dict[tuple[int, str, str, str], Cell] = {}
     entries: dict[tuple[int, str], EntryCell] = {}
+    shared: dict[tuple[int, str], EntryCell] = {}  # (minute, entry) -> the largest total of any writer
     for record in records:
         try:
             hour = int(record["m"]) // 60 * 60
-            if record.get("t") == USAGE_ENTRY:
+            if record.get("t") == USAGE_SHARED:
+                if int(record.get("s", 1)) != 1:
+                    continue  # never written: totals are of one minute
+                shared_key = (int(record["m"]), str(record["entry"]))
+                (shared.get(shared_key) or shared.setdefault(shared_key, EntryCell())).raise_to(entry_cell_from(record))
+            elif record.get("t") == USAGE_ENTRY:
                 entry_key = (hour, str(record["entry"]))
                 (entries.get(entry_key) or entries.setdefault(entry_key, EntryCell())).add(entry_cell_from(record))
             else:
@@ -169,6 +205,13 @@ def fold_hourly(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 (cells.get(key) or cells.setdefault(key, Cell())).add(cell_from(record))
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
+    kept_shared = []
+    for (minute, name), entry_cell in sorted(shared.items()):
+        if minute % DAY_MINUTES == DAY_MINUTES - 1:  # also in the next day's folder: stays a total to take the max of
+            kept_shared.append(_rounded(entry_record(minute, name, entry_cell, kind=USAGE_SHARED)))
+        else:  # resolved: the fleet's figure of that minute, summed into its hour like any delta
+            hour_key = (minute // 60 * 60, name)
+            (entries.get(hour_key) or entries.setdefault(hour_key, EntryCell())).add(entry_cell)
     out = []
     for (hour, team, label, entry), cell in sorted(cells.items()):
         cell.busy_seconds = round(cell.busy_seconds, _DIGITS)
@@ -182,4 +225,8 @@ def fold_hourly(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         for field in ("container_seconds", "cost", "unpriced_seconds", "gpu_seconds"):
             setattr(entry_cell, field, round(getattr(entry_cell, field), _DIGITS))
         out.append(entry_record(hour, name, entry_cell, 60))
-    return out
+    return out + kept_shared
+
+
+def _rounded(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: round(value, _DIGITS) if isinstance(value, float) else value for key, value in record.items()}

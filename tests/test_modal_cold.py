@@ -195,3 +195,43 @@ def test_a_class_url_that_refuses_is_a_502_naming_the_connection(fleet: dict[str
     assert "could not connect" in failed.json()["error"]["message"]
     refused = entry_status(fleet, "refused")  # no stats for it: the router's view alone, and it is failed
     assert (refused["containers"], refused["containers_source"]) == (0, "estimate")
+
+
+def test_two_routers_sharing_a_store_count_the_containers_they_both_see_once(tmp_path: Path) -> None:
+    """Two router containers (one store, as on the fleet's Volume) in front of one class with a container up:
+    each one's /fleet/usage says the container's time once, not once per router (as it did before)."""
+    (tmp_path / "fleet.toml").write_text(fleets.small_and_large())
+    with ExitStack() as stack:
+        small_port, big_port, edge_port, *router_ports = (free_port() for _ in range(5))
+        small = stack.enter_context(serve_process(standin_argv(small_port), small_port))
+        big = stack.enter_context(serve_process(standin_argv(big_port, model="TabbyML/StarCoder-7B"), big_port))
+        edge = stack.enter_context(serve_process(edge_argv(edge_port, big, KEY, SECRET), edge_port))  # always up
+        urls = {"TabbySmall": small, "TabbyLarge": edge}
+        routers = [
+            stack.enter_context(serve_process(router_argv(tmp_path / "fleet.toml", port, urls, "--stats-interval",
+                "0.5", "--store", str(tmp_path / "state")), port, env=router_env(KEY, SECRET)))
+            for port in router_ports
+        ]  # fmt: skip
+
+        def sampled(router: str) -> Any:
+            table = httpx.get(f"{router}/fleet/entries", headers=ADMIN, timeout=10).json()["entries"]
+            return next(e for e in table if e["name"] == "large")["runtime"]["containers_source"] == "modal"
+
+        def large(router: str) -> float:
+            usage = httpx.get(f"{router}/fleet/usage", params={"since": "1h"}, headers=ADMIN, timeout=10).json()
+            return float(usage["entries"]["large"]["container_seconds"])
+
+        began = {}
+        for router in routers:
+            wait_for(lambda router=router: sampled(router), 15, "Modal's stats read")  # type: ignore[misc]
+            assert large(router) == 0.0  # the first sample: the container is seen, no time yet
+            began[router] = time.monotonic()
+        time.sleep(40)
+        for router in routers:
+            large(router)  # each samples now ...
+        time.sleep(2 * 2.0 + 1)  # ... and has flushed it, and read the other's, within two flushes
+        for router in routers:
+            seconds, elapsed = large(router), time.monotonic() - began[router]
+            # One container for ~45 s: about 45 container-seconds (each router's 10 s sampling may put a few in
+            # a neighbouring minute, where the other's view may be the larger), not ~90 (failing before).
+            assert elapsed - 6 <= seconds <= elapsed + 15, (router, seconds, elapsed)

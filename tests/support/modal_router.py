@@ -1,13 +1,15 @@
 """The router with its Modal backends, for tests: Modal's URL lookup and stats are replaced.
 
     python -m tests.support.modal_router --config fleet.toml --port P --urls '{"TabbySmall": "http://..."}'
-        [--stats-interval SECONDS] [--wake-retry SECONDS] [--admin-token TOKEN]
+        [--stats-interval SECONDS] [--wake-retry SECONDS] [--admin-token TOKEN] [--store DIR]
 
 The lookup is a table (a class missing from it fails its lookup, as Modal would say). The stats of a
 class are read from ``<its URL>/_edge/stats`` (tests/support/fake_modal_edge.py says what Modal's
 ``get_current_stats()`` would); a URL that is not a fake edge has no stats, like a failing call.
 On Modal a loopback client is no admin, so the tests that read ``/fleet/entries`` give the router an
-admin token (``--admin-token``, added to the settings) and send it (``ADMIN``). Everything else is the
+admin token (``--admin-token``, added to the settings) and send it (``ADMIN``). ``--store`` keeps usage in a
+SegmentStore there (a new writer per process, as each Modal container's task id): routers given the same
+directory share it as router containers share the fleet's Volume. Everything else is the
 production path: create_app, ModalBackends (proxy-auth headers from
 TABBY_FLEET_PROXY_KEY / TABBY_FLEET_PROXY_SECRET, redirects followed, wakes, the stats poll), uvicorn.
 """
@@ -29,6 +31,7 @@ from fleet.loading import load_settings
 from fleet.settings import Entry
 from fleet.tokens import TokenRef, hash_token
 from router.app import create_app
+from router.store import SegmentStore, writer_id
 
 ADMIN_TOKEN = "tfa_modal-router-test"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--stats-interval", type=float, default=STATS_INTERVAL)
     parser.add_argument("--wake-retry", type=float, default=WAKE_RETRY_SECONDS)
     parser.add_argument("--admin-token", help="an admin token to add to the settings")
+    parser.add_argument("--store", help="the usage store's directory (shared by the routers given the same one)")
     args = parser.parse_args()
     urls = json.loads(args.urls)
 
@@ -79,7 +83,8 @@ def main() -> None:
     backends = ModalBackends(
         settings, lookup=lookup, stats=stats, stats_interval=args.stats_interval, wake_retry=args.wake_retry
     )
-    app = create_app(settings, backends)
+    store = SegmentStore(Path(args.store), writer_id()) if args.store else None
+    app = create_app(settings, backends, store=store)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", loop="uvloop", http="httptools")
 
 
