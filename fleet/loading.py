@@ -81,9 +81,13 @@ def load_settings(config: Path | str | None = None, *, check_auth: bool = True, 
     path = resolve_config_path(config)
     source = str(path)
     if not path.is_file():
+        where = path.absolute()  # the folder a relative path was looked for in is the question
         raise SettingsError(
             source,
-            [f"config file {source!r} does not exist; pass --config PATH or copy fleet.example.toml there"],
+            [
+                f"config file {str(where)!r} does not exist (working directory: {Path.cwd()}); pass --config "
+                f"with the path of your fleet.toml, or copy the example there: cp {PACKAGED_EXAMPLE} {where}"
+            ],
         )
     try:
         raw_file = tomllib.loads(path.read_text(encoding="utf-8"))

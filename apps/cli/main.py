@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, load_for_command
+from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, example_note, load_for_command
 from apps.cli.plan import plan_table, warm_plan
 from apps.cli.status import add_status_command
 from apps.cli.token import add_token_commands
@@ -107,12 +107,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     from apps.local.backends import find_tabby
 
     settings = load_for_command(args)
-    source = resolve_config_path(args.config)
+    source = resolve_config_path(args.config).absolute()
     try:
         tabby_bin = find_tabby(settings)  # the same lookup `fleet up` makes
     except FleetError as error:
         raise CliError(error.message) from None
     print(f"ok: {source}: {len(settings.entries)} entries, {len(settings.teams)} teams")
+    if note := example_note(source):
+        print(note)
     print(access_summary(settings))
     print(f"local backends: {_backend_kind(tabby_bin)}")
     return 0
@@ -120,6 +122,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     settings = load_for_command(args)
+    source = resolve_config_path(args.config).absolute()
+    print(example_note(source) or f"settings: {source}")
     print(plan_table(settings))
     print()
     print(access_summary(settings))
@@ -270,6 +274,7 @@ def up_banner(settings: FleetSettings, host: str, port: int, source: Path, tabby
     parts = [
         f"tabby-fleet router: {base_url}",
         f"settings: {source}",
+        *filter(None, [example_note(source)]),
         f"backends: {_backend_kind(tabby_bin)}, started on first use",
         "",
         plan_table(settings),
