@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, example_note, load_for_command
+from apps.cli.listen import bind_router, exposure
 from apps.cli.plan import plan_table, warm_plan
 from apps.cli.status import add_status_command
 from apps.cli.token import add_token_commands
@@ -63,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    up.add_argument(
+        "--public",
+        action="store_true",
+        help="allow an open fleet (no team tokens) on a --host other machines can reach",
+    )
     up.set_defaults(func=cmd_up)
 
     check = command("check", "Validate settings (and the tabby binary, if one is set); exit 1 listing every problem.")
@@ -224,12 +230,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     from router.app import create_app
 
     settings = load_for_command(args)
+    refusals, warnings = exposure(settings, args.host, public=args.public)
+    if refusals:
+        raise CliError(*refusals)
+    for warning in warnings:
+        print(f"fleet: warning: {warning}", file=sys.stderr)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     try:
         backends = LocalBackends(settings)
     except FleetError as error:
         print(f"fleet: {error.message}", file=sys.stderr)
         return 1
+    sock = bind_router(args.host, args.port, client_url(args.host, args.port)[0])  # before the banner: CliError
     print(up_banner(settings, args.host, args.port, resolve_config_path(args.config), backends.tabby_bin), flush=True)
     app = create_app(
         settings,
@@ -237,7 +249,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         reload_settings=lambda: load_settings(args.config),
         settings_source=str(resolve_config_path(args.config)),
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -248,7 +260,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         proxy_headers=False,  # X-Forwarded-* rewriting: not needed, and it costs on every request
         timeout_graceful_shutdown=10,
     )
-    return 0
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])  # the socket bound above: nothing took the port since the check
+    return 0 if server.started else 3
 
 
 def _backend_kind(tabby_bin: str | None) -> str:
