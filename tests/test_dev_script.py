@@ -69,3 +69,31 @@ def test_dev_up_with_a_missing_config_names_the_absolute_path_it_looked_for(clon
 def test_dev_help_lists_its_commands(clone: Path, tmp_path: Path) -> None:
     result = dev(clone, "help", cwd=tmp_path)
     assert result.returncode == 0 and "./dev up" in result.stdout and "./dev test" in result.stdout
+
+
+def test_dev_test_fails_a_run_that_leaves_the_work_tree_changed(clone: Path, tmp_path: Path) -> None:
+    """Before: the status-page test rewrote the tracked docs/img/fleet-status.png on every run, unseen."""
+    missing = [tool for tool in ("chromium", "npm", "git") if shutil.which(tool) is None]
+    if missing:  # ./dev test installs chromium (as root) and needs npm before its tests run
+        pytest.skip(f"./dev test needs {', '.join(missing)} on PATH before it runs the tests")
+    bin_dir = clone / ".venv" / "bin"
+    for tool in ("ruff", "mypy"):  # lint and types are not what this test is about
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / tool).chmod(0o755)
+    (bin_dir / "python").unlink()  # `python -m pytest` stands for a suite that writes into the clone
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho changed > "{clone}/tracked.txt"\nexit 0\n')
+    (bin_dir / "python").chmod(0o755)
+    (clone / ".venv" / ".installed-dev").touch()
+    agent = clone / "tests" / "agent"
+    (agent / "node_modules").mkdir(parents=True)
+    (agent / "package-lock.json").write_text("{}")
+    (agent / "node_modules" / ".installed").touch()
+    (clone / ".gitignore").write_text(".venv/\nnode_modules/\n")
+    (clone / "tracked.txt").write_text("as committed\n")
+    git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "clone"], check=True)
+    result = dev(clone, "test", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the tests changed the work tree" in result.stderr and "tracked.txt" in result.stderr
