@@ -117,3 +117,38 @@ def test_up_on_the_network_over_plain_http_warns_that_tokens_cross_it_in_clear(t
     assert result.returncode == 1
     assert "tokens, prompts and completions cross the network in clear" in result.stderr
     assert "Put TLS in front" in result.stderr and "the fleet is open" not in result.stderr
+
+
+# -- what the plan costs ------------------------------------------------------------------------------
+
+PRICED = """
+[prices]
+date = "2026-11-01"
+source = "our Modal invoice"
+gpu_hour = { L4 = 1.0 }
+
+[[entries]]
+name = "small"
+model = "TabbyML/StarCoder-1B"
+gpu = "L4"
+min_containers = 1
+max_containers = 3
+
+[[entries]]
+name = "outside"
+model = "TabbyML/StarCoder-3B"
+url = "http://127.0.0.1:9"
+"""
+
+
+def test_plan_says_what_each_entry_costs_a_month_without_warm_hours(tmp_path: Path) -> None:
+    (tmp_path / "fleet.toml").write_text(PRICED)
+    result = fleet("plan", "--local-only", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    hours = 365.25 / 12 / 7 * 7 * 24  # 730.5
+    assert "prices of 2026-11-01, USD, from our Modal invoice" in result.stdout, result.stdout
+    small = next(line for line in result.stdout.splitlines() if line.startswith("  small"))
+    assert "USD 1 per container-hour" in small, small
+    assert f"min_containers 1 kept up: USD {hours:,.2f} a month" in small, small
+    assert f"at most USD {3 * hours:,.2f} a month (max_containers 3 busy all month)" in small, small
+    assert "  outside: external (http://127.0.0.1:9/): costs nothing of ours" in result.stdout

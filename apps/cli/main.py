@@ -17,7 +17,7 @@ from types import ModuleType
 
 from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, example_note, load_for_command
 from apps.cli.listen import bind_router, exposure
-from apps.cli.plan import plan_table, warm_plan
+from apps.cli.plan import cost_plan, plan_table, warm_plan
 from apps.cli.status import add_status_command
 from apps.cli.token import add_token_commands
 from fleet.errors import FleetError
@@ -133,6 +133,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(plan_table(settings))
     print()
     print(access_summary(settings))
+    print()
+    print("\n".join(cost_plan(settings)))
     warm = warm_plan(settings)
     if warm:
         print()
