@@ -152,3 +152,20 @@ def test_plan_says_what_each_entry_costs_a_month_without_warm_hours(tmp_path: Pa
     assert f"min_containers 1 kept up: USD {hours:,.2f} a month" in small, small
     assert f"at most USD {3 * hours:,.2f} a month (max_containers 3 busy all month)" in small, small
     assert "  outside: external (http://127.0.0.1:9/): costs nothing of ours" in result.stdout
+
+
+# -- small ones ---------------------------------------------------------------------------------------
+
+
+def test_a_mistyped_variable_under_a_known_table_is_one_error_not_also_a_warning(tmp_path: Path) -> None:
+    """Before: FLEET_ROUTER__DEFAULT_ENTRYY was a warning that it "is ignored", then an error about it."""
+    typos = {"FLEET_ROUTER__DEFAULT_ENTRYY": "small", "FLEET_PRICES__DATEE": "2026-01-01"}
+    result = fleet("check", "--config", str(PACKAGED_EXAMPLE), cwd=tmp_path, env=typos)
+    assert result.returncode == 1
+    for name in typos:
+        assert result.stderr.count(name) == 1, result.stderr
+    assert "is ignored" not in result.stderr
+    assert "unknown field 'default_entryy'; did you mean 'default_entry'?" in result.stderr
+    assert "unknown field 'datee'; did you mean 'date'?" in result.stderr
+    ignored = fleet("check", "--config", str(PACKAGED_EXAMPLE), cwd=tmp_path, env={"FLEET_ROUTERR": "1"})
+    assert ignored.returncode == 0 and ignored.stderr.count("FLEET_ROUTERR is not a fleet setting and is ignored") == 1
