@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from apps.cli.main import up_banner
@@ -17,6 +18,7 @@ from fleet.tokens import hash_token
 from tests.support.fleetproc import free_port, run_fleet
 from tests.support.fleets import SMALL_AND_LARGE
 
+ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_NOTE = "using the packaged example"
 TOKENS = f"""
 [[entries]]
@@ -169,3 +171,36 @@ def test_a_mistyped_variable_under_a_known_table_is_one_error_not_also_a_warning
     assert "unknown field 'datee'; did you mean 'date'?" in result.stderr
     ignored = fleet("check", "--config", str(PACKAGED_EXAMPLE), cwd=tmp_path, env={"FLEET_ROUTERR": "1"})
     assert ignored.returncode == 0 and ignored.stderr.count("FLEET_ROUTERR is not a fleet setting and is ignored") == 1
+
+
+def test_fleet_version_is_the_projects(tmp_path: Path) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = fleet("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == f"fleet (tabby-fleet {version})", result
+
+
+DEPLOYABLE = f"""
+[router]
+admin_tokens = [{{label = "ops", sha256 = "{hash_token("tfa_ops")}"}}]
+{TOKENS}
+"""
+
+
+def test_deploy_says_what_it_does_and_fails_within_seconds_when_modal_cannot_be_reached(tmp_path: Path) -> None:
+    """Before: with credentials and no route to Modal, `modal deploy` retried for about a minute, then said
+    only "Could not connect to the Modal server"."""
+    config = tmp_path / "fleet.toml"
+    config.write_text(DEPLOYABLE)
+    with socket.socket() as closed:  # a loopback port nothing listens on: Modal's server, unreachable
+        closed.bind(("127.0.0.1", 0))
+        server = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    modal = {"MODAL_TOKEN_ID": "ak-test", "MODAL_TOKEN_SECRET": "as-test", "MODAL_SERVER_URL": server}
+    started = time.monotonic()
+    result = fleet("deploy", "--config", str(config), cwd=tmp_path, env={**modal, "HOME": str(tmp_path)}, timeout=40)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "declaring Modal app 'tabby-fleet'" in result.stdout
+    assert f"cannot reach Modal's API server (MODAL_SERVER_URL is set: is it right?): {server}" in result.stderr
+    assert "nothing was deployed" in result.stderr
+    unsigned = fleet("deploy", "--config", str(config), cwd=tmp_path, env={"HOME": str(tmp_path)}, timeout=40)
+    assert unsigned.returncode == 1 and "run `modal token new`" in unsigned.stderr, unsigned.stderr

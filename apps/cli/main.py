@@ -17,6 +17,7 @@ from types import ModuleType
 
 from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, example_note, load_for_command
 from apps.cli.listen import bind_router, exposure
+from apps.cli.modal_reach import modal_problems
 from apps.cli.plan import cost_plan, plan_table, warm_plan
 from apps.cli.status import add_status_command
 from apps.cli.token import add_token_commands
@@ -178,9 +179,18 @@ def cmd_modal(args: argparse.Namespace) -> int:
         raise CliError(f"not running `modal {args.verb}`:", *refusals)
     extra = [a for a in args.modal_args if a != "--"]
     env = {**os.environ, "FLEET_CONFIG": str(source)}
+    print(f"fleet: declaring Modal app {settings.modal.app_name!r} from {source} (offline)", flush=True)
     deploy = _deploy_module(env)
+    print("fleet: checking Modal credentials and that Modal's API server answers", flush=True)
+    problems = modal_problems()
+    if problems:
+        raise CliError(f"not running `modal {args.verb}`:", *problems)
     argv = [sys.executable, "-m", "modal", args.verb, *extra, "-m", deploy.__name__]
-    print(f"fleet: {' '.join(argv[2:])}  (settings: {source})", flush=True)
+    print(
+        f"fleet: {' '.join(argv[2:])}: builds the images (minutes the first time), then creates a class per "
+        f"entry and the router",
+        flush=True,
+    )
     return subprocess.call(argv, env=env)
 
 
