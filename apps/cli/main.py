@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description="Run many Tabby servers behind one router.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(title="commands")
 
     def with_config(cmd: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -105,6 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     add_token_commands(sub, with_config)
 
     return parser
+
+
+def _version() -> str:
+    """The installed tabby-fleet's version (pyproject.toml's), or why there is none."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"(tabby-fleet {version('tabby-fleet')})"
+    except PackageNotFoundError:
+        return "(tabby-fleet, not installed: run it from an install, e.g. pip install -e .)"
 
 
 # -- check, plan, route ---------------------------------------------------------------------------
