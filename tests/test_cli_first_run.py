@@ -100,6 +100,15 @@ def test_up_on_the_port_of_a_running_fleet_points_at_it(tmp_path: Path) -> None:
     assert f"another fleet is probably running: see {running.base_url}/fleet/health" in result.stderr
 
 
+def test_up_stops_on_ctrl_c_without_a_traceback(tmp_path: Path) -> None:
+    """Before (once fleet up served on its own socket): Ctrl-C ended in a KeyboardInterrupt traceback."""
+    with run_fleet(tmp_path, SMALL_AND_LARGE) as running:
+        pass  # run_fleet stops it with SIGINT, as Ctrl-C does
+    log = running.log_path.read_text()
+    assert running.process.returncode == 0 and "Traceback" not in log, log[-3000:]
+    assert "Application shutdown complete" in log
+
+
 def test_up_refuses_an_open_fleet_on_the_network_without_public(tmp_path: Path) -> None:
     result = fleet(
         "up", "--config", str(PACKAGED_EXAMPLE), "--host", "0.0.0.0", "--port", str(free_port()), cwd=tmp_path

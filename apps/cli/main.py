@@ -8,6 +8,7 @@ Its other commands live beside it: ``fleet token ...`` in :mod:`apps.cli.token`,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -284,7 +285,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])  # the socket bound above: nothing took the port since the check
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down by then, as uvicorn.run does
+        server.run(sockets=[sock])  # the socket bound above: nothing took the port since the check
     return 0 if server.started else 3
 
 
