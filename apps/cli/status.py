@@ -80,7 +80,7 @@ def fetch_status(
             "Is it busy or stuck? Try again, or look at its log.",
         ) from None
     except (aiohttp.ClientError, ValueError) as exc:
-        if base.startswith("https://") and isinstance(exc, aiohttp.ClientSSLError | aiohttp.ServerDisconnectedError):
+        if base.startswith("https://") and isinstance(exc, aiohttp.ClientSSLError):
             raise CliError(
                 f"{base} does not answer TLS ({exc}).",
                 f"If it is `fleet up`'s router, it serves plain HTTP: --url http://{base.removeprefix('https://')}",
