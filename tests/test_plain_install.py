@@ -29,7 +29,7 @@ NO_NETWORK = re.compile(
     r"No matching distribution found for setuptools",
 )
 COPY_IGNORE = (".git", ".venv", "node_modules", "build", "*.egg-info", "__pycache__", ".*_cache", ".fleet-data")
-COMMANDS = re.compile(r"^usage: .*? \{([a-z,-]+)\}", re.MULTILINE)
+COMMANDS = re.compile(r"^  \{([a-z,-]+)\}$", re.MULTILINE)  # the line listing the subcommands in --help
 
 
 def _env() -> dict[str, str]:
