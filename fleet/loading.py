@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConfigSettingsSource
 from pydantic_settings import SettingsError as SourceParseError
 
+from fleet.prices import PriceTable
 from fleet.rules import cross_problems
 from fleet.settings import (
     ENV_DELIMITER,
@@ -82,9 +83,13 @@ def load_settings(config: Path | str | None = None, *, check_auth: bool = True, 
     path = resolve_config_path(config)
     source = str(path)
     if not path.is_file():
+        where = path.absolute()  # the folder a relative path was looked for in is the question
         raise SettingsError(
             source,
-            [f"config file {source!r} does not exist; pass --config PATH or copy fleet.example.toml there"],
+            [
+                f"config file {str(where)!r} does not exist (working directory: {Path.cwd()}); pass --config "
+                f"with the path of your fleet.toml, or copy the example there: cp {PACKAGED_EXAMPLE} {where}"
+            ],
         )
     try:
         raw_file = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -171,6 +176,7 @@ _TABLE_MODELS: dict[str, type[BaseModel]] = {
     "standin": StandInOptions,
     "tokens": TokenRef,
     "admin_tokens": TokenRef,
+    "prices": PriceTable,
 }
 _LEADING_PATH = re.compile(r'^([a-z_]+)(?:\[(?:"[^"]*"|\d+)\])?(?:\.([a-z_]+))?')
 _JSON_EXAMPLE = """FLEET_ENTRIES='[{"name": "solo", "model": "TabbyML/StarCoder-1B"}]'"""
@@ -211,7 +217,7 @@ def env_warnings(environ: Mapping[str, str] | None = None, dotenv: Path | None =
     known = known_env_names()
     warnings = []
     for name, (_, where) in sorted(fleet_environment(environ, dotenv).items()):
-        if name in known:
+        if name in known or _read_into_a_table(name):
             continue
         near = get_close_matches(name, known, n=1, cutoff=0.6)
         hint = (
@@ -221,6 +227,18 @@ def env_warnings(environ: Mapping[str, str] | None = None, dotenv: Path | None =
         )
         warnings.append(f"{name}{where} is not a fleet setting and is ignored; {hint}")
     return warnings
+
+
+def _read_into_a_table(name: str) -> bool:
+    """Whether pydantic-settings reads ``name`` into a table or list of the settings (FLEET_ROUTER__X,
+    FLEET_ENTRIES__0__X): then load_settings reports a wrong key as an error naming the variable, and a
+    warning that it "is ignored" would say the opposite of what happens."""
+    parts = name.removeprefix(ENV_PREFIX).lower().split(ENV_DELIMITER)
+    info = FleetSettings.model_fields.get(parts[0])
+    if len(parts) < 2 or info is None:
+        return False
+    kind, _ = _model_field(info.annotation)
+    return kind is not None or get_origin(info.annotation) in (tuple, list, dict)
 
 
 def _env_parse_problems(exc: Exception, env: dict[str, tuple[str, str]]) -> list[str]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Container, Sequence
+from pathlib import Path
 
 from fleet.loading import env_warnings, load_settings
 from fleet.rules import settings_warnings
-from fleet.settings import FleetSettings
+from fleet.settings import PACKAGED_EXAMPLE, FleetSettings
 
 # What an admin token guards (with none set: answered to the router's own machine only).
 ADMIN_ENDPOINTS = "/fleet/entries, /fleet/usage, /fleet/status, /fleet/reload, /metrics"
@@ -30,6 +31,19 @@ def load_for_command(args: argparse.Namespace, *, check_auth: bool = True) -> Fl
     for warning in settings_warnings(settings):
         print(f"fleet: warning: {warning}", file=sys.stderr)
     return settings
+
+
+def example_note(source: Path) -> str | None:
+    """When the settings in use (``source``) are the packaged example (no --config, no $FLEET_CONFIG, no
+    ./fleet.toml), say so: an admin who meant their own fleet.toml must not take the open example for it."""
+    if source.resolve() != PACKAGED_EXAMPLE.resolve():
+        return None
+    here = Path.cwd() / "fleet.toml"
+    return (
+        f"no fleet.toml here ({here}): using the packaged example ({PACKAGED_EXAMPLE}), an open fleet for "
+        f"trying things out. For your own fleet copy it (cp {PACKAGED_EXAMPLE} {here}) and edit it, or pass "
+        f"--config PATH or set FLEET_CONFIG."
+    )
 
 
 def access_summary(settings: FleetSettings) -> str:

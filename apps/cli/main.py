@@ -8,6 +8,7 @@ Its other commands live beside it: ``fleet token ...`` in :mod:`apps.cli.token`,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -15,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, load_for_command
-from apps.cli.plan import plan_table, warm_plan
+from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, example_note, load_for_command
+from apps.cli.listen import bind_router, exposure
+from apps.cli.modal_reach import modal_problems
+from apps.cli.plan import cost_plan, plan_table, warm_plan
 from apps.cli.reload import add_reload_command
 from apps.cli.status import add_status_command
 from apps.cli.token import add_token_commands
@@ -48,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description="Run many Tabby servers behind one router.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(title="commands")
 
     def with_config(cmd: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -65,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    up.add_argument(
+        "--public",
+        action="store_true",
+        help="allow an open fleet (no team tokens) on a --host other machines can reach",
+    )
     up.set_defaults(func=cmd_up)
 
     check = command("check", "Validate settings (and the tabby binary, if one is set); exit 1 listing every problem.")
@@ -103,6 +112,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed tabby-fleet's version (pyproject.toml's), or why there is none."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"(tabby-fleet {version('tabby-fleet')})"
+    except PackageNotFoundError:
+        return "(tabby-fleet, not installed: run it from an install, e.g. pip install -e .)"
+
+
 # -- check, plan, route ---------------------------------------------------------------------------
 
 
@@ -110,12 +129,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     from apps.local.backends import find_tabby
 
     settings = load_for_command(args)
-    source = resolve_config_path(args.config)
+    source = resolve_config_path(args.config).absolute()
     try:
         tabby_bin = find_tabby(settings)  # the same lookup `fleet up` makes
     except FleetError as error:
         raise CliError(error.message) from None
     print(f"ok: {source}: {len(settings.entries)} entries, {len(settings.teams)} teams")
+    if note := example_note(source):
+        print(note)
     print(access_summary(settings))
     print(f"local backends: {_backend_kind(tabby_bin)}")
     return 0
@@ -123,9 +144,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     settings = load_for_command(args)
+    source = resolve_config_path(args.config).absolute()
+    print(example_note(source) or f"settings: {source}")
     print(plan_table(settings))
     print()
     print(access_summary(settings))
+    print()
+    print("\n".join(cost_plan(settings)))
     warm = warm_plan(settings)
     if warm:
         print()
@@ -169,9 +194,18 @@ def cmd_modal(args: argparse.Namespace) -> int:
         raise CliError(f"not running `modal {args.verb}`:", *refusals)
     extra = [a for a in args.modal_args if a != "--"]
     env = {**os.environ, "FLEET_CONFIG": str(source)}
+    print(f"fleet: declaring Modal app {settings.modal.app_name!r} from {source} (offline)", flush=True)
     deploy = _deploy_module(env)
+    print("fleet: checking Modal credentials and that Modal's API server answers", flush=True)
+    problems = modal_problems()
+    if problems:
+        raise CliError(f"not running `modal {args.verb}`:", *problems)
     argv = [sys.executable, "-m", "modal", args.verb, *extra, "-m", deploy.__name__]
-    print(f"fleet: {' '.join(argv[2:])}  (settings: {source})", flush=True)
+    print(
+        f"fleet: {' '.join(argv[2:])}: builds the images (minutes the first time), then creates a class per "
+        f"entry and the router",
+        flush=True,
+    )
     return subprocess.call(argv, env=env)
 
 
@@ -224,12 +258,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     from router.store import SegmentStore, writer_id
 
     settings = load_for_command(args)
+    refusals, warnings = exposure(settings, args.host, public=args.public)
+    if refusals:
+        raise CliError(*refusals)
+    for warning in warnings:
+        print(f"fleet: warning: {warning}", file=sys.stderr)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     try:
         backends = LocalBackends(settings)
     except FleetError as error:
         print(f"fleet: {error.message}", file=sys.stderr)
         return 1
+    sock = bind_router(args.host, args.port, client_url(args.host, args.port)[0])  # before the banner: CliError
     print(up_banner(settings, args.host, args.port, resolve_config_path(args.config), backends.tabby_bin), flush=True)
     app = create_app(
         settings,
@@ -239,7 +279,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         # Usage and live tokens kept across restarts, and shared with every router on this data_dir (router/store.py).
         store=SegmentStore(settings.data_dir / STATE_DIR, writer_id()),
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -250,7 +290,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         proxy_headers=False,  # X-Forwarded-* rewriting: not needed, and it costs on every request
         timeout_graceful_shutdown=10,
     )
-    return 0
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down by then, as uvicorn.run does
+        server.run(sockets=[sock])  # the socket bound above: nothing took the port since the check
+    return 0 if server.started else 3
 
 
 def _backend_kind(tabby_bin: str | None) -> str:
@@ -276,6 +319,7 @@ def up_banner(settings: FleetSettings, host: str, port: int, source: Path, tabby
     parts = [
         f"tabby-fleet router: {base_url}",
         f"settings: {source}",
+        *filter(None, [example_note(source)]),
         f"backends: {_backend_kind(tabby_bin)}, started on first use",
         "",
         plan_table(settings),

@@ -1,4 +1,5 @@
-"""What `fleet plan` prints about the fleet itself: the entries table and the warm hours with their cost."""
+"""What `fleet plan` prints about the fleet itself: the entries table, what each entry costs a month, and the warm
+hours with their cost."""
 
 from __future__ import annotations
 
@@ -71,4 +72,47 @@ def warm_plan(settings: FleetSettings) -> list[str]:
                 else f"cost unknown: no price for {entry.gpus[0]} (set [prices] gpu_hour)"
             )
             lines.append(f"    {text} -> {hours * entry.gpu_count:,.1f} GPU-hours a month, {cost}")
+    return lines
+
+
+def cost_plan(settings: FleetSettings) -> list[str]:
+    """What each entry may cost a month on Modal: its price per container-hour, its min_containers kept up all
+    month (warm hours come on top: warm_plan), and the worst case, max_containers busy all month."""
+    prices = settings.prices
+    hours = WEEKS_PER_MONTH * 7 * 24
+    money = prices.currency
+    lines = [
+        f"Cost on Modal (GPU only, a month = {hours:,.0f} hours; prices of {prices.date}, {money}, from "
+        f"{prices.source}; set [prices] to use your own):"
+    ]
+    floors, worsts = [], []
+    for entry in settings.entries:
+        if entry.url is not None:
+            lines.append(f"  {entry.name}: external ({entry.url}): costs nothing of ours")
+            continue
+        hourly = prices.entry_hourly(entry.gpus)
+        if hourly is None:
+            lines.append(
+                f"  {entry.name} (GPU {entry.gpus[0]}): cost unknown: no price for {entry.gpus[0]} "
+                f"(set [prices] gpu_hour)"
+            )
+            continue
+        floor = entry.min_containers * hourly * hours
+        kept = (
+            f"min_containers {entry.min_containers} kept up: {money} {floor:,.2f} a month"
+            if entry.min_containers
+            else "min_containers 0: nothing while unused"
+        )
+        warm = " (+ warm hours, below)" if entry.warm else ""
+        worst = entry.max_containers * hourly * hours
+        floors.append(floor)
+        worsts.append(worst)
+        lines.append(
+            f"  {entry.name} (GPU {entry.gpus[0]}): {money} {hourly:g} per container-hour; {kept}{warm}; "
+            f"at most {money} {worst:,.2f} a month (max_containers {entry.max_containers} busy all month)"
+        )
+    if len(floors) > 1:
+        lines.append(
+            f"  all priced entries: {money} {sum(floors):,.2f} a month kept up, at most {money} {sum(worsts):,.2f}"
+        )
     return lines

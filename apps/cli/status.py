@@ -10,10 +10,12 @@ router's own words).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from apps.cli.common import CliError, text_table
@@ -80,27 +82,20 @@ def fetch_status(
     team: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The usage snapshot, health and entries of the router at ``url``, or a CliError saying what to do;
-    within ``deadline`` seconds (plus at most one TIMEOUT_SECONDS read) and MAX_ANSWER_BYTES an answer."""
-    import httpx
+    within ``deadline`` seconds (plus at most one TIMEOUT_SECONDS read) and MAX_ANSWER_BYTES an answer.
+    Fetched with aiohttp, the router's own client: a runtime dependency, so this works after a plain install."""
+    import aiohttp
 
     base = router_base(url)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    answers = []
-    ends = time.monotonic() + deadline
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=TIMEOUT_SECONDS) as client:
-            usage = {"since": since, "by": by} | ({"team": team} if team is not None else {})
-            for path, params in (("/fleet/usage", usage), ("/fleet/health", {}), ("/fleet/entries", {})):
-                with client.stream("GET", path, params=params) as answer:
-                    body = _read(answer.iter_bytes(), base, path, ends, deadline)
-                answers.append(_check(answer, body, base, token, since))
-    except httpx.TimeoutException:
+        usage, health, entries = asyncio.run(_fetch_all(base, token, since, deadline, by, team))
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise CliError(
             f"the router at {base} took longer than {TIMEOUT_SECONDS:g} s to answer.",
             "Is it busy or stuck? Try again, or look at its log.",
         ) from None
-    except (httpx.TransportError, httpx.InvalidURL) as exc:
-        if base.startswith("https://") and "SSL" in str(exc):
+    except (aiohttp.ClientError, ValueError) as exc:
+        if base.startswith("https://") and isinstance(exc, aiohttp.ClientSSLError):
             raise CliError(
                 f"{base} does not answer TLS ({exc}).",
                 f"If it is `fleet up`'s router, it serves plain HTTP: --url http://{base.removeprefix('https://')}",
@@ -110,6 +105,31 @@ def fetch_status(
             f"Is it running? Start one with `fleet up` (it listens on {DEFAULT_URL}), or pass --url with "
             f"your router's URL.",
         ) from None
+    return usage, health, entries
+
+
+class _Answer(NamedTuple):
+    """What :func:`_check` reads of an answer besides its body."""
+
+    status_code: int
+    path: str
+
+
+async def _fetch_all(
+    base: str, token: str | None, since: str, deadline: float, by: str, team: str | None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = aiohttp.ClientTimeout(sock_connect=TIMEOUT_SECONDS, sock_read=TIMEOUT_SECONDS)
+    answers = []
+    ends = time.monotonic() + deadline
+    usage_params = {"since": since, "by": by} | ({"team": team} if team is not None else {})
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+        for path, params in (("/fleet/usage", usage_params), ("/fleet/health", {}), ("/fleet/entries", {})):
+            async with session.get(f"{base}{path}", params=params, allow_redirects=False) as answer:
+                body = await _read(answer.content.iter_any(), base, path, ends, deadline)
+                answers.append(_check(_Answer(answer.status, path), body, base, token, since))
     usage, health, entries = answers
     return usage, health, entries
 
@@ -129,10 +149,10 @@ def router_base(url: str) -> str:
     return base
 
 
-def _read(chunks: Any, base: str, path: str, ends: float, deadline: float) -> bytes:
+async def _read(chunks: AsyncIterator[bytes], base: str, path: str, ends: float, deadline: float) -> bytes:
     """An answer's body, unless it takes past ``ends`` or grows past MAX_ANSWER_BYTES (CliError)."""
     body = bytearray()
-    for chunk in chunks:
+    async for chunk in chunks:
         body += chunk
         if len(body) > MAX_ANSWER_BYTES:
             raise CliError(
@@ -147,9 +167,9 @@ def _read(chunks: Any, base: str, path: str, ends: float, deadline: float) -> by
     return bytes(body)
 
 
-def _check(response: Any, body: bytes, base: str, token: str | None, since: str) -> dict[str, Any]:
+def _check(response: _Answer, body: bytes, base: str, token: str | None, since: str) -> dict[str, Any]:
     """The JSON of a 200 answer of a router's shape, else CliError with advice."""
-    path = response.request.url.path
+    path = response.path
     code, message = _error(body)
     if response.status_code == 200 and code != "not-json":
         answer = json.loads(body)

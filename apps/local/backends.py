@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from apps.local import standin
+from apps.local.listener import listener_is_ours
 from apps.tabby import tabby_env, tabby_serve_argv, write_tabby_config
 from fleet.errors import FleetError
 from fleet.settings import Entry, FleetSettings
@@ -40,6 +41,7 @@ STOP_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this long
 READY_POLL_SECONDS = 0.02  # how often a starting backend's port is tried
 START_RETRY_AFTER = 5  # Retry-After while a backend is still starting
 LOG_TAIL_BYTES = 2000
+PORT_ATTEMPTS = 3  # ports tried when another process takes the chosen one before the backend listens
 # How often warm hours are checked: a window's process starts within this long of its start, and one
 # that died is started again. A check only compares times, so it costs nothing.
 WARM_CHECK_SECONDS = 15.0
@@ -78,6 +80,9 @@ def standin_argv(entry: Entry, *, port: int, host: str = "127.0.0.1") -> list[st
 
 class LocalBackend:
     """One entry's process and its lifecycle: cold -> starting -> ready -> (idle) cold; or failed."""
+
+    # Where its next process listens; a seam for the tests, which race another process for the port.
+    free_port: Callable[[], int] = staticmethod(lambda: _free_port())
 
     def __init__(self, entry: Entry, settings: FleetSettings, tabby_bin: str | None) -> None:
         self.entry = entry
@@ -166,7 +171,7 @@ class LocalBackend:
         """Make the entry's folder and run its process (self.process, listening on self.port), and return
         both; raises OSError if either fails."""
         self.root.mkdir(parents=True, exist_ok=True)
-        port = self.port = _free_port()
+        port = self.port = self.free_port()
         if self.tabby_bin:
             argv = tabby_serve_argv(self.entry, binary=self.tabby_bin, port=port, device=self.entry.device, host=HOST)
             write_tabby_config(self.root, self.entry)
@@ -189,30 +194,35 @@ class LocalBackend:
     async def _start(self) -> None:
         self.state = "starting"
         started = time.monotonic()
-        try:
-            process, port = await self._spawn()
-        except OSError as exc:  # no process at all (data_dir not writable, binary not runnable): failed, not starting
-            reason = f"could not start {self.kind}: {exc}"
-            raise self._failed(reason, reason, "Fix data_dir or tabby_bin") from None
-        self.starts += 1
-        self._stopping = False
-        self._count_lifetime(process)
-        log.info("entry %s: starting %s (pid %d, port %d)", self.entry.name, self.kind, process.pid, port)
-        try:
-            async with asyncio.timeout(self.entry.startup_timeout):
-                while not await _port_open(port):
-                    if process.returncode is not None:
-                        raise _StartFailed(f"exited with code {process.returncode} before opening its port")
-                    await asyncio.sleep(READY_POLL_SECONDS)
-        except (TimeoutError, _StartFailed) as exc:
-            reason = str(exc) or f"did not open its port within startup_timeout={self.entry.startup_timeout}s"
-            await self._terminate(process)
-            detail = f"{reason}; log: {self.log_path}\n{_tail(self.log_path)}"
-            raise self._failed(reason, detail, f"See {self.log_path}") from None
-        except asyncio.CancelledError:
-            await self._terminate(process)
-            self.state = "cold"
-            raise
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                process, port = await self._spawn()
+            except OSError as exc:  # no process at all (data_dir not writable, binary not runnable): failed
+                reason = f"could not start {self.kind}: {exc}"
+                raise self._failed(reason, reason, "Fix data_dir or tabby_bin") from None
+            self.starts += 1
+            self._stopping = False
+            self._count_lifetime(process)
+            log.info("entry %s: starting %s (pid %d, port %d)", self.entry.name, self.kind, process.pid, port)
+            try:
+                async with asyncio.timeout(self.entry.startup_timeout):
+                    await _until_listening(process, port)
+            except _PortTaken as exc:
+                await self._terminate(process)
+                log.warning("entry %s: %s (attempt %d of %d)", self.entry.name, exc, attempt, PORT_ATTEMPTS)
+                if attempt < PORT_ATTEMPTS:
+                    continue  # on another free port
+                raise self._failed(str(exc), str(exc), "Find what takes this machine's free ports") from None
+            except (TimeoutError, _StartFailed) as exc:
+                reason = str(exc) or f"did not open its port within startup_timeout={self.entry.startup_timeout}s"
+                await self._terminate(process)
+                detail = f"{reason}; log: {self.log_path}\n{_tail(self.log_path)}"
+                raise self._failed(reason, detail, f"See {self.log_path}") from None
+            except asyncio.CancelledError:
+                await self._terminate(process)
+                self.state = "cold"
+                raise
+            break
         self.state = "ready"
         self.last_error = None
         self.last_used = time.monotonic()
@@ -464,6 +474,23 @@ def _logged(what: str) -> Iterator[None]:
 
 class _StartFailed(Exception):
     pass
+
+
+class _PortTaken(Exception):
+    """Another process listens on the port the backend was started on."""
+
+
+async def _until_listening(process: asyncio.subprocess.Process, port: int) -> None:
+    """Return once ``process`` (or its child) listens on ``port``; _StartFailed if it exits first,
+    _PortTaken if another process answers there (it took the port between our choice and the start)."""
+    while True:
+        if await _port_open(port):
+            if listener_is_ours(port, process.pid) is not False:
+                return
+            raise _PortTaken(f"another process listens on port {port}, not the backend (pid {process.pid})")
+        if process.returncode is not None:
+            raise _StartFailed(f"exited with code {process.returncode} before opening its port")
+        await asyncio.sleep(READY_POLL_SECONDS)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
