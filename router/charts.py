@@ -1,5 +1,8 @@
 """Line charts as inline SVG text, for the status page: no script, nothing fetched, a fixed size.
 
+The ``<svg>`` is for inline use in HTML (the HTML parser gives it the SVG namespace, so it names none: the
+page holds no URL at all).
+
 :func:`line_chart` turns named series of (time, value) points into one ``<svg>`` element: a line per
 series (a gap where a value is None, a dot for a lone point), the time axis' first and last labels, the
 value axis from 0 to the largest value, and a legend. Every text (title, names, labels) is XML-escaped,
@@ -40,7 +43,7 @@ def line_chart(
     xs = [x for _, points in shown for x, _ in points]
     ys = [y for _, points in shown for _, y in points if y is not None]
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="chart-{_e(key)}" width="{WIDTH}" '
+        f'<svg class="chart" id="chart-{_e(key)}" width="{WIDTH}" '
         f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{_e(title)}">',
         f"<title>{_e(title)}</title>",
         f'<text x="{_LEFT}" y="15" class="chart-title">{_e(title)}</text>',
