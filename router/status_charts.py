@@ -18,11 +18,11 @@ NO_TEAM = "-"  # the snapshot's name for requests that named no team
 
 def chart_section(series: Mapping[str, Any], currency: str, simulated: bool = False) -> str:
     """Six charts (teams and entries; requests, p95, cost) as one HTML section; ``simulated``: some cost is
-    a stand-in's (no GPU), and the cost charts say so."""
+    a stand-in's (no GPU), and the cost charts' titles say "(simulated)"."""
     starts: list[float] = [float(start) for start in series.get("starts", [])]
     width = int(series.get("slot_seconds", 60))
     x_text = _x_text(starts)
-    cost_note = " (simulated: stand-in, no GPU)" if simulated else ""
+    cost_note = " (simulated)" if simulated else ""  # the tables say why: a stand-in, no GPU
     charts = []
     for group, title in (("teams", "Teams"), ("entries", "Entries")):
         rows: Mapping[str, Any] = series.get(group, {})
@@ -64,9 +64,13 @@ def _width(seconds: int) -> str:
 
 def _slot_note(width: int) -> str:
     return (
-        f"Each point is {_width(width)} (UTC, from where this router has data); a gap in a latency line: no "
+        f"Each point is {_one(_width(width))} (UTC, from where this router has data); a gap in a latency line: no "
         f"completions then. The tables below have the exact numbers."
     )
+
+
+def _one(width: str) -> str:
+    return width if width[0].isdigit() else f"one {width}"
 
 
 def _number(value: float) -> str:
