@@ -24,7 +24,7 @@ from fleet.routing import PATH_HELP
 from router.admin import BASIC_CHALLENGE
 from router.runtime import FleetRuntime
 from router.status_page import render_refusal, render_status
-from router.usage_report import parse_by, parse_since
+from router.usage_report import parse_by, parse_since, series
 
 
 class EntryState(BaseModel):
@@ -32,6 +32,7 @@ class EntryState(BaseModel):
     in_flight: int | None = None
     queued: int | None = None
     last_error: str | None = None
+    backend: str | None = None  # admins: what runs it, e.g. "tabby" or "stand-in" (local, no GPU)
 
 
 class FleetHealth(BaseModel):
@@ -115,7 +116,7 @@ async def fleet_health(request: Request) -> FleetHealth:
         if detailed:
             entries[name] = EntryState(
                 state=status["state"], in_flight=status["in_flight"], queued=status["queued"],
-                last_error=status.get("last_error"),
+                last_error=status.get("last_error"), backend=status.get("backend"),
             )  # fmt: skip
         else:
             entries[name] = EntryState(state=status["state"])
@@ -130,9 +131,11 @@ async def fleet_health(request: Request) -> FleetHealth:
 
 
 @router.get("/fleet/status", response_class=HTMLResponse)
-async def fleet_status(request: Request) -> HTMLResponse:
-    """The status page: entries, teams, costs and refusals today, as HTML that refreshes itself (admin; a
-    browser logs in with any user name and an admin token as the password)."""
+async def fleet_status(request: Request, since: str = "today", team: str | None = None) -> HTMLResponse:
+    """The status page: entries, teams, costs and refusals since ``since`` (what /fleet/usage takes, default
+    today) with charts over that window, as HTML that refreshes itself; ``team`` keeps one team's rows
+    (admin; a browser logs in with any user name and an admin token as the password). A bad ``since`` or
+    ``team`` is a 400 page with the advice."""
     fleet = fleet_of(request)
     try:
         fleet.state.admin.require(request)
@@ -142,9 +145,14 @@ async def fleet_status(request: Request) -> HTMLResponse:
         status = 401 if error.code == "admin-token-invalid" else error.status
         challenge = {"WWW-Authenticate": BASIC_CHALLENGE} if status == 401 else {}
         return HTMLResponse(render_refusal(status, error.code, error.message), status, challenge)
+    try:
+        start = parse_since(since, datetime.now(UTC))
+        snapshot = fleet.usage_snapshot(start, by="token", team=team)
+    except FleetError as error:
+        return HTMLResponse(render_refusal(error.status, error.code, error.message), error.status)
     health = (await fleet_health(request)).model_dump(exclude_none=True)
-    snapshot = fleet.usage_snapshot(parse_since("today", datetime.now(UTC)), by="token")
-    page = render_status(snapshot, health, fleet.state.settings)
+    chart_series = series(fleet.usage, start, team)
+    page = render_status(snapshot, health, fleet.state.settings, chart_series, since=since, team=team)
     return HTMLResponse(page, headers={"cache-control": "no-store"})
 
 

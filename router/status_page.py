@@ -14,8 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from fleet.settings import FleetSettings
+from router.status_charts import chart_section
 
 REFRESH_SECONDS = 15
 NO_TEAM = "-"  # the snapshot's name for requests that named no team
@@ -46,35 +48,49 @@ def status_facts(snapshot: Mapping[str, Any], health: Mapping[str, Any]) -> list
         ("uptime", duration(health.get("uptime_seconds"))),
         ("now", f"{_time(until, date=True)} UTC"),
         ("window", window),
-        ("cost", total_cost(snapshot)),
+        ("cost", total_cost(snapshot, health.get("entries", {}))),
     ]
 
 
-def total_cost(snapshot: Mapping[str, Any]) -> str:
-    """What the entries' GPU time in the window cost, naming the entries that ran without a known price."""
+def total_cost(snapshot: Mapping[str, Any], states: Mapping[str, Any] | None = None) -> str:
+    """What the entries' GPU time in the window cost, naming the entries that ran without a known price and
+    those whose cost is simulated (the local stand-in: no GPU ran, ``states`` are the entries' status)."""
     currency = snapshot.get("prices", {}).get("currency", "USD")
     entries: Mapping[str, Any] = snapshot.get("entries", {})
     unpriced = [name for name, entry in entries.items() if entry.get("cost") is None and entry.get("container_seconds")]
+    standins = [name for name, entry in entries.items() if entry.get("cost") and simulated(states or {}, name)]
     total = money(sum(entry.get("cost") or 0.0 for entry in entries.values()), currency)
+    if standins:
+        total += f" ({SIMULATED}: {', '.join(standins)})"
     return f"{total} + unknown ({', '.join(unpriced)} unpriced)" if unpriced else total
 
 
 def status_tables(
-    snapshot: Mapping[str, Any], health: Mapping[str, Any], warm: Mapping[str, Sequence[str]] | None = None
+    snapshot: Mapping[str, Any],
+    health: Mapping[str, Any],
+    warm: Mapping[str, Sequence[str]] | None = None,
+    models: Mapping[str, str] | None = None,
 ) -> list[Table]:
     """Entries, teams, refusals by code and recent refusals, as text.
 
     ``warm``: entry -> its warm schedules, shown in a column of the entries table (None: no such column).
+    ``models``: entry -> its model; with it the entries table also shows model, GPU, in flight and queued.
     """
     currency = snapshot.get("prices", {}).get("currency", "USD")
     teams: Mapping[str, Any] = snapshot.get("teams", {})
     header: tuple[str, ...] = ("entry", "state", "containers", "cold starts", "requests", "p95", "cold waits",
                                "fallbacks", "GPU-seconds", "cost", "warm hours")  # fmt: skip
-    entries = _entry_rows(snapshot.get("entries", {}), health.get("entries", {}), warm or {}, currency)
+    states: Mapping[str, Any] = health.get("entries", {})
+    entries = _entry_rows(snapshot.get("entries", {}), states, warm or {}, currency)
     if warm is None:
         header, entries = header[:-1], [row[:-1] for row in entries]
+    numeric = frozenset(range(2, 10))
+    if models is not None:  # model, GPU, in flight, queued after the state
+        header = (*header[:2], "model", "GPU", "in flight", "queued", *header[2:])
+        entries = [(*row[:2], *_entry_details(row[0], snapshot, states, models), *row[2:]) for row in entries]
+        numeric = frozenset(range(4, 14))
     return [
-        Table("entries", "Entries", header, entries, "no entries", frozenset(range(2, 10))),
+        Table("entries", "Entries", header, entries, "no entries", numeric),
         Table(
             "teams", "Teams", ("team", "requests", "completions", "acceptance", "p95", "refusals", "cost"),
             _team_rows(teams, snapshot.get("entries", {}), currency), "no requests in this window",
@@ -97,6 +113,25 @@ def status_tables(
     ]  # fmt: skip
 
 
+STANDIN = "stand-in"  # LocalBackend.kind (and /fleet/health's entries' "backend") of the built-in stand-in
+SIMULATED = "simulated: stand-in, no GPU"
+
+
+def simulated(states: Mapping[str, Any], name: str) -> bool:
+    """Whether the entry runs the local stand-in (no tabby binary, no GPU): its cost is what a GPU would cost."""
+    return bool(states.get(name, {}).get("backend") == STANDIN)
+
+
+def _entry_details(
+    name: str, snapshot: Mapping[str, Any], states: Mapping[str, Any], models: Mapping[str, str]
+) -> tuple[str, ...]:
+    state = states.get(name, {})
+    gpu = snapshot.get("entries", {}).get(name, {}).get("gpu") or "-"
+    if simulated(states, name):
+        gpu = f"{gpu} (stand-in: none used)"
+    return (models.get(name, "-"), gpu, _count(state.get("in_flight")), _count(state.get("queued")))
+
+
 def _entry_rows(
     used: Mapping[str, Any], states: Mapping[str, Any], warm: Mapping[str, Sequence[str]], currency: str
 ) -> list[tuple[str, ...]]:
@@ -109,10 +144,17 @@ def _entry_rows(
                 name, state, _count(usage.get("containers")), _count(usage.get("cold_starts")),
                 _count(usage.get("requests")), milliseconds(_p95(usage)), _count(usage.get("cold_waits")),
                 _count(usage.get("fallbacks")), _count(usage.get("gpu_seconds")),
-                money(usage.get("cost"), currency) if usage else "-", "; ".join(warm.get(name, ())) or "-",
+                _entry_cost(usage, currency, simulated(states, name)), "; ".join(warm.get(name, ())) or "-",
             )
         )  # fmt: skip
     return rows
+
+
+def _entry_cost(usage: Mapping[str, Any], currency: str, standin: bool) -> str:
+    if not usage:
+        return "-"
+    cost = money(usage.get("cost"), currency)
+    return f"{cost} ({SIMULATED})" if standin and usage.get("cost") is not None else cost
 
 
 def _team_rows(teams: Mapping[str, Any], entries: Mapping[str, Any], currency: str) -> list[tuple[str, ...]]:
@@ -186,13 +228,45 @@ def price_note(snapshot: Mapping[str, Any]) -> str:
     )
 
 
-def render_status(snapshot: Mapping[str, Any], health: Mapping[str, Any], settings: FleetSettings) -> str:
-    """The whole status page for a usage ``snapshot`` and the ``health`` answer (``/fleet/health``'s shape)."""
+WINDOWS = (("1h", "1 h"), ("today", "today"), ("24h", "24 h"), ("7d", "7 d"))  # the page's window links
+
+
+def window_links(since: str, team: str | None = None) -> str:
+    """The links to the other windows (the current one marked), keeping the page's other parameters."""
+    links = []
+    for value, text in WINDOWS:
+        query = urlencode({"since": value, **({"team": team} if team is not None else {})})
+        current = ' aria-current="page" class="current"' if value == since else ""
+        links.append(f'<a href="?{_e(query)}"{current}>{_e(text)}</a>')
+    shown = "" if not since or since in dict(WINDOWS) else f' <span class="current">since={_e(since)}</span>'
+    return f'<nav class="windows" aria-label="window">window: {" ".join(links)}{shown}</nav>'
+
+
+def render_status(
+    snapshot: Mapping[str, Any],
+    health: Mapping[str, Any],
+    settings: FleetSettings,
+    series: Mapping[str, Any] | None = None,
+    *,
+    since: str = "today",
+    team: str | None = None,
+) -> str:
+    """The whole status page for a usage ``snapshot`` and the ``health`` answer (``/fleet/health``'s shape,
+    its entries with the runtime's status); ``series`` (usage_report.series) adds the charts; ``since`` and
+    ``team`` are the page's query, kept in its window links."""
     warm = {entry.name: [str(window) for window in entry.warm] for entry in settings.entries}
+    models = {entry.name: entry.model for entry in settings.entries}
     facts = "".join(
         f"<div><dt>{_e(label)}</dt><dd>{_e(value)}</dd></div>" for label, value in status_facts(snapshot, health)
     )
-    sections = "".join(_html_table(table) for table in status_tables(snapshot, health, warm))
+    if team is not None:
+        facts += f"<div><dt>team</dt><dd>{_e(team)}</dd></div>"
+    sections = "".join(_html_table(table) for table in status_tables(snapshot, health, warm, models))
+    if series is not None:
+        states = health.get("entries", {})
+        standin = any(simulated(states, name) for name in snapshot.get("entries", {}))
+        currency = snapshot.get("prices", {}).get("currency", "USD")
+        sections = chart_section(series, currency, standin) + sections
     banner = store_banner(health)
     if banner is not None:
         sections = f'<p class="banner" role="alert">{_e(banner)}</p>' + sections
@@ -202,23 +276,27 @@ def render_status(snapshot: Mapping[str, Any], health: Mapping[str, Any], settin
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>tabby-fleet status</title><style>{_CSS}</style></head>\n"
-        f'<body><header><h1>tabby-fleet status</h1><dl class="facts">{facts}</dl></header>\n'
+        f'<body><header><h1>tabby-fleet status</h1><dl class="facts">{facts}</dl>{window_links(since, team)}'
+        "</header>\n"
         f"<main>{sections}</main>\n"
         f"<footer><p>{_e(price_note(snapshot))}</p>"
         f"<p>This page refreshes itself every {REFRESH_SECONDS} s. The same numbers as JSON: "
-        f"<code>/fleet/usage?since=today</code>; in a terminal: <code>fleet status</code>.</p></footer>"
+        f"<code>/fleet/usage?since={_e(quote(since))}</code>; in a terminal: <code>fleet status</code>.</p></footer>"
         "</body></html>\n"
     )
 
 
 def render_refusal(status: int, code: str, message: str) -> str:
-    """A small page for an admin refusal (the browser shows it; a 401 also makes it ask for a login)."""
+    """A small page for a refusal (the browser shows it; a 401 also makes it ask for a login; a 400, a bad
+    query, links to the windows the page takes)."""
     login = (
         "<p>Log in with any user name and an admin token as the password "
         "(<code>fleet token new --admin --label NAME --write</code> makes one).</p>"
         if status == 401
         else ""
     )
+    if status == 400:
+        login = window_links("")
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>tabby-fleet status: refused</title>'
         f"<style>{_CSS}</style></head><body><h1>{status} {_e(code)}</h1><p>{_e(message)}</p>{login}</body></html>\n"
@@ -326,5 +404,11 @@ _CSS = (
     "font-variant-numeric:tabular-nums}.empty{color:#656d76;font-style:italic}"
     ".state{font-weight:600}.state-ready{color:#1a7f37}.state-starting{color:#9a6700}"
     ".state-failed{color:#cf222e}.state-cold{color:#656d76}"
+    ".windows{margin:8px 0 0}.windows a{margin:0 4px;padding:1px 6px;border:1px solid #d0d7de;border-radius:4px;"
+    "color:#0969da;text-decoration:none}.windows .current{background:#0969da;color:#fff;font-weight:600}"
+    ".charts{display:flex;flex-wrap:wrap;gap:8px 16px}.charts figure{margin:0}"
+    ".chart{font-size:11px;background:#fff}.chart .plot{fill:#f6f8fa;stroke:#d0d7de}"
+    ".chart-title{font-weight:600;font-size:12px}.chart .axis,.chart-empty{fill:#656d76}"
+    ".note{color:#656d76;font-size:12px}"
     "footer{margin-top:24px;color:#656d76;font-size:12px}code{font-size:12px}"
 )

@@ -528,17 +528,21 @@ class Usage:
                 (entries.get(name) or entries.setdefault(name, EntryCell())).add(entry_cell)
         return cells, entries
 
-    def window(self, since: float) -> tuple[dict[Key, Cell], dict[str, EntryCell]]:
-        """The sums of the buckets from ``since`` until now: from its minute, or its hour for hour buckets."""
+    def buckets(self, since: float) -> list[Bucket]:
+        """The buckets from ``since`` until now: from its minute, or its hour for hour buckets (read only)."""
         first = int(since // BUCKET_SECONDS)
-        cells: dict[Key, Cell] = {}
-        entries: dict[str, EntryCell] = {}
         first_hour = first // HOUR_MINUTES
         buckets = [b for h, b in self._hours.items() if h >= first_hour]
         horizon = self._clock() - self.retention  # a minute past retention waits for compact() to drop it
         buckets += [b for m, b in self._minutes.items() if m >= first and b.end > horizon]
         buckets += [b for b in (*self._unflushed, self._current) if b.index >= first and b.end > horizon]
-        for bucket in buckets:
+        return buckets
+
+    def window(self, since: float) -> tuple[dict[Key, Cell], dict[str, EntryCell]]:
+        """The sums of the buckets from ``since`` until now: from its minute, or its hour for hour buckets."""
+        cells: dict[Key, Cell] = {}
+        entries: dict[str, EntryCell] = {}
+        for bucket in self.buckets(since):
             for key, cell in bucket.cells.items():
                 (cells.get(key) or cells.setdefault(key, Cell())).add(cell)
             for name, entry_cell in bucket.entry_cells():

@@ -8,6 +8,7 @@ entry's busy seconds) and, with ``by=token``, per developer (team and token labe
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,6 +91,84 @@ def _tokens(
             "cost": _round_cost(sum(token_shares)) if token_shares else None,
         })  # fmt: skip
     return rows
+
+
+# The width of a chart's point: the smallest of these that keeps a window within MAX_POINTS points.
+SLOT_SECONDS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+MAX_POINTS = 120
+
+
+def slot_seconds(span: float, max_points: int = MAX_POINTS) -> int:
+    """The slot width for a window of ``span`` seconds: at most ``max_points`` slots, epoch-aligned ones."""
+    for width in SLOT_SECONDS:
+        if span / width <= max_points - 1:  # aligning the first slot down can add one
+            return width
+    return 86400 * math.ceil(span / 86400 / (max_points - 1))
+
+
+def series(usage: Usage, since: datetime, team: str | None = None) -> dict[str, Any]:
+    """Per slot of the window (the buckets summed into at most MAX_POINTS slots): each team's and entry's
+    requests, p95 latency (ms, None without completions) and cost; for the status page's charts.
+
+    The window starts where the data does (``covers_from``); a team's cost in a slot is its share of each
+    entry's busy seconds there, as in the snapshot. An hour bucket counts in the slot its hour starts in.
+    ``team`` keeps that team's series (the entries stay whole). Read only: call after :func:`snapshot`."""
+    now = usage.now()
+    start = usage.covers_from(since.timestamp())
+    width = slot_seconds(now - start)
+    first = int(start // width)
+    count = int(now // width) - first + 1
+    used: list[dict[Key, Cell]] = [{} for _ in range(count)]
+    ran: list[dict[str, EntryCell]] = [{} for _ in range(count)]
+    for bucket in usage.buckets(start):
+        slot = min(max(int(bucket.start // width) - first, 0), count - 1)
+        for key, cell in bucket.cells.items():
+            (used[slot].get(key) or used[slot].setdefault(key, Cell())).add(cell)
+        for name, entry_cell in bucket.entry_cells():
+            (ran[slot].get(name) or ran[slot].setdefault(name, EntryCell())).add(entry_cell)
+    teams: dict[str, dict[str, list[Any]]] = {}
+    entries: dict[str, dict[str, list[Any]]] = {name: _empty_series(count) for name in usage.entries}
+    for slot in range(count):
+        per_entry: dict[str, Cell] = {}
+        per_team: dict[str, Cell] = {}
+        for (_, _, entry), cell in used[slot].items():
+            if entry != "-":
+                (per_entry.get(entry) or per_entry.setdefault(entry, Cell())).add(cell)
+        for name in {*per_entry, *ran[slot]}:
+            cell = per_entry.get(name, Cell())
+            row = entries.get(name) or entries.setdefault(name, _empty_series(count))
+            row["requests"][slot] = cell.requests
+            row["p95_ms"][slot] = _p95_of(cell.latency)
+            row["cost"][slot] = round(ran[slot][name].cost, 6) if name in ran[slot] else 0.0
+        team_cost: dict[str, float] = {}
+        for (team_name, _, entry), cell in used[slot].items():
+            if _idle(cell) or (team is not None and team_name != team):
+                continue
+            (per_team.get(team_name) or per_team.setdefault(team_name, Cell())).add(cell)
+            busy = per_entry[entry].busy_seconds if entry in per_entry else 0.0
+            entry_cost = ran[slot][entry].cost if entry in ran[slot] else None
+            share = _share(entry_cost, busy, cell.busy_seconds) if entry != "-" else None
+            team_cost[team_name] = team_cost.get(team_name, 0.0) + (share or 0.0)
+        for name, cell in per_team.items():
+            row = teams.get(name) or teams.setdefault(name, _empty_series(count))
+            row["requests"][slot] = cell.requests
+            row["p95_ms"][slot] = _p95_of(cell.latency)
+            row["cost"][slot] = round(team_cost.get(name, 0.0), 6)
+    return {
+        "slot_seconds": width,
+        "starts": [(first + slot) * width for slot in range(count)],
+        "teams": dict(sorted(teams.items())),
+        "entries": entries,
+    }
+
+
+def _empty_series(count: int) -> dict[str, list[Any]]:
+    return {"requests": [0] * count, "p95_ms": [None] * count, "cost": [0.0] * count}
+
+
+def _p95_of(histogram: dict[int, int]) -> float | None:
+    value = percentile(histogram, 0.95)
+    return None if value is None else round(value, 1)
 
 
 def parse_by(text: str) -> str:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,11 @@ from fleet.loading import load_settings
 from fleet.settings import FleetSettings
 from fleet.tokens import hash_token
 from router.admin import AdminAuth
+from router.charts import line_chart
+from router.observe import RequestRecord
 from router.status_page import render_status
+from router.usage import Usage
+from router.usage_report import MAX_POINTS, series, snapshot
 
 from .support.fleetproc import COMPLETION, RunningFleet, free_port, run_fleet
 
@@ -155,6 +163,54 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
+def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
+    """A non-interlaced 8-bit RGB/RGBA PNG (what Chromium writes) as (width, channels, rows of raw pixels)."""
+    data = path.read_bytes()
+    width, height = png_size(path)
+    depth, colour, interlace = data[24], data[25], data[28]
+    assert depth == 8 and colour in (2, 6) and interlace == 0, (depth, colour, interlace)
+    channels = 4 if colour == 6 else 3
+    chunks, at = [], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        if data[at + 4 : at + 8] == b"IDAT":
+            chunks.append(data[at + 8 : at + 8 + length])
+        at += 12 + length
+    raw = zlib.decompress(b"".join(chunks))
+    stride = width * channels
+    lines: list[bytes] = []
+    previous = bytearray(stride)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up, corner = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 255
+            elif kind == 2:
+                line[i] = (line[i] + up) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 255
+            elif kind == 4:
+                guess = left + up - corner
+                pa, pb, pc = abs(guess - left), abs(guess - up), abs(guess - corner)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
+        lines.append(bytes(line))
+        previous = line
+    return width, channels, lines
+
+
+def count_colour(path: Path, rgb: tuple[int, int, int], tolerance: int = 8) -> int:
+    """How many pixels of the PNG are ``rgb`` (each channel within ``tolerance``)."""
+    width, channels, lines = png_pixels(path)
+    return sum(
+        1
+        for line in lines
+        for x in range(0, width * channels, channels)
+        if all(abs(line[x + c] - rgb[c]) <= tolerance for c in range(3))
+    )
+
+
 def test_chromium_shows_a_started_entry_and_a_teams_usage(tmp_path: Path) -> None:
     with run_fleet(tmp_path / "fleet", FLEET) as fleet, chromium_profile(tmp_path) as chromium:
         use_the_fleet(fleet)
@@ -164,6 +220,19 @@ def test_chromium_shows_a_started_entry_and_a_teams_usage(tmp_path: Path) -> Non
         run_chromium([*chromium, f"--screenshot={shot}", "--window-size=1280,900", url])
     shown = rows(dom)
     assert shown[("entries", "small")][1] == "ready", shown
+    # model, GPU, in flight, queued; the stand-in's cost is marked simulated
+    assert shown[("entries", "small")][2:6] == ["TabbyML/StarCoder-1B", "L4 (stand-in: none used)", "0", "0"]
+    assert shown[("entries", "small")][13].endswith("(simulated: stand-in, no GPU)"), shown
+    # the six charts are SVG in Chromium's DOM, with a line or a dot drawn for frontend's requests
+    charts = re.findall(r'<svg[^>]*id="chart-([a-z0-9_-]+)"[^>]*width="(\d+)" height="(\d+)"', dom)
+    assert {key for key, _, _ in charts} == {f"{group}-{metric}" for group in ("teams", "entries")
+                                             for metric in ("requests", "p95_ms", "cost")}, charts  # fmt: skip
+    assert all(int(w) > 0 and int(h) > 0 for _, w, h in charts)
+    teams_requests = dom[dom.index('id="chart-teams-requests"') :].split("</svg>")[0]
+    assert "<polyline" in teams_requests or "<circle" in teams_requests, teams_requests
+    assert "frontend" in teams_requests
+    # ... and drawn: the legend's second colour (#cf222e; no table text uses it for a ready fleet)
+    assert count_colour(shot, (0xCF, 0x22, 0x2E)) >= 100, "the charts' legend is not in the screenshot"
     frontend = shown[("teams", "frontend")]
     assert int(frontend[1]) >= 3 and frontend[2] == "3", frontend  # requests (events too), completions
     assert ("teams", "(no team)") in shown or ("teams", "nobody") in shown, shown
@@ -257,7 +326,7 @@ def test_the_status_page_escapes_every_value() -> None:
         shown[("developers", evil)][1:3] == [f"{evil}-label", "2"] and shown[("developers", evil)][-1] == "0.1250 USD"
     )
     assert 'class="banner"' in page and f"cannot write {evil}" not in page  # the store's banner, escaped too
-    assert shown[("entries", "small")][9] == "unknown"  # no price: cost unknown
+    assert shown[("entries", "small")][13] == "unknown"  # no price: cost unknown
     assert "2026-05-07" in page  # the prices' date in the footer
 
 
@@ -283,7 +352,7 @@ def test_costs_add_up_and_say_what_is_unknown() -> None:
     assert shown[("teams", "frontend")][-1] == "0.5000 EUR"
     assert shown[("teams", "ml")][-1] == "-"  # used nothing: no share, not "unknown"
     assert shown[("teams", "(unused entries)")][-1] == "2.00 EUR"
-    assert shown[("entries", "exotic")][9] == "unknown"
+    assert shown[("entries", "exotic")][13] == "unknown"
     assert "2.50 EUR + unknown (exotic unpriced)" in page  # external ran no container of ours: not named
     assert "2026-11-01 (our invoice)" in page
 
@@ -325,3 +394,112 @@ def test_fleet_status_says_what_to_do_when_it_cannot_show_the_status(guarded: Ru
     since = fleet_status("--url", guarded.base_url, "--admin-token", ADMIN, "--since", "yesterday-ish")
     assert since.returncode == 1 and "'yesterday-ish'" in since.stderr and "15m" in since.stderr, since.stderr
     assert not (unreachable.stdout or no_token.stdout or wrong.stdout or since.stdout)
+
+
+# --- the window, the entries' details and the charts (issue 20, finding 7) ------------------------------
+
+
+def test_the_status_page_takes_a_window_and_refuses_a_bad_one_with_advice(guarded: RunningFleet) -> None:
+    """Before: the page was fixed to today and ignored ?since=, even since=bogus was a 200."""
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    with guarded.client() as client:
+        bogus = client.get("/fleet/status", params={"since": "bogus"}, headers=admin)
+        future = client.get("/fleet/status", params={"since": "2999-01-01T00:00:00Z"}, headers=admin)
+        nobody = client.get("/fleet/status", params={"team": "nobody"}, headers=admin)
+        hour = client.get("/fleet/status", params={"since": "1h"}, headers=admin)
+        week = client.get("/fleet/status", params={"since": "7d", "team": "frontend"}, headers=admin)
+        default = client.get("/fleet/status", headers=admin)
+    assert bogus.status_code == 400 and bogus.headers["content-type"].startswith("text/html")
+    assert "bad-since" in bogus.text and "15m, 1h, 24h, 7d" in bogus.text and "&#x27;bogus&#x27;" in bogus.text
+    assert 'href="?since=1h"' in bogus.text and 'href="?since=7d"' in bogus.text  # where to go instead
+    assert future.status_code == 400 and "in the future" in future.text
+    assert nobody.status_code == 400 and "unknown-team" in nobody.text and "frontend" in nobody.text
+    assert hour.status_code == 200 and '<a href="?since=1h" aria-current="page"' in hour.text
+    assert 'href="?since=7d"' in hour.text and 'href="?since=today"' in hour.text and 'href="?since=24h"' in hour.text
+    assert week.status_code == 200 and '<a href="?since=7d&amp;team=frontend" aria-current="page"' in week.text
+    assert 'href="?since=1h&amp;team=frontend"' in week.text  # the team is kept in the other windows' links
+    week_teams = {key[1] for key in rows(week.text) if key[0] == "teams"} - {"(unused entries)"}
+    assert week_teams == {"frontend"}
+    assert '<a href="?since=today" aria-current="page"' in default.text
+
+
+def test_the_status_page_shows_model_gpu_load_and_a_simulated_cost(guarded: RunningFleet) -> None:
+    """Before: no model or GPU per entry, no in-flight/queued counts, and USD costs for the local stand-in,
+    which runs no GPU."""
+    with guarded.client() as client:
+        page = client.get("/fleet/status", headers={"Authorization": f"Bearer {ADMIN}"})
+        health = client.get("/fleet/health", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert health["entries"]["small"]["backend"] == "stand-in"
+    small = rows(page.text)[("entries", "small")]
+    assert small[:6] == ["small", "ready", "TabbyML/StarCoder-1B", "L4 (stand-in: none used)", "0", "0"], small
+    assert re.fullmatch(r"[0-9.]+ USD \(simulated: stand-in, no GPU\)", small[13]), small
+    assert "(simulated: stand-in, no GPU: small" in page.text  # the header's total says so too
+    health_in = {"version": "1", "runtime": "local", "uptime_seconds": 5,
+                 "entries": {"small": {"state": "ready", "in_flight": 3, "queued": 2, "backend": "tabby"}}}  # fmt: skip
+    shot: dict[str, Any] = {"since": "2026-11-27T00:00:00+00:00", "until": "2026-11-27T10:00:00+00:00",
+                            "entries": {"small": {"gpu": "L4", "cost": 0.5}}, "teams": {}, "refusals": []}  # fmt: skip
+    settings = FleetSettings(entries=[{"name": "small", "model": "TabbyML/StarCoder-1B", "gpu": "L4"}])
+    real = rows(render_status(shot, health_in, settings))[("entries", "small")]
+    assert real[2:6] == ["TabbyML/StarCoder-1B", "L4", "3", "2"] and real[13] == "0.5000 USD"  # a real tabby
+
+
+EVIL = "<script>alert(\"x\")</script> 'quoted' & co"
+
+
+def test_chart_labels_are_escaped_inside_the_svg() -> None:
+    chart = line_chart(
+        EVIL, f"title {EVIL}", [(EVIL, [(0.0, 1.0), (60.0, None), (120.0, 3.0)]), ("b", [(0.0, 2.0)])],
+        x_text=lambda x: f"{EVIL}{x}", y_text=lambda y: f"{y} {EVIL}",
+    )  # fmt: skip
+    assert "<script" not in chart and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in chart
+    svg = ET.fromstring(chart)  # well-formed: every label stayed text
+    texts = [element.text for element in svg.iter() if element.text]
+    assert EVIL in texts and f"title {EVIL}" in texts and f"0.0 {EVIL}" in texts
+    assert svg.get("width") == "380" and svg.get("aria-label") == f"title {EVIL}"
+    assert len(svg.findall("circle")) == 3  # the None splits the first line into two dots; b has one point
+
+
+T0 = 1_800_000_000.0  # a bucket boundary
+
+
+def _completion(team: str, entry: str, seconds: float) -> RequestRecord:
+    record = RequestRecord("id", "POST", "/v1/completions")
+    record.team, record.entry, record.kind, record.status = team, entry, "completion", 200
+    record.upstream_seconds = seconds
+    return record
+
+
+def test_the_series_sum_to_the_snapshot_in_at_most_max_points_and_the_page_draws_them() -> None:
+    settings = FleetSettings(
+        entries=[{"name": "small", "model": "TabbyML/StarCoder-1B", "gpu": "L4"}],
+        teams=[{"name": "ml", "entry": "small"}],
+    )  # EVIL is no valid team name, but usage counts what a request named (a team header, a removed team)
+    clock = [T0]
+    usage = Usage(settings, clock=lambda: clock[0])
+    usage.sample({"small": {"state": "ready", "containers": 1, "container_seconds": 0.0}})
+    for minute in range(0, 180, 7):
+        clock[0] = T0 + minute * 60 + 5
+        usage.observe(_completion(EVIL if minute % 2 else "ml", "small", 0.2), 0.3)
+        usage.sample({"small": {"state": "ready", "containers": 1, "container_seconds": minute * 60 + 5.0}})
+    now = datetime.fromtimestamp(clock[0], UTC)
+    totals = snapshot(usage, now - timedelta(hours=4))
+    drawn = series(usage, now - timedelta(hours=4))
+    assert len(drawn["starts"]) <= MAX_POINTS and drawn["slot_seconds"] == 120
+    for team in (EVIL, "ml"):
+        assert sum(drawn["teams"][team]["requests"]) == totals["teams"][team]["requests"] > 0
+    assert sum(drawn["entries"]["small"]["requests"]) == totals["entries"]["small"]["requests"]
+    assert (
+        abs(sum(drawn["entries"]["small"]["cost"]) - totals["entries"]["small"]["cost"])
+        < 1e-4
+        < totals["entries"]["small"]["cost"]
+    )
+    team_costs = sum(sum(drawn["teams"][team]["cost"]) for team in (EVIL, "ml"))
+    assert abs(team_costs - totals["entries"]["small"]["cost"]) < 1e-3  # the teams share the entry's cost
+    usage.started = clock[0] - 7 * 86400  # a router with a week of history: 2-hour points
+    week = series(usage, now - timedelta(days=7))
+    assert len(week["starts"]) <= MAX_POINTS and week["slot_seconds"] == 7200
+    health = {"version": "1", "runtime": "local", "uptime_seconds": 5, "entries": {}}
+    page = render_status(totals, health, settings, drawn)
+    svgs = re.findall(r"<svg.*?</svg>", page)
+    assert len(svgs) == 6 and all(ET.fromstring(svg) is not None for svg in svgs)
+    assert "<script" not in page and all("&lt;script&gt;alert(&quot;x&quot;)" in svg for svg in svgs[:3])
