@@ -3,9 +3,10 @@
 Names are unique and unambiguous (entries, their Modal class names, aliases, teams); references
 name entries that exist (router.default_entry, a team's entry, allowed_entries and chat_entry, an
 entry's fallback, without a cycle); a token belongs to one holder; router.auth agrees with the teams'
-tokens. :func:`cross_problems` lists them; :mod:`fleet.loading` runs it on every load, and :func:`checked`
-is the entry point for settings built by hand. :func:`settings_warnings`: valid, but probably not
-what the admin meant.
+tokens (an open fleet may hold tokens while it is moved to tokens: :func:`auth_move_advice`).
+:func:`cross_problems` lists them; :mod:`fleet.loading` runs it on every load, and :func:`checked` is
+the entry point for settings built by hand. :func:`settings_warnings`: valid, but probably not what
+the admin meant.
 """
 
 from __future__ import annotations
@@ -174,9 +175,11 @@ def _chat_entry_problems(settings: FleetSettings, team: Team, where: str, known:
     return []
 
 
-def settings_warnings(settings: FleetSettings) -> list[str]:
-    """Valid but probably unintended: one line of advice each (`fleet check` prints them)."""
-    warnings = []
+def settings_warnings(settings: FleetSettings, *, auth: bool = True) -> list[str]:
+    """Valid but probably unintended: one line of advice each (`fleet check` prints them); with ``auth``,
+    what is left of a move to tokens (the token commands, which make that move, say it themselves)."""
+    move = auth_move_advice(settings) if auth else None
+    warnings = [f"teams: {move}"] if move else []
     for team in settings.teams:
         if resolve_chat_entry(settings, team)[0] is None:
             scope = f"its allowed_entries ({', '.join(team.allowed_entries)})" if team.allowed_entries else "the fleet"
@@ -224,7 +227,9 @@ def token_problems(settings: FleetSettings) -> list[str]:
 
 
 def auth_problems(settings: FleetSettings) -> list[str]:
-    """router.auth against the teams' tokens: a team nobody can use, or tokens nobody checks."""
+    """router.auth against the teams' tokens: a team nobody can use, or a mix whose mode nobody chose. Each
+    names only the steps still missing. An open fleet whose teams have tokens loads (it is being moved to
+    tokens): :func:`auth_move_advice` says what is left, as a warning."""
     with_tokens = [team.name for team in settings.teams if team.token_digests]
     without = [team.name for team in settings.teams if not team.token_digests]
     mode = settings.router.auth
@@ -235,26 +240,43 @@ def auth_problems(settings: FleetSettings) -> list[str]:
                 'router.auth: "tokens", but there are no teams, so every request would be refused (401); add a '
                 '[[teams]] table and give it a token (fleet token new), or set router.auth = "open"'
             ]
+        every = " (or `fleet token enable`: a token for every team without one)" if len(without) > 1 else ""
         return [
             f'teams["{name}"].tokens: router.auth is "tokens" but team {name!r} has no token, so nobody can '
-            f"use it (401); give it one ({issue.format(name)}), or remove the team"
+            f"use it (401); give it one ({issue.format(name)}){every}, or remove the team"
             for name in without
         ]
-    if mode == "open":
+    if mode is None and with_tokens and without:
         return [
-            f'teams["{name}"].tokens: router.auth is "open", so tokens are never checked and anyone may act as '
-            f"team {name!r} by naming it; remove its tokens (fleet token revoke --team {name} --label ...), "
-            f'or set router.auth = "tokens" and give every team a token'
-            for name in with_tokens
-        ]
-    if with_tokens and without:
-        return [
-            f"teams: some have tokens ({_quoted(with_tokens)}) and some none ({_quoted(without)}). With tokens in use "
-            f"every request needs one, so {_quoted(without)} would be locked out (401). Either give them tokens "
-            f'({"; ".join(issue.format(name) for name in without)}), or set router.auth = "open" in [router] '
-            f"and remove the tokens of {_quoted(with_tokens)}"
+            f"teams: some have tokens ({_quoted(with_tokens)}) and some none ({_quoted(without)}), and router.auth "
+            f"is unset. With tokens in use every request needs one, so {_quoted(without)} would be locked out "
+            f"(401). To move to tokens: `fleet token enable` (a token for {_quoted(without)} and router.auth = "
+            f'"tokens", in one write); to stay open while you issue them one by one, set router.auth = "open" in '
+            f"[router]"
         ]
     return []
+
+
+def auth_move_advice(settings: FleetSettings) -> str | None:
+    """An open fleet (router.auth = "open") whose teams have tokens is being moved to tokens: what is left, or
+    None when no team has a token (or the fleet is not open by choice)."""
+    if settings.router.auth != "open":
+        return None
+    with_tokens = [team.name for team in settings.teams if team.token_digests]
+    without = [team.name for team in settings.teams if not team.token_digests]
+    if not with_tokens:
+        return None
+    if not without:
+        return (
+            'router.auth is "open", so tokens are not checked yet, though every team has a token: the one step '
+            'left is the mode, `fleet token enable` (or set router.auth = "tokens" in [router])'
+        )
+    return (
+        f'router.auth is "open", so tokens are not checked yet (anyone may act as a team by naming it); still '
+        f"without a token: {_quoted(without)}. `fleet token enable` gives {'it' if len(without) == 1 else 'them'} "
+        f'one and sets router.auth = "tokens" in one write (or one by one: '
+        f"{'; '.join(f'fleet token new --team {name} --label LABEL --write' for name in without)})"
+    )
 
 
 def _quoted(names: list[str]) -> str:

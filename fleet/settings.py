@@ -258,8 +258,9 @@ class RouterOptions(BaseModel, TokenHolder):
     max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
     max_url_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 8 * 1024
     # How a request's team is known. "tokens": every team has tokens and every request needs one.
-    # "open": no team has tokens; the team comes from X-Tabby-Team or /teams/<team>/. Unset: inferred
-    # when the teams agree (all have tokens, or none has); a mix is refused at load.
+    # "open": the team comes from X-Tabby-Team or /teams/<team>/, and no token is checked (teams may hold
+    # some while the fleet is moved to tokens: `fleet token enable`). Unset: inferred when the teams
+    # agree (all have tokens, or none has); a mix is refused at load.
     auth: AuthMode | None = None
     # Admin tokens (`fleet token new --admin --label L`). They guard /fleet/* (but the liveness
     # answer of /fleet/health) and /metrics. With none, those answer loopback clients only.

@@ -127,8 +127,8 @@ def _check_can_keep(fleet: FleetRuntime) -> None:
         raise FleetError(
             409,
             "tokens-not-in-use",
-            'this fleet does not check tokens (router.auth is "open"): give every team a token in fleet.toml '
-            "(fleet token new --team TEAM --label LABEL --write) and reload, then issue more here",
+            'this fleet does not check tokens (router.auth is "open"): move it to tokens in fleet.toml '
+            "(fleet token enable) and reload, then issue more here",
         )
     if fleet.state_sync.store is None:
         raise FleetError(

@@ -244,14 +244,22 @@ def test_token_new_write_keeps_comments_and_the_token_works(tmp_path: Path) -> N
     assert routed.returncode == 0 and re.search(r"team:\s+platform", routed.stdout)
 
 
-def test_token_new_write_in_an_open_fleet_lists_what_is_left(tmp_path: Path) -> None:
-    config = PACKAGED_EXAMPLE.read_text().replace('auth = "open"\n', "")
+def test_token_new_write_in_an_open_fleet_keeps_it_loadable_and_says_what_is_left(tmp_path: Path) -> None:
+    config = PACKAGED_EXAMPLE.read_text().replace('auth = "open"\n', "")  # the mode left to inference
     path = write(tmp_path, config)
     first = fleet("token", "new", "--team", "frontend", "--label", "a", "--write", "--config", str(path))
-    assert first.returncode == 0 and "do not load yet" in first.stdout and "'platform', 'research'" in first.stdout
-    assert fleet("check", "--config", str(path)).returncode == 1
+    assert first.returncode == 0 and "do not load yet" not in first.stdout
+    assert 'router.auth = "open" in [router]' in first.stdout  # written with the first token, so it loads
+    assert "still without a token: 'platform', 'research'" in first.stdout and "fleet token enable" in first.stdout
+    assert 'auth = "open"' in path.read_text()
+    checked = fleet("check", "--config", str(path))
+    assert checked.returncode == 0 and "auth: open" in checked.stdout and "1 of 3 teams have tokens" in checked.stdout
     for team in ("platform", "research"):  # the token commands work on the half-moved fleet
-        assert fleet("token", "new", "--team", team, "--label", "a", "--write", "--config", str(path)).returncode == 0
+        step = fleet("token", "new", "--team", team, "--label", "a", "--write", "--config", str(path))
+        assert step.returncode == 0 and fleet("check", "--config", str(path)).returncode == 0
+    assert "the one step left is the mode" in step.stdout and "without a token" not in step.stdout
+    enabled = fleet("token", "enable", "--config", str(path))
+    assert enabled.returncode == 0 and "every team had a token already" in enabled.stdout
     checked = fleet("check", "--config", str(path))
     assert checked.returncode == 0 and "auth: tokens - 3 teams, 3 tokens" in checked.stdout
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from fleet.errors import FleetError
 from fleet.loading import SettingsError, env_warnings, load_settings, resolve_config_path
 from fleet.routing import RoutingTable
+from fleet.rules import settings_warnings
 from fleet.settings import PACKAGED_EXAMPLE, FleetSettings
 from router.admin import AdminAuth
 
@@ -308,8 +309,8 @@ def test_a_mix_of_teams_with_and_without_tokens_is_refused(tmp_path: Path) -> No
     found = problems(tmp_path, mixed)
     assert found.count("\n") == 0  # one line
     assert "'platform'" in found and "locked out (401)" in found  # names the team that would be locked out
-    assert "fleet token new --team platform --label LABEL" in found  # fix 1: give it a token
-    assert 'router.auth = "open"' in found and "remove the tokens of 'frontend'" in found  # fix 2
+    assert "fleet token enable" in found  # fix 1: the whole move in one write
+    assert 'set router.auth = "open"' in found and "remove the tokens" not in found  # fix 2: stay open meanwhile
 
 
 def test_explicit_tokens_mode_needs_a_token_on_every_team(tmp_path: Path) -> None:
@@ -324,10 +325,31 @@ def test_explicit_tokens_mode_without_teams_is_refused(tmp_path: Path) -> None:
     assert 'router.auth: "tokens", but there are no teams' in problems(tmp_path, text)
 
 
-def test_explicit_open_mode_refuses_team_tokens(tmp_path: Path) -> None:
-    text = with_tokens(TWO_TEAMS, "frontend", f'token_sha256 = ["{HASH_A}"]')
-    found = problems(tmp_path, text.replace("[router]\n", '[router]\nauth = "open"\n'))
-    assert 'teams["frontend"].tokens: router.auth is "open", so tokens are never checked' in found
+def test_an_open_fleet_being_moved_to_tokens_loads_and_names_only_what_is_left(tmp_path: Path) -> None:
+    three = TWO_TEAMS.replace("[router]\n", '[router]\nauth = "open"\n') + '\n[[teams]]\nname = "research"\n'
+    first = with_tokens(three, "frontend", f'token_sha256 = ["{HASH_A}"]')
+    settings = load(tmp_path, first)  # tokens in an open fleet: a move under way, not an error
+    assert settings.auth_mode == "open"
+    (move,) = [w for w in settings_warnings(settings) if "router.auth" in w]
+    assert "still without a token: 'platform', 'research'" in move and "fleet token enable" in move
+    assert "fleet token new --team platform" in move and "'frontend'" not in move
+    last = with_tokens(first, "platform", f'tokens = [{{label = "ci", sha256 = "{HASH_B}"}}]')
+    (move,) = [w for w in settings_warnings(load(tmp_path, last)) if "router.auth" in w]
+    assert "still without a token: 'research'" in move and "gives it one" in move and "platform" not in move
+    done = with_tokens(last, "research", f'tokens = [{{label = "r", sha256 = "{HASH_C}"}}]')
+    (move,) = [w for w in settings_warnings(load(tmp_path, done)) if "router.auth" in w]
+    assert "the one step left is the mode" in move and "fleet token enable" in move
+    assert "without a token" not in move and "fleet token new" not in move  # only the missing step
+
+
+def test_explicit_tokens_mode_names_only_the_team_without_a_token(tmp_path: Path) -> None:
+    three = TWO_TEAMS.replace("[router]\n", '[router]\nauth = "tokens"\n') + '\n[[teams]]\nname = "research"\n'
+    text = with_tokens(with_tokens(three, "frontend", f'token_sha256 = ["{HASH_A}"]'), "research",
+                       f'token_sha256 = ["{HASH_C}"]')  # fmt: skip
+    found = problems(tmp_path, text)
+    assert found.count("\n") == 0 and "'platform'" in found
+    assert "fleet token new --team platform --label LABEL --write" in found
+    assert "frontend" not in found and "research" not in found and "fleet token enable" not in found
 
 
 def test_unknown_auth_mode(tmp_path: Path) -> None:

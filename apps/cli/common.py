@@ -28,7 +28,7 @@ def load_for_command(args: argparse.Namespace, *, check_auth: bool = True) -> Fl
     for warning in env_warnings():
         print(f"fleet: warning: {warning}", file=sys.stderr)
     settings = load_settings(args.config, check_auth=check_auth)
-    for warning in settings_warnings(settings):
+    for warning in settings_warnings(settings, auth=check_auth):
         print(f"fleet: warning: {warning}", file=sys.stderr)
     return settings
 
@@ -56,9 +56,15 @@ def access_summary(settings: FleetSettings) -> str:
             f"token gets 401 (fleet token list)"
         )
     elif settings.teams:
+        holding = sum(1 for team in settings.teams if team.token_digests)
+        close = (
+            f"{holding} of {teams} teams have tokens, not checked until the fleet moves to tokens (fleet token enable)"
+            if holding
+            else "`fleet token enable` closes it (a token for every team)"
+        )
         auth = (
             "auth: open - anyone who can reach the URL can use every entry a team may use, by naming the team "
-            "(X-Tabby-Team or /teams/<team>/); give every team a token to close it"
+            f"(X-Tabby-Team or /teams/<team>/); {close}"
         )
     else:
         auth = "auth: open - no teams, so anyone who can reach the URL can use every entry"

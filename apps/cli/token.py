@@ -1,14 +1,17 @@
-"""``fleet token new / list / revoke``: team and admin tokens, written into the settings file.
+"""``fleet token new / list / revoke / enable``: team and admin tokens, written into the settings file.
 
 A token is shown once; the settings keep its sha256 and a label. ``--write`` edits the file with
 tomlkit, so its comments and layout survive, and writes it only if the result still loads. With
-``--url`` the commands act on a running router instead (apps/cli/token_remote.py).
+``--url`` the commands act on a running router instead (apps/cli/token_remote.py). ``enable`` moves an
+open fleet to tokens in one write; until then ``new --write`` keeps a half-moved fleet loadable and open
+(router.auth = "open"). Every write is atomic: written aside, loaded, renamed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +20,7 @@ from apps.cli.common import CliError, access_summary, load_for_command, text_tab
 from apps.cli.reload import add_router_options
 from apps.cli.token_remote import remote_list, remote_new, remote_revoke
 from fleet.loading import SettingsError, load_settings, resolve_config_path
+from fleet.rules import auth_move_advice
 from fleet.settings import PACKAGED_EXAMPLE, FleetSettings
 from fleet.tokens import ADMIN_TOKEN_PREFIX, LEGACY_LABEL, TEAM_TOKEN_PREFIX, TokenRef, hash_token, new_token
 
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
 
 def add_token_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser]) -> None:
     """Register ``fleet token ...`` on the ``fleet`` command's subparsers."""
-    token = sub.add_parser("token", help="Team and admin tokens: new, list, revoke.")
+    token = sub.add_parser("token", help="Team and admin tokens: new, list, revoke, enable.")
     token_sub = token.add_subparsers(title="token commands")
 
     def holder(cmd: argparse.ArgumentParser) -> None:
@@ -66,6 +70,15 @@ def add_token_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser]
     holder(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
 
+    enable = token_sub.add_parser(
+        "enable",
+        help='Move an open fleet to tokens: a token for every team without one, and router.auth = "tokens", in '
+        "one write.",
+    )
+    enable.add_argument("--label", default="team", help="the label of the tokens it issues (a slug; default: team)")
+    with_config(enable)
+    enable.set_defaults(func=cmd_token_enable)
+
 
 def cmd_token_new(args: argparse.Namespace) -> int:
     if args.url:
@@ -86,12 +99,29 @@ def cmd_token_new(args: argparse.Namespace) -> int:
         path = _writable_config(args.config)
         document = _read_document(path)
         _add_token(_holder_table(document, holder, path, create=True), holder.field, new)
-        remaining = _write_checked(path, document)
+        stay_open = not args.admin and _keeps_open(settings, holder.name)
+        if stay_open:  # else the mix of teams with and without tokens would not load
+            _set_auth(document, "open")
+        written, remaining = _write_checked(path, document)
         print(f"New token for {holder_text}, label {args.label!r} (shown once; give it to its holder):\n")
         print(f"  {token}\n")
         print(f"Added to {path}: {holder.where}.{holder.field} += {_inline(new)}")
+        if stay_open:
+            print(
+                'Also set router.auth = "open" in [router]: other teams have no token yet, so the fleet stays '
+                "open (and its settings load) until the move to tokens ends"
+            )
         _print_remaining(remaining)
+        move = auth_move_advice(written)
+        if move:
+            print(f"\nNext: {move}")
         print()
+        if not args.admin and written.auth_mode == "open":
+            print(
+                "The router checks it only once the fleet is in token mode (fleet token enable) and it has re-read "
+                "its settings (fleet reload, kill -HUP <pid of fleet up>, a restart; on Modal: fleet deploy)."
+            )
+            return 0
         print(_reload_advice("The running router accepts it only once it re-reads its settings:"))
         return 0
     line = f"{holder.field} = [" + ", ".join(_inline(t) for t in (*holder.tokens, new)) + "]"
@@ -149,7 +179,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     document = _read_document(path)
     table = _holder_table(document, holder, path, create=False)
     legacy = _remove_token(table, holder, args.label, path)
-    remaining = _write_checked(path, document)
+    _, remaining = _write_checked(path, document)
     which = "admin token" if args.admin else f"token of team {holder.name!r} labelled"
     print(f"Revoked the {which} {args.label!r} in {path}.")
     if legacy:
@@ -165,6 +195,66 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     _print_remaining(remaining)
     print()
     print(_reload_advice("The running router keeps accepting it until it re-reads its settings:"))
+    return 0
+
+
+def cmd_token_enable(args: argparse.Namespace) -> int:
+    """The whole move of a fleet to tokens in one atomic write: a token for each team without one, printed
+    once, and router.auth = "tokens"; refused, with what would not load, rather than half done."""
+    settings = load_for_command(args, check_auth=False)  # also a half-moved or a broken mix
+    _check_label(args.label)
+    if not settings.teams:
+        raise CliError(
+            "there are no teams, so in token mode every request would be refused (401)",
+            "add a [[teams]] table for each team (docs/CONFIGURATION.md), then run this again",
+        )
+    missing = [team.name for team in settings.teams if not team.token_digests]
+    if not missing and settings.auth_mode == "tokens":
+        print(
+            f"Nothing to do: the fleet is in token mode already, and each of its {len(settings.teams)} "
+            f"team{'s' if len(settings.teams) != 1 else ''} has a token (fleet token list)."
+        )
+        return 0
+    path = _writable_config(args.config)
+    document = _read_document(path)
+    issued: list[tuple[str, str]] = []
+    for name in missing:
+        holder = _Holder(settings, name)
+        token = new_token(TEAM_TOKEN_PREFIX)
+        _add_token(
+            _holder_table(document, holder, path, create=False),
+            holder.field,
+            TokenRef(label=args.label, sha256=hash_token(token)),
+        )
+        issued.append((name, token))
+    _set_auth(document, "tokens")
+    written, _ = _write_checked(path, document, whole=True)
+    print(f'Moved {path} to tokens: router.auth = "tokens"', end="")
+    if not issued:
+        print(" (every team had a token already).")
+    else:
+        print(f", and a token labelled {args.label!r} for each team that had none.\n")
+        print("Each token is shown once. Give each team its own; its developers put it in [server] of")
+        print("~/.tabby-client/agent/config.toml (tabby-agent's settings, for VS Code, JetBrains and Vim):\n")
+        width = max(len(name) for name, _ in issued)
+        for name, token in issued:
+            print(f'  {name.ljust(width)}   token = "{token}"')
+    kept = [team.name for team in settings.teams if team.name not in missing]
+    if kept:
+        print(f"\nTeams that had tokens keep them: {', '.join(kept)}.")
+    if written.auth_mode != "tokens":
+        print(
+            f'\nfleet: warning: the file says router.auth = "tokens", but the settings come out '
+            f'"{written.auth_mode}": FLEET_ROUTER__AUTH (in the environment or .env) overrides it',
+            file=sys.stderr,
+        )
+    print()
+    print(
+        _reload_advice(
+            "The running router stays open until it re-reads its settings; from then on every request needs a "
+            "team token (401 without), so hand out the tokens first:"
+        )
+    )
     return 0
 
 
@@ -225,19 +315,34 @@ def _token_mode(settings: FleetSettings) -> bool:
     return bool(settings.teams) and all(team.token_digests for team in settings.teams)
 
 
+def _keeps_open(settings: FleetSettings, team: str | None) -> bool:
+    """Whether a first token for ``team`` needs router.auth = "open" written with it, so that the settings
+    still load: the mode is inferred, and another team would be left without a token."""
+    others = [t for t in settings.teams if t.name != team]
+    return settings.router.auth is None and any(not t.token_digests for t in others)
+
+
 def _auth_note(settings: FleetSettings, team: str | None) -> str:
-    """What else the fleet needs before this team's new token works (printed by `token new`)."""
+    """What else the fleet needs before this team's new token works (printed by `token new`): only the
+    steps still missing."""
     without = [t.name for t in settings.teams if not t.token_digests and t.name != team]
+    if settings.router.auth == "tokens":
+        return ""  # the token works once the router re-reads its settings
     if settings.router.auth == "open":
+        if not without:
+            return (
+                'Note: router.auth is "open", so tokens are not checked yet. With this token every team has one: '
+                'the one step left is the mode, `fleet token enable` (or set router.auth = "tokens").'
+            )
         return (
-            'Note: router.auth is "open" in these settings, so tokens are not checked. To use tokens, give every '
-            'team one and set router.auth = "tokens" (or remove the line).'
+            f'Note: router.auth is "open", so tokens are not checked yet; still without a token: '
+            f'{", ".join(without)}. `fleet token enable` gives them one and sets router.auth = "tokens".'
         )
     if without:
         return (
             f"Note: with tokens in use every team needs one, or it is locked out; still without a token: "
-            f"{', '.join(without)} (fleet token new --team TEAM --label LABEL --write). Until then the settings do "
-            f'not load (or set router.auth = "open" and leave tokens out).'
+            f'{", ".join(without)}. Set router.auth = "open" in [router] too, so the settings load and the '
+            f"fleet stays open meanwhile (`--write` does that for you); `fleet token enable` finishes the move."
         )
     return ""
 
@@ -347,9 +452,10 @@ def _remove_token(table: Any, holder: _Holder, label: str, path: Path) -> bool:
     raise CliError(f"{holder.who} has no token labelled {label!r} in {path} (it is set elsewhere, e.g. FLEET_*)")
 
 
-def _write_checked(path: Path, document: TOMLDocument) -> list[str]:
-    """Write the edited settings in place of ``path`` (atomically) if they still load but for the auth
-    rules; return what `fleet check` will still report (a fleet being moved to tokens team by team)."""
+def _write_checked(path: Path, document: TOMLDocument, *, whole: bool = False) -> tuple[FleetSettings, list[str]]:
+    """Write the edited settings in place of ``path`` (atomically: written aside, loaded, renamed) if they
+    still load but for the auth rules (all rules with ``whole``). Return them, and what `fleet check` will
+    still report."""
     import shutil
 
     import tomlkit
@@ -359,16 +465,38 @@ def _write_checked(path: Path, document: TOMLDocument) -> list[str]:
     try:
         shutil.copymode(path, staged)
         try:
-            load_settings(staged, check_auth=False)
+            written = load_settings(staged, check_auth=False)
         except SettingsError as exc:
             raise CliError("the edited settings would not load, so nothing was written:", *exc.problems) from None
         try:
             load_settings(staged)
         except SettingsError as exc:
+            if whole:
+                raise CliError("the edited settings would not load, so nothing was written:", *exc.problems) from None
             remaining = exc.problems
         else:
             remaining = []
         os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)
-    return remaining
+    return written, remaining
+
+
+MOVE_COMMENT = "tokens are not checked yet; `fleet token enable` finishes the move"  # on router.auth = "open"
+
+
+def _set_auth(document: TOMLDocument, mode: str) -> None:
+    """router.auth = ``mode`` in the document's [router] table (made at its end when there is none), in
+    its place. "open" gets :data:`MOVE_COMMENT`; "tokens" drops it (an admin's own comment stays)."""
+    import tomlkit
+
+    router = document.get("router")
+    if router is None:
+        router = tomlkit.table()
+        document.add("router", router)
+    router["auth"] = mode
+    trivia = router["auth"].trivia
+    if mode == "open":
+        trivia.comment_ws, trivia.comment = "  ", f"# {MOVE_COMMENT}"
+    elif MOVE_COMMENT in trivia.comment:
+        trivia.comment_ws, trivia.comment = "", ""
