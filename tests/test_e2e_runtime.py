@@ -157,7 +157,7 @@ def test_request_over_capacity_waits_then_gets_503(fleet: RunningFleet) -> None:
     assert third.json()["error"]["code"] == "entry-busy"
     assert results["second"].status_code == 503, results["second"].text  # waited 1 s (queue_timeout)
     assert "within 1s" in results["second"].json()["error"]["message"]
-    assert fleet.health()["entries"]["narrow"] == {"state": "ready", "in_flight": 0, "queued": 0}
+    assert fleet.health()["entries"]["narrow"] == {"state": "ready", "in_flight": 0, "queued": 0, "backend": "stand-in"}
 
 
 def test_killed_backend_is_restarted_on_next_request(fleet: RunningFleet) -> None:
