@@ -11,6 +11,7 @@ the admin meant.
 
 from __future__ import annotations
 
+from fleet.hub import COMMUNITY_SEATS, ROUTER_TOKEN_ENV, SUPPORTED_TABBY
 from fleet.routing import resolve_chat_entry
 from fleet.settings import Entry, FleetSettings, Team
 from fleet.tokens import TokenHolder
@@ -35,7 +36,7 @@ def checked(settings: FleetSettings) -> FleetSettings:
 def cross_problems(settings: FleetSettings, *, check_auth: bool = True) -> list[str]:
     """Every rule across fields: references between entries and teams, tokens and (with ``check_auth``)
     the auth mode."""
-    found = reference_problems(settings) + token_problems(settings)
+    found = reference_problems(settings) + token_problems(settings) + hub_problems(settings)
     return found + auth_problems(settings) if check_auth else found
 
 
@@ -281,3 +282,73 @@ def auth_move_advice(settings: FleetSettings) -> str | None:
 
 def _quoted(names: list[str]) -> str:
     return ", ".join(repr(name) for name in names)
+
+
+def hub_problems(settings: FleetSettings) -> list[str]:
+    """The rules of ``[hub]`` that read the rest of the settings, every broken one as advice."""
+    hub = settings.hub
+    if not hub.enabled:
+        return []
+    problems: list[str] = []
+    teams = {team.name: team for team in settings.teams}
+    entries = {entry.name: entry for entry in settings.entries}
+    unknown = [name for name in hub.teams if name not in teams]
+    if unknown:
+        problems.append(
+            f"hub.teams names {', '.join(map(repr, unknown))}, not a team; choose from {', '.join(teams) or '(none)'}"
+        )
+    if hub.chat_entry is None:
+        with_chat = [name for name, entry in entries.items() if entry.chat_model]
+        problems.append(
+            "hub.chat_entry is not set; name the entry the hub's chat uses"
+            + (f" (entries with a chat_model: {', '.join(with_chat)})" if with_chat else ", and give it a chat_model")
+        )
+    elif hub.chat_entry not in entries:
+        problems.append(f"hub.chat_entry {hub.chat_entry!r} is not an entry; choose from {', '.join(entries)}")
+    elif not entries[hub.chat_entry].chat_model:
+        problems.append(
+            f"hub.chat_entry {hub.chat_entry!r} has no chat_model; give that entry a chat_model or choose one that has"
+        )
+    problems += _router_team_problems(settings)
+    if hub.identity == "team" and settings.auth_mode != "tokens":
+        problems.append(
+            'hub.identity = "team" needs router.auth = "tokens": the chat panel sends only the IDE\'s token, so the '
+            "team can only come from it (run `fleet token enable`)"
+        )
+    if hub.url is None and not SUPPORTED_TABBY.search(settings.modal.tabby_image):
+        problems.append(
+            f"hub needs Tabby 0.32.x (its web paths and WebSocket auth were read there); modal.tabby_image is "
+            f"{settings.modal.tabby_image!r}: use tabbyml/tabby:0.32.0"
+        )
+    if hub.identity == "team":
+        seats = 1 + len(hub.teams or teams)
+        if seats > hub.licence_seats:
+            problems.append(
+                f"hub: {len(hub.teams or teams)} hub teams and the owner need {seats} seats; the licence has "
+                f"{hub.licence_seats} (hub.licence_seats; community: {COMMUNITY_SEATS}, Team: 50). List fewer "
+                "hub.teams, or set hub.licence_seats to the seats your Tabby subscription has"
+            )
+    return problems
+
+
+def _router_team_problems(settings: FleetSettings) -> list[str]:
+    hub = settings.hub
+    if hub.router_team is None:
+        if settings.auth_mode == "tokens":
+            return ["hub.router_team is not set; name the fleet team the hub calls the router as (give it a token)"]
+        return []
+    team = next((t for t in settings.teams if t.name == hub.router_team), None)
+    if team is None:
+        return [f"hub.router_team {hub.router_team!r} is not a team; add a [[teams]] table for it"]
+    problems = []
+    if settings.auth_mode == "tokens" and not team.token_digests:
+        problems.append(
+            f"hub.router_team {team.name!r} has no token; run `fleet token new --team {team.name} --label hub --write` "
+            f"and put the token in the hub's Secret as {ROUTER_TOKEN_ENV}"
+        )
+    if hub.chat_entry and team.allowed_entries and hub.chat_entry not in team.allowed_entries:
+        problems.append(
+            f"hub.router_team {team.name!r} may not use hub.chat_entry {hub.chat_entry!r}; add it to the team's "
+            "allowed_entries"
+        )
+    return problems

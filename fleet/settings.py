@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, FilePath, HttpUrl, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.gpus import GpuSpec, checked_gpu
+from fleet.hub import ROUTER_TOKEN_ENV, TEAM_TOKENS_ENV, HubOptions
 from fleet.prices import PriceTable
 from fleet.slugs import slug
 from fleet.tokens import TokenHolder, TokenRef, legacy_hashes
@@ -30,7 +31,8 @@ PACKAGED_EXAMPLE = Path(__file__).resolve().parent / "fleet.example.toml"
 AuthMode = Literal["tokens", "open"]
 ENV_PREFIX = "FLEET_"
 ENV_DELIMITER = "__"
-KNOWN_OTHER_ENV = ("FLEET_CONFIG", "FLEET_ADMIN_TOKEN")  # read by resolve_config_path and `fleet status`: not settings
+# Read by resolve_config_path, `fleet status` and the hub (its secrets): not settings.
+KNOWN_OTHER_ENV = ("FLEET_CONFIG", "FLEET_ADMIN_TOKEN", TEAM_TOKENS_ENV, ROUTER_TOKEN_ENV)
 
 
 class StandInOptions(BaseModel):
@@ -347,6 +349,8 @@ class FleetSettings(BaseSettings):
     prices: PriceTable = PriceTable()
     # How long the router's own state (usage) is kept on disk.
     store: StoreOptions = StoreOptions()
+    # The optional Tabby webserver behind the router: chat panel, Answer Engine, users (fleet/hub.py).
+    hub: HubOptions = HubOptions()
 
     def entry(self, name: str) -> Entry:
         for entry in self.entries:
