@@ -97,6 +97,7 @@ class ChatAdvert:
 
     chat_model: str
     entry: str
+    webserver: bool = False  # a hub team: health also says webserver: true, so the IDE offers the chat panel
 
 
 class _PathParts(NamedTuple):
@@ -154,6 +155,14 @@ class RoutingTable:
             completion_entry = (team.entry if team else None) or self.default_entry
             if chat_entry is not None and completion_entry is not None and chat_entry != completion_entry:
                 self._adverts[key] = ChatAdvert(self.chat_models[chat_entry], chat_entry)
+        # A hub team's health advertises the hub: webserver true and the hub's chat model (VS Code then
+        # offers its chat panel, reference/tabby-hub.md §7), whatever entry answers it.
+        hub = settings.hub
+        hub_chat = self.chat_models.get(hub.chat_entry) if hub.enabled and hub.chat_entry else None
+        if hub_chat is not None and hub.chat_entry is not None:
+            for name in self.teams:
+                if hub.serves(name):
+                    self._adverts[name] = ChatAdvert(hub_chat, hub.chat_entry, webserver=True)
 
     # -- the decision ---------------------------------------------------------------------------
 
@@ -218,9 +227,29 @@ class RoutingTable:
 
     def health_advert(self, route: Route) -> ChatAdvert | None:
         """For a health answer: the chat model to advertise when the route's chat goes elsewhere."""
-        if route.reason in EXPLICIT:
+        advert = self._adverts.get(route.team)
+        if route.reason in EXPLICIT and (advert is None or not advert.webserver):
             return None  # a named entry: its chat is its own, and its health says so
-        return self._adverts.get(route.team)
+        return advert
+
+    def fleet_grant(self, authorization: str | None) -> TokenGrant | None:
+        """The grant of a bearer that is a fleet team token, in either auth mode; None for no bearer or one the
+        fleet does not know (a hub login, a hub user's own token). A revoked or expired fleet token is refused
+        as :meth:`route` refuses it: the hub never receives a fleet token unmapped."""
+        token = _bearer_token(authorization)
+        if token is None:
+            return None
+        digest = token_digest(token)
+        grant = self.tokens.get(digest)
+        if grant is None:
+            if digest in self.revoked:
+                self._authenticate_required(authorization)
+            return None
+        now = self.clock()
+        if grant.expires is not None and now >= grant.expires:
+            self._authenticate_required(authorization)
+        self.used[digest] = now
+        return grant
 
     def chat_entry(self, team: str | None) -> tuple[str | None, str]:
         """The team's chat entry and how it was chosen (resolve_chat_entry)."""
@@ -232,6 +261,9 @@ class RoutingTable:
         """The token's team and its holder ("<team>/<label>"), when tokens are in use; else (None, None)."""
         if not self.tokens_required:
             return None, None
+        return self._authenticate_required(authorization)
+
+    def _authenticate_required(self, authorization: str | None) -> tuple[str, str]:
         token = _bearer_token(authorization)
         if token is None:
             raise FleetError(

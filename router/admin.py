@@ -43,6 +43,12 @@ class AdminAuth:
             return False
         return True
 
+    def is_admin_bearer(self, authorization: str | None) -> bool:
+        """Whether ``authorization`` is ``Bearer <an admin token>`` (for the hub, which must not receive it)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        return scheme.lower() == "bearer" and bool(token) and find_token(token, self._digests) is not None
+
     def require(self, request: Request, *, bearer_only: bool = False) -> None:
         """Return if the request may see admin endpoints, else raise 401/403. ``bearer_only``: the token must
         come as a Bearer token (a change), not as HTTP Basic's password (a browser's remembered login)."""

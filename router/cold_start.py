@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import platform
@@ -124,6 +125,8 @@ def with_chat_advert(health: dict[str, Any], advert: ChatAdvert | None) -> dict[
     if advert is None:
         return health
     health = {**health, "chat_model": advert.chat_model}
+    if advert.webserver:
+        health["webserver"] = True
     health.pop("chat_device", None)
     health["models"] = {k: v for k, v in health["models"].items() if k != "chat"}
     return health
@@ -150,3 +153,22 @@ async def _unless_client_leaves(receive: Receive, waiting: Coroutine[Any, Any, b
 def _team_may_use(table: RoutingTable, team: str | None, entry: str) -> bool:
     allowed = table.teams[team].allowed_entries if team in table.teams else ()
     return not allowed or entry in allowed
+
+
+def advertise_chat(body: bytes, advert: ChatAdvert) -> bytes:
+    """The health JSON with ``chat_model`` set to the chat entry's (its chat device and nested chat
+    model described the answering entry's own chat, so they go); unchanged if it is not a JSON object."""
+    try:
+        health = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(health, dict):
+        return body
+    health["chat_model"] = advert.chat_model
+    if advert.webserver:
+        health["webserver"] = True
+    health.pop("chat_device", None)
+    models = health.get("models")
+    if isinstance(models, dict):
+        models.pop("chat", None)
+    return json.dumps(health).encode()

@@ -33,8 +33,9 @@ from fleet.routing import HEALTH, SERVER_SETTING, ChatAdvert, Route, RoutingTabl
 from fleet.settings import FleetSettings, RouterOptions, Team
 from router.admin import AdminAuth
 from router.backends import Backends
-from router.cold_start import ColdStarts, cold_health, cold_plans, with_chat_advert
+from router.cold_start import ColdStarts, advertise_chat, cold_health, cold_plans, with_chat_advert
 from router.gate import EntryBusy, EntryGate, GateLimits
+from router.hub_access import HubAccess, team_tokens_from_env
 from router.observe import CLIENT_LEFT, REQUEST_ID, Observer, RequestRecord, new_request_id
 from router.team_limits import TeamLimiter
 from router.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -123,6 +124,10 @@ class ProxyState:
         self.cold_plans = cold_plans(settings.entries)
         version = "v" + settings.modal.tabby_image.rpartition(":")[2].removeprefix("v")  # the pinned Tabby
         self.cold_health = {entry.name: cold_health(entry, version) for entry in settings.entries}
+        # The hub's gate (router/hub_access.py); its team tokens come from the environment (a Secret), never the file.
+        self.hub = (
+            HubAccess(settings.hub, self.table, self.admin, team_tokens_from_env()) if settings.hub.enabled else None
+        )
 
 
 def _client_options(router: RouterOptions) -> dict[str, Any]:
@@ -422,7 +427,7 @@ class Proxy:
             if name not in NOT_RETURNED and name != b"content-length":
                 headers.append((name, value))
         if response.status == 200 and not encoded:
-            body = _advertise_chat(body, advert)
+            body = advertise_chat(body, advert)
         headers.append((b"content-length", str(len(body)).encode()))
         headers.append((b"x-fleet-entry", route.entry.encode()))
         headers.append((b"x-fleet-route", route.reason.encode()))
@@ -443,23 +448,6 @@ def event_type(body: bytes) -> str | None:
         return None
     kind = event.get("type") if isinstance(event, dict) else None
     return kind if kind in EVENT_TYPES else None
-
-
-def _advertise_chat(body: bytes, advert: ChatAdvert) -> bytes:
-    """The health JSON with ``chat_model`` set to the chat entry's (its chat device and nested chat
-    model described the answering entry's own chat, so they go); unchanged if it is not a JSON object."""
-    try:
-        health = json.loads(body)
-    except ValueError:
-        return body
-    if not isinstance(health, dict):
-        return body
-    health["chat_model"] = advert.chat_model
-    health.pop("chat_device", None)
-    models = health.get("models")
-    if isinstance(models, dict):
-        models.pop("chat", None)
-    return json.dumps(health).encode()
 
 
 class RequestHead:
