@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet.errors import FleetError
+from fleet.hub import HUB_BACKEND
 from fleet.settings import FleetSettings
 
 
@@ -76,13 +77,18 @@ class Backends(Protocol):
 
 
 class StaticBackends:
-    """Entries that name a running Tabby server with ``url``: nothing to start or stop."""
+    """Entries that name a running Tabby server with ``url``: nothing to start or stop.
+
+    Also the hub (``HUB_BACKEND``) when ``[hub]`` is on and names an existing Tabby webserver with ``url``; it is
+    leased like an entry but not listed by :meth:`status`, which lists entries only.
+    """
 
     runtime = "static"
     router_share = 1
 
     def __init__(self, settings: FleetSettings) -> None:
         self._upstreams: dict[str, Upstream] = {}
+        self._hub: Upstream | None = None
         self._configure(settings)
 
     def _configure(self, settings: FleetSettings) -> None:
@@ -91,9 +97,11 @@ class StaticBackends:
             for entry in settings.entries
             if entry.url
         }
+        hub = settings.hub
+        self._hub = Upstream(str(hub.url).rstrip("/")) if hub.enabled and hub.url else None
 
     def __contains__(self, entry: str) -> bool:
-        return entry in self._upstreams
+        return entry in self._upstreams or (entry == HUB_BACKEND and self._hub is not None)
 
     async def start(self) -> None:
         return None
@@ -105,8 +113,11 @@ class StaticBackends:
         self._configure(settings)
 
     def upstream(self, entry: str) -> Upstream:
-        upstream = self._upstreams.get(entry)
+        upstream = self._hub if entry == HUB_BACKEND else self._upstreams.get(entry)
         if upstream is None:
+            if entry == HUB_BACKEND:
+                no_hub = "the hub has no url and no runtime to start it; set [hub] url to your Tabby webserver"
+                raise FleetError(502, "no-hub", no_hub)
             raise FleetError(502, "no-backend", f"entry {entry!r} has no url and no runtime to start it")
         return upstream
 
