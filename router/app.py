@@ -18,10 +18,12 @@ from starlette.types import Receive, Scope, Send
 
 from fleet import __version__
 from fleet.errors import FleetError
+from fleet.hub_paths import HUB_SOCKET, classify
 from fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX, WHOAMI_PATH
 from fleet.settings import FleetSettings
 from router import endpoints, token_endpoints
 from router.backends import Backends
+from router.hub_socket import NOT_HERE, HubSocket
 from router.openapi import fleet_openapi
 from router.proxy import Proxy
 from router.runtime import FleetRuntime, SettingsLoader
@@ -39,6 +41,7 @@ class ProxyDispatch:
     def __init__(self, app: FastAPI, proxy: Proxy) -> None:
         self.app = app
         self.proxy = proxy
+        self.hub_socket = HubSocket(proxy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -52,7 +55,21 @@ class ProxyDispatch:
             if path == WHOAMI_PATH:
                 await self.proxy.whoami(scope, receive, send)
                 return
+        elif scope["type"] == "websocket":
+            if classify(scope["path"], hub=True, websocket=True) == HUB_SOCKET:
+                await self.hub_socket(scope, receive, send)  # says so itself when the hub is off
+            else:
+                await _no_socket(receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+async def _no_socket(receive: Receive, send: Send) -> None:
+    """A WebSocket anywhere but the hub's /subscriptions: accepted, then closed 4404 with the reason."""
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.accept"})
+        reason = "no WebSocket here; the hub's is /subscriptions"
+        await send({"type": "websocket.close", "code": NOT_HERE, "reason": reason})
 
 
 def create_app(

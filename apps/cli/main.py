@@ -289,6 +289,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         access_log=False,  # a line per keystroke is noise; the router logs failures
         proxy_headers=False,  # X-Forwarded-* rewriting: not needed, and it costs on every request
         timeout_graceful_shutdown=10,
+        # The largest WebSocket message uvicorn reads (its default 16 MiB): the hub relay's limit, so a client
+        # cannot make it buffer more, even before its first message is checked (router/hub_socket.py).
+        ws_max_size=settings.hub.max_frame_bytes,
     )
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down by then, as uvicorn.run does
