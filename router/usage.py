@@ -74,6 +74,7 @@ SHARED_SOURCES = frozenset({"modal", "estimate"})
 COMPLETION = "completion"
 EVENTS = "events"
 WHOAMI = "whoami"  # /fleet/whoami: its route label in metrics and logs, and its kind here
+HUB = "hub"  # a request or socket relayed to the hub (router/hub_relay.py, router/hub_socket.py), counted per team
 USAGE_PATHS = {"/v1/completions": COMPLETION, "/v1/events": EVENTS}  # by the upstream path
 NOT_REQUESTS = frozenset({HEALTH, SERVER_SETTING, WHOAMI})  # no model work: not counted as requests
 EVENT_TYPES = ("view", "select", "dismiss")  # Tabby's event types (protocol reference 1.4)
