@@ -63,9 +63,8 @@ def test_a_hub_that_keeps_every_rule_loads(tmp_path: Path) -> None:
     path = tmp_path / "fleet.toml"
     text = (HUB_FLEET % {"a": hash_token("tft_a_token_value")}).replace("tabbyml/tabby:0.33.1", "tabbyml/tabby:0.32.0")
     text = text.replace('teams = ["frontend", "ghosts"]', 'teams = ["frontend"]').replace('chat_entry = "small"', "")
-    text = text.replace(
-        'allowed_entries = ["small"]', 'tokens = [{label = "hub", sha256 = "%s"}]' % hash_token("x" * 20)
-    )
+    hub_digest = hash_token("x" * 20)
+    text = text.replace('allowed_entries = ["small"]', f'tokens = [{{label = "hub", sha256 = "{hub_digest}"}}]')
     text = text.replace("[hub]", '[hub]\nchat_entry = "large"')
     path.write_text(text)
     settings = load_settings(path)
