@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -28,7 +26,7 @@ from typing import Any
 
 from apps.local import standin
 from apps.local.listener import listener_is_ours
-from apps.tabby import tabby_env, tabby_serve_argv, write_tabby_config
+from apps.tabby import die_with_parent, tabby_env, tabby_serve_argv, write_tabby_config
 from fleet.errors import FleetError
 from fleet.settings import Entry, FleetSettings
 from fleet.warm import warm_containers_at
@@ -187,7 +185,7 @@ class LocalBackend:
                 stdout=log_file,
                 stderr=log_file,
                 env=env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,  # it dies with the router
             )
         return process, port
 
@@ -524,11 +522,3 @@ def _tail(path: Path) -> str:
             return file.read().decode(errors="replace")
     except OSError:
         return ""
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when the router dies, so none is orphaned."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
