@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import sqlite3
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,22 +21,14 @@ import httpx
 import pytest
 from aiohttp import web
 
-from apps.local import standin_hub
 from tests.support.fleetproc import free_port, serve_process
-
-USERS = {"auth_alice": "alice", "auth_frontend": "frontend"}
-CHAT_MODEL = "TabbyML/Qwen2-1.5B-Instruct"
-SUBSCRIPTION = "subscription R($input: CreateThreadAndRunInput!) { createThreadAndRun(input: $input) { __typename } }"
-
-
-def hub_argv(port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", standin_hub.__name__, "--port", str(port), "--chat-model", CHAT_MODEL, *extra]
+from tests.support.hub_client import CHAT_MODEL, answer_of, ask, bearer, hub_argv, hub_env
 
 
 @contextmanager
 def running_hub(root: Path, *extra: str) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "TABBY_ROOT": str(root), standin_hub.USERS_ENV: json.dumps(USERS)}
+    env = {**os.environ, "TABBY_ROOT": str(root), **hub_env()}
     with serve_process(hub_argv(port, *extra), port, env=env) as url:
         yield url
 
@@ -46,43 +37,6 @@ def running_hub(root: Path, *extra: str) -> Iterator[str]:
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running_hub(tmp_path_factory.mktemp("hub")) as url:
         yield url
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def ask(
-    url: str, token: str, question: str, protocol: str = "graphql-transport-ws"
-) -> tuple[list[dict[str, Any]], int | None]:
-    """One createThreadAndRun over /subscriptions: every message after the ack, and the close code."""
-    modern = protocol == "graphql-transport-ws"
-    received: list[dict[str, Any]] = []
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(f"{url}/subscriptions", protocols=(protocol,)) as ws,
-    ):
-        assert ws.protocol == protocol
-        await ws.send_json({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
-        first = await ws.receive(timeout=10)
-        if first.type != aiohttp.WSMsgType.TEXT:
-            return received, ws.close_code
-        assert json.loads(first.data) == {"type": "connection_ack"}
-        variables = {"input": {"thread": {"userMessage": {"content": question}}}}
-        payload = {"query": SUBSCRIPTION, "variables": variables}
-        await ws.send_json({"id": "7", "type": "subscribe" if modern else "start", "payload": payload})
-        while True:
-            message = json.loads((await ws.receive(timeout=20)).data)
-            received.append(message)
-            if message["type"] in ("complete", "error"):
-                break
-        await ws.close()
-        return received, ws.close_code
-
-
-def answer_of(messages: list[dict[str, Any]]) -> str:
-    items = [m["payload"]["data"]["createThreadAndRun"] for m in messages if m["type"] in ("next", "data")]
-    return "".join(item.get("delta", "") for item in items)
 
 
 @pytest.mark.parametrize("path", ["/v1/health", "/v1beta/models", "/v1/completions", "/v1beta/server_setting"])
