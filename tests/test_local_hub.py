@@ -146,3 +146,34 @@ def test_a_hub_url_is_used_as_it_is_and_a_hub_that_is_off_is_refused_with_advice
     assert refused.value.code == "no-hub" and "[hub] enabled = true" in refused.value.message
     assert LocalBackends(off).hub_status() is None
     assert os.environ.get("TABBY_ROOT") is None  # the runtime set nothing in its own environment
+
+
+def test_a_reload_that_changes_the_hub_stops_the_old_process_before_the_new_one_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both would use data_dir/hub/root: never two hub processes on it at once."""
+    for name, value in hub_env().items():
+        monkeypatch.setenv(name, value)
+
+    async def run() -> tuple[int, int, bool]:
+        backends = LocalBackends(_settings(tmp_path, snapshot_interval=3600))
+        assert backends.hub is not None
+        backends.hub.tabby_bin = None
+        await backends.start()
+        try:
+            async with backends.lease(HUB_BACKEND):  # held, as an open WebSocket to the old process holds it
+                old = backends.hub_status()
+                assert old is not None
+                await backends.adopt(_settings(tmp_path, snapshot_interval=600))
+                assert backends.hub is not None
+                backends.hub.tabby_bin = None
+                async with backends.lease(HUB_BACKEND):
+                    new = backends.hub_status()
+                    assert new is not None
+                    old_alive = os.path.exists(f"/proc/{old['pid']}")  # noqa: ASYNC240 - one stat
+            return old["pid"], new["pid"], old_alive
+        finally:
+            await backends.close()
+
+    old_pid, new_pid, old_alive = asyncio.run(run())
+    assert old_pid != new_pid and not old_alive

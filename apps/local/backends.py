@@ -114,7 +114,9 @@ class LocalBackends:
         self.hub_upstream = Upstream(str(hub.url).rstrip("/")) if hub.enabled and hub.url is not None else None
         wanted = HubBackend(settings, self.tabby_bin, self.router_url) if hub.enabled and hub.url is None else None
         if self.hub is not None and (wanted is None or wanted.spec != self.hub.spec):
-            self._retired.append(self.hub)
+            self._retired.append(self.hub)  # stopped once idle, or when its replacement starts
+            if wanted is not None:
+                wanted.replaces = self.hub
             self.hub = None
         if self.hub is None:
             self.hub = wanted

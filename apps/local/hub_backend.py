@@ -78,8 +78,11 @@ class HubBackend(LocalBackend):
         chat_entry = next((e for e in settings.entries if e.name == hub.chat_entry), None)
         self.chat_model = (chat_entry.chat_model if chat_entry else None) or "(no chat model)"
         self.chat_url = chat_url(settings, router_url)
-        # What the process is made from: a reload that changes it replaces the process once idle.
+        # What the process is made from: a reload that changes it replaces the process.
         self.spec = (hub, self.chat_model, self.chat_url, tabby_bin)
+        # The process this one replaces: both would use data_dir/hub/root, so it is stopped (its last
+        # snapshot taken) before this one starts, open sockets or not.
+        self.replaces: HubBackend | None = None
 
     @property
     def kind(self) -> str:
@@ -112,6 +115,12 @@ class HubBackend(LocalBackend):
             child += ["--chat-url", self.chat_url] if self.chat_url else []
         # The router token and FLEET_HUB_STANDIN_USERS pass through from the environment.
         return [*argv, "--", *child], {**os.environ, **hub_env(root, secret)}
+
+    async def _start(self) -> None:
+        previous, self.replaces = self.replaces, None
+        if previous is not None:
+            await previous.stop("replaced by a reload of [hub]")
+        await super()._start()
 
     def hub_status(self) -> dict[str, Any]:
         """State, port, kind, and the snapshots kept (how many, when the newest was taken)."""
