@@ -190,9 +190,6 @@ class LocalBackends:
         backend = self._local(entry)
         return True if backend is None else await backend.wait_ready(seconds)
 
-    def hub_status(self) -> dict[str, Any] | None:
-        return None  # the hub's process joins this runtime with issue 19's local (modal) hub
-
     def check_warm_hours(self) -> None:
         """Mark the entries in a warm window now (no lead: a local start takes seconds) and start those
         not running; the others may stop when idle again."""
