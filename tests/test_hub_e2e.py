@@ -8,6 +8,8 @@ asset, GraphQL ``me`` answered for the team's hub user (the fleet token mapped, 
 
 from __future__ import annotations
 
+import http.client
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -118,10 +120,17 @@ def test_the_hub_ui_s_own_health_check_reaches_the_hub_and_the_models_list_is_th
 
 
 def test_hub_paths_refuse_dot_segments_and_the_workers_socket(hub_fleet: RunningFleet) -> None:
+    host, port = hub_fleet.base_url.removeprefix("http://").split(":")
+    for path in ("/_next/../v1/completions", "/_next/%2e%2e/fleet/usage", "/chat/./x", "/teams/frontend/../../graphql"):
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)  # sends the path as it is
+        try:
+            connection.request("GET", path, headers=FRONTEND)
+            answer = connection.getresponse()
+            body = json.loads(answer.read())
+        finally:
+            connection.close()
+        assert answer.status == 400 and body["error"]["code"] == "bad-path", (path, body)
     with httpx.Client(base_url=hub_fleet.base_url) as client:
-        for path in ("/_next/../v1/completions", "/_next/%2e%2e/fleet/usage"):
-            answer = client.get(path)
-            assert answer.status_code == 400 and answer.json()["error"]["code"] == "bad-path", (path, answer.text)
         assert client.get("/hub").status_code == 404
 
 
