@@ -92,3 +92,11 @@ def test_a_developers_own_hub_token_becomes_their_fleet_token(tmp_path: Path) ->
     refused = fleet("token", "new", "--team", "frontend", "--label", "bob", "--stdin", "--config", str(path),
                     stdin="two words\n")  # fmt: skip
     assert refused.returncode == 1 and "no usable token" in refused.stderr
+
+
+def test_an_entry_named_hub_is_refused_beside_the_hub(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text('[router]\nauth = "open"\n[[entries]]\nname = "hub"\nmodel = "m"\nchat_model = "c"\n'
+                    '[hub]\nenabled = true\nidentity = "user"\nchat_entry = "hub"\n')  # fmt: skip
+    result = fleet("check", "--config", str(path))
+    assert result.returncode == 1 and "entry 'hub' would share its local data folder" in result.stderr
