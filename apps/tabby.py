@@ -7,7 +7,10 @@ Facts: shared/reference/tabby-protocol.md sections 5 and 9 (CLI flags, environme
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +18,9 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+import tomlkit
+
+from fleet.hub import JWT_SECRET_ENV
 from fleet.settings import Entry
 
 # Tabby's Docker image keeps its binary here; the Modal image uses it.
@@ -55,6 +61,45 @@ def write_tabby_config(root: Path | str, entry: Entry) -> None:
     path = Path(root) / "config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tabby_config_toml(entry))
+
+
+def hub_serve_argv(*, binary: str, port: int, device: str, host: str = "0.0.0.0") -> list[str]:
+    """``tabby serve`` for the hub: the webserver on (no --no-webserver), and no --model: the hub needs no
+    completion model, its chat goes through the router (``hub_config_toml``), and its one local model is
+    the embedding model Tabby 0.32 always loads (reference/tabby-hub.md sections 0 and 3)."""
+    return [binary, "serve", "--host", host, "--port", str(port), "--device", device]
+
+
+def hub_config_toml(*, chat_url: str, chat_model: str, api_key: str) -> str:
+    """The hub's ``TABBY_ROOT/config.toml``: its chat is an OpenAI-style HTTP model at ``chat_url``
+    (``<router>/models/<chat_entry>/v1``; Tabby appends ``/chat/completions``), called with ``api_key``
+    (a fleet token of ``hub.router_team``; "" in an open fleet). Written with tomlkit, which escapes."""
+    http = tomlkit.table()
+    http.update({"kind": "openai/chat", "api_endpoint": chat_url, "model_name": chat_model, "api_key": api_key})
+    chat = tomlkit.table(is_super_table=True)
+    chat.add("http", http)
+    model = tomlkit.table(is_super_table=True)
+    model.add("chat", chat)
+    document = tomlkit.document()
+    document.add(tomlkit.comment("written by tabby-fleet from its settings at every start; edit the settings"))
+    document.add("model", model)
+    return tomlkit.dumps(document)
+
+
+def hub_env(root: Path | str, jwt_secret: str) -> dict[str, str]:
+    """The hub's environment: ``tabby_env`` plus the JWT secret (a UUID, kept across restarts, so that
+    logins survive them)."""
+    return tabby_env(root) | {JWT_SECRET_ENV: jwt_secret}
+
+
+def die_with_parent() -> None:
+    """In a child, before exec (``preexec_fn``): ask Linux to SIGTERM it when its parent dies, so none is
+    orphaned. The signal follows the parent *thread* that started the child: start children from the
+    main thread."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def container_root(data_mount: str, entry: Entry, task_id: str | None) -> str:

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s, fewer probes")
     parser.add_argument("--memory-requests", type=int, default=100_000, help="requests for the RSS probe")
     parser.add_argument("--baseline-ref", metavar="REV", help="also run the router as it was at this git revision")
+    parser.add_argument("--hub", action="store_true", help="run this tree's router with [hub] on (the baseline as is)")
     parser.add_argument("--placement", choices=["alone", "shared", "both"], default="both",
                         help="core placement of the proxy (see above); 'both': alone first, then shared")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="py-spy the router under 0 ms / 64-connection load")
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         backends["hang"] = servers.fast_backend("hang", workdir, completion_delay=30.0, chunk_delay=0.5)
         started += backends.values()
         targets: dict[str, servers.Server] = {}
-        targets["router"] = servers.router(backends, workdir, local_entry=True)
+        targets["router"] = servers.router(backends, workdir, local_entry=True, hub=args.hub)
         if baseline is not None:
             tree, short = baseline
             name = f"router@{short}"

@@ -88,9 +88,10 @@ def fast_backend(name: str, log_dir: Path, *, completion_delay: float = 0.0, chu
 
 
 def router(
-    backends: dict[str, Server], log_dir: Path, local_entry: bool = False, source: Path = REPO, name: str = "router"
-) -> Server:
-    """`fleet up` with one url entry per backend and one token team (routing and auth on).
+    backends: dict[str, Server], log_dir: Path, local_entry: bool = False, source: Path = REPO, name: str = "router",
+    *, hub: bool = False,
+) -> Server:  # fmt: skip
+    """`fleet up` with one url entry per backend and one token team (routing and auth on); ``hub``: [hub] on too.
 
     ``source``: the tree whose code runs (a git worktree of an older revision, or this checkout); it
     goes first on PYTHONPATH, and where the router's packages import from is checked before start.
@@ -103,6 +104,10 @@ def router(
     if local_entry:  # a stand-in the router starts itself, for the cold-start probe
         lines += ["[[entries]]", 'name = "cold"', 'model = "bench/cold"', ""]
     lines += ["[[teams]]", 'name = "bench"', f'token_sha256 = ["{digest}"]', ""]
+    if hub:  # the hub on (a backend stands in for it: completions never reach it), so its cost on them shows
+        first = next(iter(backends.values()))
+        lines += ["[hub]", "enabled = true", f'url = "{first.url}"', f'chat_entry = "{next(iter(backends))}"',
+                  'router_team = "bench"', ""]  # fmt: skip
     workdir = log_dir / f"router-{time.monotonic_ns()}"
     workdir.mkdir()
     (workdir / "fleet.toml").write_text("\n".join(lines))

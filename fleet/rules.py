@@ -310,6 +310,8 @@ def hub_problems(settings: FleetSettings) -> list[str]:
             f"hub.chat_entry {hub.chat_entry!r} has no chat_model; give that entry a chat_model or choose one that has"
         )
     problems += _router_team_problems(settings)
+    if "hub" in entries and hub.url is None:
+        problems.append("entry 'hub' would share its local data folder (data_dir/hub) with the hub's; rename the entry")
     if hub.identity == "team" and settings.auth_mode != "tokens":
         problems.append(
             'hub.identity = "team" needs router.auth = "tokens": the chat panel sends only the IDE\'s token, so the '

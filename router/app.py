@@ -18,18 +18,30 @@ from starlette.types import Receive, Scope, Send
 
 from fleet import __version__
 from fleet.errors import FleetError
-from fleet.hub_paths import HUB_SOCKET, classify
-from fleet.routing import MODEL_PREFIX, PATH_HELP, TABBY_API_PREFIXES, TEAM_PREFIX, WHOAMI_PATH
+from fleet.hub_paths import (
+    BAD_PATH,
+    BAD_PATH_ERROR,
+    ENTRY,
+    HEALTH_PATH,
+    HUB,
+    HUB_SOCKET,
+    NOT_FOUND_ERROR,
+    PROXIED_PREFIXES,
+    REDIRECT_CHAT,
+    ROUTER,
+    classify,
+)  # fmt: skip
+from fleet.routing import PATH_HELP, WHOAMI_PATH
 from fleet.settings import FleetSettings
 from router import endpoints, token_endpoints
 from router.backends import Backends
+from router.hub_access import HubAccess
+from router.hub_relay import redirect_to_chat, relay_to_hub
 from router.hub_socket import NOT_HERE, HubSocket
 from router.openapi import fleet_openapi
-from router.proxy import Proxy
+from router.proxy import Proxy, send_error
 from router.runtime import FleetRuntime, SettingsLoader
 from router.store import SegmentStore
-
-PROXIED_PREFIXES = (*TABBY_API_PREFIXES, TEAM_PREFIX, MODEL_PREFIX)
 
 
 class ProxyDispatch:
@@ -46,6 +58,10 @@ class ProxyDispatch:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
+            hub = self.proxy.state.hub
+            if hub is not None:  # the hub owns the root paths (fleet/hub_paths.py)
+                await self.with_hub(hub, path, scope, receive, send)
+                return
             if path.startswith(PROXIED_PREFIXES):
                 if path.endswith(WHOAMI_PATH):
                     await self.proxy.whoami(scope, receive, send)
@@ -62,6 +78,31 @@ class ProxyDispatch:
                 await _no_socket(receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def with_hub(self, hub: HubAccess, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """An HTTP request to a fleet with a hub: the path table decides (fleet/hub_paths.py)."""
+        foreign = path == HEALTH_PATH and hub.foreign_bearer(_authorization(scope))
+        where = classify(path, hub=True, ingestion=hub.hub.ingestion, foreign_bearer=foreign)
+        if where == ENTRY:
+            if path.endswith(WHOAMI_PATH):
+                await self.proxy.whoami(scope, receive, send)
+            else:
+                await self.proxy(scope, receive, send)
+        elif where == HUB:
+            await relay_to_hub(self.proxy, scope, receive, send)
+        elif where == REDIRECT_CHAT:
+            await redirect_to_chat(scope, send)
+        elif where == ROUTER:
+            await self.app(scope, receive, send)
+        else:
+            await send_error(send, BAD_PATH_ERROR if where == BAD_PATH else NOT_FOUND_ERROR)
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return str(value.decode("latin-1"))
+    return None
 
 
 async def _no_socket(receive: Receive, send: Send) -> None:

@@ -75,6 +75,10 @@ class Backends(Protocol):
         """Wait up to ``seconds`` for a start under way; True when entry is ready. Never raises."""
         ...
 
+    def hub_status(self) -> dict[str, Any] | None:
+        """The hub's ``{"state": ..., ...}`` for /fleet/health (None: this runtime runs no hub)."""
+        ...
+
 
 class StaticBackends:
     """Entries that name a running Tabby server with ``url``: nothing to start or stop.
@@ -136,3 +140,6 @@ class StaticBackends:
 
     async def wait_ready(self, entry: str, seconds: float) -> bool:
         return True
+
+    def hub_status(self) -> dict[str, Any] | None:
+        return None  # a hub at [hub] url is someone else's: the router cannot tell its state

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleet import __version__
 from fleet.errors import FleetError
+from fleet.hub import HUB_BACKEND
 from fleet.routing import PATH_HELP
 from router.admin import BASIC_CHALLENGE
 from router.runtime import FleetRuntime
@@ -43,6 +44,9 @@ class FleetHealth(BaseModel):
     entries: dict[str, EntryState]
     # Admins: where the router keeps its usage, whether it can write there, its size (router/state.py).
     store: dict[str, Any] | None = None
+    # With [hub] on: the hub's state (cold, starting, ready, failed); admins also see what runs it, its
+    # snapshots and its last error (the runtime's hub_status()).
+    hub: dict[str, Any] | None = None
 
 
 class EntryInfo(BaseModel):
@@ -127,7 +131,15 @@ async def fleet_health(request: Request) -> FleetHealth:
         uptime_seconds=round(fleet.uptime(), 3),
         entries=entries,
         store=await fleet.state_sync.health() if detailed else None,
+        hub=_hub_health(fleet, detailed),
     )
+
+
+def _hub_health(fleet: FleetRuntime, detailed: bool) -> dict[str, Any] | None:
+    if not fleet.state.settings.hub.enabled:
+        return None
+    status = fleet.backends.hub_status() or {"state": fleet.backends.backend_state(HUB_BACKEND)}
+    return dict(status) if detailed else {"state": status["state"]}
 
 
 @router.get("/fleet/status", response_class=HTMLResponse)

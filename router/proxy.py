@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fleet.errors import FleetError
+from fleet.hub import HUB_BACKEND
 from fleet.routing import HEALTH, SERVER_SETTING, ChatAdvert, Route, RoutingTable, has_dot_segments
 from fleet.settings import FleetSettings, RouterOptions, Team
 from router.admin import AdminAuth
@@ -36,7 +37,8 @@ from router.backends import Backends
 from router.cold_start import ColdStarts, advertise_chat, cold_health, cold_plans, with_chat_advert
 from router.gate import EntryBusy, EntryGate, GateLimits
 from router.hub_access import HubAccess, team_tokens_from_env
-from router.observe import CLIENT_LEFT, REQUEST_ID, Observer, RequestRecord, new_request_id
+from router.observe import CLIENT_LEFT, Observer, RequestRecord
+from router.request_head import HOP_BY_HOP, RequestHead
 from router.team_limits import TeamLimiter
 from router.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from router.usage import EVENT_BODY_MAX, EVENT_TYPES, EVENTS, USAGE_PATHS, WHOAMI  # WHOAMI: whoami's route and kind
@@ -48,19 +50,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# Hop-by-hop headers (RFC 9110 7.6.1) are never forwarded, in either direction. The client's
-# Authorization is its team token: the backend never sees it. Host and Content-Length are set anew.
-HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
-     b"te", b"trailer", b"transfer-encoding", b"upgrade"}
-)  # fmt: skip
-# Expect: the router has read the whole body already; a 100 Continue from the backend means nothing
-# to anyone (uvicorn answered the client's own Expect).
-NOT_FORWARDED = HOP_BY_HOP | {
-    b"authorization", b"host", b"content-length", b"expect", b"x-tabby-team", b"x-tabby-model", b"x-request-id",
-    b"x-tabby-user",  # the router says who is asking (from the token or team), never the client
-}  # fmt: skip
-NOT_RETURNED = HOP_BY_HOP | {b"server", b"date"}  # uvicorn writes its own date and server
+# uvicorn writes its own date and server. X-Frame-Options: the hub's pages are the IDE's chat panel, an iframe.
+NOT_RETURNED = HOP_BY_HOP | {b"server", b"date", b"x-frame-options"}
 ROUTER_STOPPING = FleetError(
     503, "router-stopping", "the router is shutting down (a restart or a redeploy); retry in a few seconds",
     retry_after=5,
@@ -193,7 +184,7 @@ class Proxy:
                 raise
             # The server is stopping and its graceful shutdown ran out while this request waited (for a
             # start, a cold_wait, a slot): it is told so, not given the server's bare 500, and ends.
-            await _refuse(send, ROUTER_STOPPING, record, record.entry if record.entry != "-" else None)
+            await refuse(send, ROUTER_STOPPING, record, record.entry if record.entry != "-" else None)
         finally:
             self.observer.finish(record)
 
@@ -208,10 +199,10 @@ class Proxy:
             try:
                 if scope["method"] != "GET":
                     raise FleetError(405, "method-not-allowed", f"{scope['method']} is not allowed here; use GET")
-                _check_head(state, scope, head)
+                check_head(state, scope, head)
                 answer = state.table.whoami(head.raw_path.decode("latin-1"), head.authorization, head.team, head.model)
             except FleetError as error:
-                await _refuse(send, error, record)
+                await refuse(send, error, record)
                 return
             record.team, record.entry, record.status = answer["team"] or "-", answer["entry"], 200
             body = json.dumps(answer, indent=2).encode()
@@ -228,17 +219,17 @@ class Proxy:
         self, scope: Scope, receive: Receive, send: Send, state: ProxyState, head: RequestHead, record: RequestRecord
     ) -> None:
         try:
-            _check_head(state, scope, head)
+            check_head(state, scope, head)
             route = state.table.route(head.raw_path.decode("latin-1"), head.authorization, head.team, head.model)
             record.team, record.entry, record.reason = route.team or "-", route.entry, route.reason
             record.kind = route.kind or USAGE_PATHS.get(route.upstream_path)
             if head.content_length > state.max_body:
                 raise _too_large(state.max_body)
-            body = await _read_body(receive, state.max_body, state.body_timeout)
+            body = await read_body(receive, state.max_body, state.body_timeout)
             if record.kind is EVENTS and scope["method"] == "POST":
                 record.event = event_type(body)
         except FleetError as error:
-            await _refuse(send, error, record)
+            await refuse(send, error, record)
             return
         except ClientGone:
             record.status = CLIENT_LEFT
@@ -254,14 +245,16 @@ class Proxy:
         if kind is HEALTH or kind is SERVER_SETTING:  # no model work: no slot, no team limit
             advert = state.table.health_advert(route) if kind is HEALTH and scope["method"] != "HEAD" else None
             backend_state = self.backends.backend_state(route.entry) if kind is HEALTH else "ready"
+            if advert is not None and advert.webserver:
+                self.backends.warm(HUB_BACKEND)  # the IDE will open the chat panel: the hub starts now
             if backend_state == "failed":  # the IDE shows the failure (disconnected, 502); a retry starts
                 self.cold.warm(state.cold_plans, route.entry)
-                await _refuse(send, self.cold.failed(route.entry), record, route.entry)
+                await refuse(send, self.cold.failed(route.entry), record, route.entry)
                 return
             if backend_state != "ready":
                 await self._answer_cold_health(scope, send, state, route, record, advert)
                 return
-            await self._forward(scope, receive, send, route, head.forwarded, body, record, advert)
+            await self.forward(scope, receive, send, route, head.forwarded, body, record, advert)
             return
         # The team's limits first: a team over its rate is told at once, not after a cold wait.
         limiter = state.limiters.get(route.team) if route.team else None
@@ -269,7 +262,7 @@ class Proxy:
             try:
                 limiter.acquire()
             except FleetError as error:
-                await _refuse(send, error, record, route.entry)
+                await refuse(send, error, record, route.entry)
                 return
         try:
             if route.entry in state.cold_plans:
@@ -283,12 +276,12 @@ class Proxy:
             except FleetError as error:
                 if isinstance(error, EntryBusy):
                     record.queue_seconds = error.waited
-                await _refuse(send, error, record, route.entry)
+                await refuse(send, error, record, route.entry)
                 return
             if waited:
                 record.queue_seconds = waited
             try:
-                await self._forward(scope, receive, send, route, head.forwarded, body, record, None)
+                await self.forward(scope, receive, send, route, head.forwarded, body, record, None)
             finally:
                 gate.release()
         finally:
@@ -314,7 +307,7 @@ class Proxy:
             send, json.dumps(health).encode(), route.entry, record.request_id, extra, head=scope["method"] == "HEAD"
         )
 
-    async def _forward(
+    async def forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, forwarded: list[tuple[bytes, bytes]],
         body: bytes, record: RequestRecord, advert: ChatAdvert | None,
     ) -> None:  # fmt: skip
@@ -368,12 +361,12 @@ class Proxy:
         except FleetError as error:
             if not upstream_started and time.perf_counter() - leasing > START_WAIT_MIN:
                 record.start_seconds = time.perf_counter() - leasing  # waited for a start, then refused
-            await _refuse(send, error, record, entry)
+            await refuse(send, error, record, entry)
         except UpstreamError as exc:
             self.observer.upstream_error(entry, exc.code.removeprefix("backend-"))
             log.warning("entry %s: %s (id %s): %s%s", entry, exc.code, record.request_id, exc,
                         f" [{exc.detail}]" if exc.detail else "")  # fmt: skip
-            await _refuse(send, _upstream_error(entry, exc), record, entry)
+            await refuse(send, _upstream_error(entry, exc), record, entry)
         finally:
             if upstream_started:
                 record.upstream_seconds = time.perf_counter() - upstream_started
@@ -450,45 +443,7 @@ def event_type(body: bytes) -> str | None:
     return kind if kind in EVENT_TYPES else None
 
 
-class RequestHead:
-    """What the proxy needs from the request's headers, read in one pass over the raw pairs."""
-
-    __slots__ = ("authorization", "content_length", "count", "forwarded", "model", "raw_path", "request_id", "size",
-                 "team")  # fmt: skip
-
-    def __init__(self, scope: Scope) -> None:
-        self.authorization = self.team = self.model = None
-        self.content_length = self.size = 0
-        connection = request_id = None
-        forwarded: list[tuple[bytes, bytes]] = []
-        headers = scope["headers"]
-        for name, value in headers:
-            self.size += len(name) + len(value)
-            if name in NOT_FORWARDED:
-                if name == b"authorization":
-                    self.authorization = value.decode("latin-1")
-                elif name == b"x-tabby-team":
-                    self.team = value.decode("latin-1")
-                elif name == b"x-tabby-model":
-                    self.model = value.decode("latin-1")
-                elif name == b"content-length" and value.isdigit():
-                    self.content_length = int(value)
-                elif name == b"connection":
-                    connection = value
-                elif name == b"x-request-id" and REQUEST_ID.match(value):
-                    request_id = value.decode("ascii")
-                continue
-            forwarded.append((name, value))
-        if connection:
-            forwarded = _drop_connection_listed(forwarded, connection)
-        self.request_id: str = request_id or new_request_id()
-        forwarded.append((b"x-request-id", self.request_id.encode()))
-        self.forwarded = forwarded
-        self.count = len(headers)
-        self.raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-
-
-def _check_head(state: ProxyState, scope: Scope, head: RequestHead) -> None:
+def check_head(state: ProxyState, scope: Scope, head: RequestHead) -> None:
     if head.count > state.max_headers:
         raise FleetError(
             431, "too-many-headers", f"{head.count} headers is over router.max_headers ({state.max_headers})"
@@ -504,7 +459,7 @@ def _check_head(state: ProxyState, scope: Scope, head: RequestHead) -> None:
         raise FleetError(400, "bad-path", "the path has (encoded) dot segments; send a normalised path")
 
 
-async def _read_body(receive: Receive, limit: int, seconds: float) -> bytes:
+async def read_body(receive: Receive, limit: int, seconds: float) -> bytes:
     """The whole request body, which must arrive within ``seconds`` of asking for it (408 after)."""
     chunks = []
     size = 0
@@ -535,14 +490,6 @@ def _too_large(limit: int) -> FleetError:
     )
 
 
-def _drop_connection_listed(headers: list[tuple[bytes, bytes]], connection: bytes) -> list[tuple[bytes, bytes]]:
-    """Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1)."""
-    listed = {token.strip().lower() for token in connection.split(b",")} - {b"keep-alive", b"close", b""}
-    if not listed:
-        return headers
-    return [(name, value) for name, value in headers if name not in listed]
-
-
 def _upstream_error(entry: str, exc: UpstreamError) -> FleetError:
     if isinstance(exc, UpstreamTimeout):
         return FleetError(504, exc.code, f"the backend for entry {entry!r} timed out: {exc}")
@@ -551,7 +498,7 @@ def _upstream_error(entry: str, exc: UpstreamError) -> FleetError:
     )
 
 
-async def _refuse(send: Send, error: FleetError, record: RequestRecord, entry: str | None = None) -> None:
+async def refuse(send: Send, error: FleetError, record: RequestRecord, entry: str | None = None) -> None:
     """Answer with ``error``, noting it (code, and the team and entry it identified) for the log and metrics."""
     record.status = error.status
     record.code = error.code

@@ -285,6 +285,24 @@ def test_agent_gets_completion_by_team_token(tmp_path: Path, lsp_factory: Any) -
         assert fleet.health()["entries"]["large"]["state"] == "cold"
 
 
+def test_the_agent_completes_and_is_offered_the_chat_panel_with_the_hub_on(
+    tmp_path: Path, lsp_factory: Any, agent_factory: Any
+) -> None:
+    """Issue 19: with [hub] on, the real agent still completes through the router, and a hub team's agent is
+    told webserver: true with the hub's chat model (what VS Code needs to offer its chat panel), its
+    completion model kept (without `model` the agent would turn completion off)."""
+    with run_fleet(tmp_path / "fleet", fleets.with_hub(), env=fleets.HUB_ENV) as fleet:
+        client = lsp_factory(fleet.base_url, token=fleets.HUB_TOKENS["frontend"])
+        assert "TabbyML/StarCoder-1B" in complete_until_answered(client, fleet)
+        agent = agent_factory(fleet.base_url, fleets.HUB_TOKENS["frontend"])
+        assert agent.status() == "ready"
+        health = agent.call("getServerHealthState")
+        assert health["webserver"] is True and health["chat_model"] == "TabbyML/Qwen2-1.5B-Instruct"
+        assert health["model"] == "TabbyML/StarCoder-1B"
+        other = agent_factory(fleet.base_url, fleets.HUB_TOKENS["backend"])
+        assert other.status() == "ready" and not other.call("getServerHealthState").get("webserver")
+
+
 def test_the_ide_gets_completions_from_the_fallback_while_its_entry_is_cold(tmp_path: Path, lsp_factory: Any) -> None:
     """Issue 11 through the real agent: the team's entry takes 20 s to start; the editor's first
     completion comes from the fallback (within cold_wait), and once the entry is ready, from it."""

@@ -62,10 +62,24 @@ def test_the_local_and_modal_runtimes_never_import_each_other() -> None:
         assert not offenders, f"apps/{runtime}/ imports apps/{other}/ in: {offenders}"
 
 
+def test_the_hub_imports_neither_runtime() -> None:
+    """apps/hub/ (the hub's process and snapshots) is shared by both runtimes: they may import it, it
+    imports only fleet/ and apps/tabby.py (it runs in the hub's container, where no router runs)."""
+    pattern = re.compile(r"^\s*(from|import)\s+(apps\.(local|modal|cli)|router)\b", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "apps" / "hub").rglob("*.py")
+        if pattern.search(path.read_text())
+    ]
+    assert not offenders, f"apps/hub/ imports a runtime, the CLI or router/ in: {offenders}"
+    assert list((ROOT / "apps" / "hub").rglob("*.py")), "the check checks something"
+
+
 def test_apps_is_laid_out_by_runtime() -> None:
-    """apps/ holds the CLI, the two runtimes and Tabby's command line; no flat *_cmd.py modules."""
+    """apps/ holds the CLI, the two runtimes, the hub they share and Tabby's command line; no flat
+    *_cmd.py modules."""
     top = sorted(path.name for path in (ROOT / "apps").iterdir() if not path.name.startswith(("_", ".")))
-    assert top == ["cli", "local", "modal", "tabby.py"], top
+    assert top == ["cli", "hub", "local", "modal", "tabby.py"], top
     assert not list(ROOT.glob("apps/**/*_cmd.py"))
 
 

@@ -265,7 +265,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"fleet: warning: {warning}", file=sys.stderr)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     try:
-        backends = LocalBackends(settings)
+        # The hub's chat calls the router at the URL a client on this machine uses.
+        backends = LocalBackends(settings, router_url=client_url(args.host, args.port)[0])
     except FleetError as error:
         print(f"fleet: {error.message}", file=sys.stderr)
         return 1

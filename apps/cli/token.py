@@ -58,6 +58,12 @@ def add_token_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser]
         action="store_true",
         help="add the token's line to the settings file (keeps its comments and layout) instead of printing it",
     )
+    new.add_argument(
+        "--stdin",
+        action="store_true",
+        help="take the token from standard input instead of making one: a developer's own hub token becomes "
+        'their fleet token ([hub] identity = "user"); only its sha256 is kept',
+    )
     new.set_defaults(func=cmd_token_new)
 
     listing = with_config(token_sub.add_parser("list", help="Every token: team, label and a hash prefix."))
@@ -92,7 +98,9 @@ def cmd_token_new(args: argparse.Namespace) -> int:
             f"{holder.who} already has a token labelled {args.label!r} (labels: {', '.join(holder.labels)}); "
             f"pick another label, or revoke that token first (fleet token revoke {holder.flag} --label {args.label})"
         )
-    token = new_token(ADMIN_TOKEN_PREFIX if args.admin else TEAM_TOKEN_PREFIX)  # 256 bits of randomness
+    token = (
+        _token_from_stdin(args) if args.stdin else new_token(ADMIN_TOKEN_PREFIX if args.admin else TEAM_TOKEN_PREFIX)
+    )
     new = TokenRef(label=args.label, sha256=hash_token(token))
     holder_text = "an admin" if args.admin else f"team {holder.name!r}"
     if args.write:
@@ -103,8 +111,11 @@ def cmd_token_new(args: argparse.Namespace) -> int:
         if stay_open:  # else the mix of teams with and without tokens would not load
             _set_auth(document, "open")
         written, remaining = _write_checked(path, document)
-        print(f"New token for {holder_text}, label {args.label!r} (shown once; give it to its holder):\n")
-        print(f"  {token}\n")
+        if args.stdin:
+            print(f"The token from standard input now belongs to {holder_text}, label {args.label!r}.")
+        else:
+            print(f"New token for {holder_text}, label {args.label!r} (shown once; give it to its holder):\n")
+            print(f"  {token}\n")
         print(f"Added to {path}: {holder.where}.{holder.field} += {_inline(new)}")
         if stay_open:
             print(
@@ -125,8 +136,9 @@ def cmd_token_new(args: argparse.Namespace) -> int:
         print(_reload_advice("The running router accepts it only once it re-reads its settings:"))
         return 0
     line = f"{holder.field} = [" + ", ".join(_inline(t) for t in (*holder.tokens, new)) + "]"
-    print(f"New token for {holder_text}, label {args.label!r} (shown once; give it to its holder):\n")
-    print(f"  {token}\n")
+    if not args.stdin:
+        print(f"New token for {holder_text}, label {args.label!r} (shown once; give it to its holder):\n")
+        print(f"  {token}\n")
     print(f"Put this line in {holder.table_text} of {resolve_config_path(args.config)} (it replaces its ")
     print(f"{holder.field} line, if there is one):\n")
     print(f"  {line}\n")
@@ -136,6 +148,19 @@ def cmd_token_new(args: argparse.Namespace) -> int:
         if note:
             print(f"\n{note}")
     return 0
+
+
+def _token_from_stdin(args: argparse.Namespace) -> str:
+    """The token a holder already has (a hub user's ``auth_...`` token), one line on standard input."""
+    if args.url:
+        raise CliError("--stdin works on the settings file (--write, then reload); drop --url")
+    token = sys.stdin.readline().strip()
+    if len(token) < 16 or any(ch.isspace() for ch in token):
+        raise CliError(
+            "standard input has no usable token (one line, at least 16 characters, no spaces); pipe it in: "
+            "`printf '%s' \"$HUB_TOKEN\" | fleet token new --team T --label L --stdin --write`"
+        )
+    return token
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:

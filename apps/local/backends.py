@@ -7,41 +7,31 @@ During the entry's warm hours (``warm``, fleet/warm.py) it is started at the win
 waiting for a request, and not stopped for idleness until the window ends.
 It is ``tabby serve`` when a tabby binary is found, otherwise the built-in stand-in.
 Entries with a ``url`` are used as they are (see :class:`StaticBackends`).
+With ``[hub] enabled``, the hub is one more backend under the key ``HUB_BACKEND`` ("@hub"): its process
+(apps/local/hub_backend.py) with an entry's lifecycle, or ``hub.url`` as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
 import shutil
-import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from apps.local import standin
-from apps.local.listener import listener_is_ours
-from apps.tabby import tabby_env, tabby_serve_argv, write_tabby_config
+from apps.local.hub_backend import HubBackend
+from apps.local.process import LocalBackend
 from fleet.errors import FleetError
-from fleet.settings import Entry, FleetSettings
+from fleet.hub import HUB_BACKEND
+from fleet.settings import FleetSettings
 from fleet.warm import warm_containers_at
 from router.backends import StaticBackends, Upstream
 
 log = logging.getLogger("tabby_fleet.local")
 
-HOST = "127.0.0.1"  # backends accept only this machine: the router is their only client
-STOP_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL after this long
-READY_POLL_SECONDS = 0.02  # how often a starting backend's port is tried
-START_RETRY_AFTER = 5  # Retry-After while a backend is still starting
-LOG_TAIL_BYTES = 2000
-PORT_ATTEMPTS = 3  # ports tried when another process takes the chosen one before the backend listens
 # How often warm hours are checked: a window's process starts within this long of its start, and one
 # that died is started again. A check only compares times, so it costs nothing.
 WARM_CHECK_SECONDS = 15.0
@@ -66,275 +56,6 @@ def find_tabby(settings: FleetSettings) -> str | None:
     return shutil.which("tabby")
 
 
-def standin_argv(entry: Entry, *, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The built-in stand-in (apps/local/standin.py), for machines without a tabby binary (and for tests)."""
-    argv = [sys.executable, "-m", standin.__name__, "--model", entry.model]
-    if entry.chat_model:
-        argv += ["--chat-model", entry.chat_model]
-    options = entry.standin
-    argv += ["--host", host, "--port", str(port)]
-    argv += ["--start-delay", str(options.start_delay), "--chunk-delay", str(options.chunk_delay)]
-    argv += ["--completion-delay", str(options.completion_delay)]
-    return argv
-
-
-class LocalBackend:
-    """One entry's process and its lifecycle: cold -> starting -> ready -> (idle) cold; or failed."""
-
-    # Where its next process listens; a seam for the tests, which race another process for the port.
-    free_port: Callable[[], int] = staticmethod(lambda: _free_port())
-
-    def __init__(self, entry: Entry, settings: FleetSettings, tabby_bin: str | None) -> None:
-        self.entry = entry
-        self.tabby_bin = tabby_bin
-        self.root = (settings.data_dir / entry.name).resolve()
-        self.log_path = self.root / "backend.log"
-        self.state = "cold"
-        self.last_error: str | None = None
-        self.in_flight = 0
-        self.last_used = time.monotonic()
-        self.starts = 0
-        self.stops = 0
-        self.start_seconds = 0.0  # total time spent starting, for /metrics
-        self.port: int | None = None
-        self.process: asyncio.subprocess.Process | None = None
-        self._starting: asyncio.Task[None] | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._stopping = False
-        self.kept_warm = False  # in a warm window: started without a request, not stopped when idle
-        # Process lifetime for GPU-seconds: of the processes that ended, and when the current one began.
-        self._lived_seconds = 0.0
-        self._spawned_at: float | None = None
-        self._lifetimes: set[asyncio.Task[None]] = set()
-        self.previous: LocalBackend | None = None  # the one this replaced on a reload, counted until it ends
-
-    @property
-    def kind(self) -> str:
-        return "tabby" if self.tabby_bin else "stand-in"
-
-    @property
-    def url(self) -> str | None:
-        return f"http://{HOST}:{self.port}" if self.state == "ready" and self.port else None
-
-    def warm(self) -> str:
-        """Start in the background unless ready or already starting; never waits. The state afterwards."""
-        if self.state == "ready" and self.url:
-            return "ready"
-        self._start_once()
-        return "starting"
-
-    async def wait_ready(self, seconds: float) -> bool:
-        """Wait up to ``seconds`` for the start under way (if any); True when ready. Never raises."""
-        starting = self._starting
-        if starting is not None and not starting.done():
-            try:
-                async with asyncio.timeout(seconds):
-                    await asyncio.shield(starting)  # giving up does not stop the start
-            except (TimeoutError, FleetError):
-                pass
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not starting.cancelled() or (task is not None and task.cancelling()):
-                    raise  # this waiter was cancelled; a start stopped (by a reload) is just not ready
-        return self.state == "ready" and self.url is not None
-
-    def _start_once(self) -> asyncio.Task[None]:
-        """The start under way, or a new one: at most one start at a time."""
-        if self._starting is None or self._starting.done():
-            self._starting = asyncio.create_task(self._start(), name=f"start-{self.entry.name}")
-            self._starting.add_done_callback(_retrieve)  # a failed start nobody awaits is logged by _start
-        return self._starting
-
-    async def ensure_running(self, wait: float) -> str:
-        """The backend's URL, starting it if needed; waits at most ``wait`` seconds."""
-        if self.state == "ready" and self.url:
-            return self.url
-        starting = self._start_once()
-        try:
-            async with asyncio.timeout(wait):
-                await asyncio.shield(starting)  # a request giving up does not stop the start
-        except TimeoutError:
-            raise FleetError(
-                503,
-                "backend-starting",
-                f"entry {self.entry.name!r} is still starting ({self.kind}, up to "
-                f"{self.entry.startup_timeout}s); retry in a few seconds",
-                retry_after=START_RETRY_AFTER,
-            ) from None
-        except FleetError:
-            raise
-        if self.url is None:  # pragma: no cover - _start either sets ready or raises
-            raise FleetError(502, "backend-failed", f"entry {self.entry.name!r} did not start")
-        return self.url
-
-    async def _spawn(self) -> tuple[asyncio.subprocess.Process, int]:
-        """Make the entry's folder and run its process (self.process, listening on self.port), and return
-        both; raises OSError if either fails."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        port = self.port = self.free_port()
-        if self.tabby_bin:
-            argv = tabby_serve_argv(self.entry, binary=self.tabby_bin, port=port, device=self.entry.device, host=HOST)
-            write_tabby_config(self.root, self.entry)
-        else:
-            argv = standin_argv(self.entry, port=port, host=HOST)
-        env = {**os.environ, **tabby_env(self.root)}
-        with self.log_path.open("ab") as log_file:
-            log_file.write(f"\n--- starting: {' '.join(argv)}\n".encode())
-            log_file.flush()
-            process = self.process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                env=env,
-                preexec_fn=_die_with_parent,
-            )
-        return process, port
-
-    async def _start(self) -> None:
-        self.state = "starting"
-        started = time.monotonic()
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            try:
-                process, port = await self._spawn()
-            except OSError as exc:  # no process at all (data_dir not writable, binary not runnable): failed
-                reason = f"could not start {self.kind}: {exc}"
-                raise self._failed(reason, reason, "Fix data_dir or tabby_bin") from None
-            self.starts += 1
-            self._stopping = False
-            self._count_lifetime(process)
-            log.info("entry %s: starting %s (pid %d, port %d)", self.entry.name, self.kind, process.pid, port)
-            try:
-                async with asyncio.timeout(self.entry.startup_timeout):
-                    await _until_listening(process, port)
-            except _PortTaken as exc:
-                await self._terminate(process)
-                log.warning("entry %s: %s (attempt %d of %d)", self.entry.name, exc, attempt, PORT_ATTEMPTS)
-                if attempt < PORT_ATTEMPTS:
-                    continue  # on another free port
-                raise self._failed(str(exc), str(exc), "Find what takes this machine's free ports") from None
-            except (TimeoutError, _StartFailed) as exc:
-                reason = str(exc) or f"did not open its port within startup_timeout={self.entry.startup_timeout}s"
-                await self._terminate(process)
-                detail = f"{reason}; log: {self.log_path}\n{_tail(self.log_path)}"
-                raise self._failed(reason, detail, f"See {self.log_path}") from None
-            except asyncio.CancelledError:
-                await self._terminate(process)
-                self.state = "cold"
-                raise
-            break
-        self.state = "ready"
-        self.last_error = None
-        self.last_used = time.monotonic()
-        self.start_seconds += self.last_used - started
-        self._watcher = asyncio.create_task(self._watch(process), name=f"watch-{self.entry.name}")
-        log.info("entry %s: ready in %.2fs at %s", self.entry.name, time.monotonic() - started, self.url)
-
-    def _failed(self, reason: str, detail: str, advice: str) -> FleetError:
-        """Mark the start failed (``detail`` becomes last_error, and is logged); the 502 a request gets."""
-        self.state = "failed"
-        self.last_error = detail
-        log.error("entry %s: start failed: %s", self.entry.name, detail)
-        return FleetError(
-            502,
-            "backend-failed",
-            f"entry {self.entry.name!r} failed to start: {reason}. {advice}; the next request tries again",
-            retry_after=START_RETRY_AFTER,
-        )
-
-    async def _watch(self, process: asyncio.subprocess.Process) -> None:
-        code = await process.wait()
-        if self._stopping or process is not self.process:
-            return
-        self.state = "failed"
-        self.last_error = f"exited unexpectedly with code {code}; it restarts on the next request"
-        log.warning("entry %s: backend pid %d %s", self.entry.name, process.pid, self.last_error)
-
-    async def stop(self, reason: str) -> None:
-        if self._starting is not None and not self._starting.done():
-            self._starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, FleetError):
-                await self._starting
-        process = self.process
-        if process is None or process.returncode is not None:
-            if self.state == "ready":
-                self.state = "cold"
-            return
-        self._stopping = True
-        log.info("entry %s: stopping pid %d (%s)", self.entry.name, process.pid, reason)
-        await self._terminate(process)
-        self.stops += 1
-        self.state = "cold"
-
-    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
-        if process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            async with asyncio.timeout(STOP_GRACE_SECONDS):
-                await process.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-
-    def is_idle(self, now: float) -> bool:
-        if self.kept_warm:
-            return False
-        return self.state == "ready" and self.in_flight == 0 and now - self.last_used >= self.entry.scaledown_window
-
-    def _count_lifetime(self, process: asyncio.subprocess.Process) -> None:
-        """Add the process's lifetime to container_seconds when it ends, however it ends."""
-        spawned = self._spawned_at = time.monotonic()
-
-        async def wait() -> None:
-            await process.wait()
-            self._lived_seconds += time.monotonic() - spawned
-            if self._spawned_at == spawned:
-                self._spawned_at = None
-
-        task = asyncio.create_task(wait(), name=f"lifetime-{self.entry.name}")
-        self._lifetimes.add(task)
-        task.add_done_callback(self._lifetimes.discard)
-
-    @property
-    def alive(self) -> bool:
-        """A process exists (starting, ready or stopping)."""
-        return self.process is not None and self.process.returncode is None
-
-    def containers(self) -> int:
-        """Processes of this entry that exist now: 0 or 1, plus one a reload replaced that still runs."""
-        return int(self.alive) + (self.previous.containers() if self.previous is not None else 0)
-
-    def container_seconds(self) -> float:
-        """Cumulative process lifetime since the router started, the current process included."""
-        previous = self.previous
-        if previous is not None and not previous.alive:  # it ended: keep its total, drop the object
-            self._lived_seconds += previous.container_seconds()
-            self.previous = previous = None
-        current = time.monotonic() - self._spawned_at if self._spawned_at is not None else 0.0
-        return self._lived_seconds + current + (previous.container_seconds() if previous is not None else 0.0)
-
-    def status(self) -> dict[str, Any]:
-        process = self.process
-        alive = process is not None and process.returncode is None
-        return {
-            "state": self.state,
-            "containers": self.containers(),
-            "container_seconds": round(self.container_seconds(), 3),
-            "kept_warm": self.kept_warm,
-            "backend": self.kind,
-            "in_flight": self.in_flight,
-            "starts": self.starts,
-            "stops": self.stops,
-            "start_seconds": round(self.start_seconds, 3),
-            "pid": process.pid if alive and process else None,
-            "url": self.url,
-            "last_error": self.last_error,
-        }
-
-
 class LocalBackends:
     """Backends for every entry on this machine; the router's local runtime."""
 
@@ -346,9 +67,14 @@ class LocalBackends:
         settings: FleetSettings,
         clock: Callable[[], datetime] = utc_now,
         warm_check_seconds: float = WARM_CHECK_SECONDS,
+        *,
+        router_url: str | None = None,
     ) -> None:
         self.tabby_bin = find_tabby(settings)
+        self.router_url = router_url  # the hub's chat calls the router here (fleet up: http://127.0.0.1:<port>)
         self.backends: dict[str, LocalBackend] = {}
+        self.hub: HubBackend | None = None  # the hub's process, when [hub] runs here
+        self.hub_upstream: Upstream | None = None  # hub.url, when the hub runs elsewhere
         self._retired: list[LocalBackend] = []  # removed by a reload, still serving in-flight requests
         self._reaper: asyncio.Task[None] | None = None
         self._warmer: asyncio.Task[None] | None = None
@@ -374,11 +100,26 @@ class LocalBackends:
         for name in list(self.backends):
             if name not in names:
                 self._retired.append(self.backends.pop(name))
+        self._configure_hub(settings)
         self.settings = settings
         self.static = StaticBackends(settings)
         windows = [entry.scaledown_window for entry in settings.entries] or [60]
+        windows += [self.hub.entry.scaledown_window] if self.hub is not None else []
         # Check often enough that a 2 s idle window ends within about half a second of its time.
         self._reap_interval = max(0.25, min(1.0, min(windows) / 4))
+
+    def _configure_hub(self, settings: FleetSettings) -> None:
+        """The hub's process from ``[hub]``: made, kept, replaced (the old one retired once idle) or retired."""
+        hub = settings.hub
+        self.hub_upstream = Upstream(str(hub.url).rstrip("/")) if hub.enabled and hub.url is not None else None
+        wanted = HubBackend(settings, self.tabby_bin, self.router_url) if hub.enabled and hub.url is None else None
+        if self.hub is not None and (wanted is None or wanted.spec != self.hub.spec):
+            self._retired.append(self.hub)  # stopped once idle, or when its replacement starts
+            if wanted is not None:
+                wanted.replaces = self.hub
+            self.hub = None
+        if self.hub is None:
+            self.hub = wanted
 
     async def adopt(self, settings: FleetSettings) -> None:
         self._configure(settings)
@@ -395,14 +136,27 @@ class LocalBackends:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        everything = [*self.backends.values(), *self._retired]
+        everything = [*self.backends.values(), *self._retired, *([self.hub] if self.hub else [])]
         await asyncio.gather(*(backend.stop("router shutdown") for backend in everything))
+
+    def _local(self, entry: str) -> LocalBackend | None:
+        return self.hub if entry == HUB_BACKEND else self.backends.get(entry)
+
+    def _elsewhere(self, entry: str) -> Upstream:
+        """An entry's ``url``, or ``hub.url`` for the hub; FleetError when there is nothing to use."""
+        if entry != HUB_BACKEND:
+            return self.static.upstream(entry)
+        if self.hub_upstream is None:
+            raise FleetError(404, "no-hub", "the hub is off; set [hub] enabled = true (docs/DEPLOY.md, The hub)")
+        return self.hub_upstream
 
     @contextlib.asynccontextmanager
     async def lease(self, entry: str) -> AsyncIterator[Upstream]:
-        backend = self.backends.get(entry)
+        """Hold an entry's backend (or the hub's: ``HUB_BACKEND``) while the block runs; a WebSocket relay
+        holds its lease for the socket's life, so an open socket keeps the hub from idling out."""
+        backend = self._local(entry)
         if backend is None:
-            yield self.static.upstream(entry)
+            yield self._elsewhere(entry)
             return
         backend.in_flight += 1
         try:
@@ -416,16 +170,24 @@ class LocalBackends:
         status = {name: backend.status() for name, backend in self.backends.items()}
         return status | self.static.status()
 
+    def hub_status(self) -> dict[str, Any] | None:
+        """The hub for /fleet/health: None when ``[hub]`` is off; else its state, kind, port and snapshots."""
+        if self.hub is not None:
+            return self.hub.hub_status()
+        if self.hub_upstream is not None:
+            return {"state": "ready", "kind": "url", "url": self.hub_upstream.base_url}
+        return None
+
     def backend_state(self, entry: str) -> str:
-        backend = self.backends.get(entry)
-        return "ready" if backend is None else backend.state  # no local backend: a url entry
+        backend = self._local(entry)
+        return "ready" if backend is None else backend.state  # no local backend: a url entry (or hub.url)
 
     def warm(self, entry: str) -> str:
-        backend = self.backends.get(entry)
+        backend = self._local(entry)
         return "ready" if backend is None else backend.warm()
 
     async def wait_ready(self, entry: str, seconds: float) -> bool:
-        backend = self.backends.get(entry)
+        backend = self._local(entry)
         return True if backend is None else await backend.wait_ready(seconds)
 
     def check_warm_hours(self) -> None:
@@ -454,7 +216,7 @@ class LocalBackends:
 
     async def _reap_once(self) -> None:
         now = time.monotonic()
-        for backend in list(self.backends.values()):
+        for backend in [*self.backends.values(), *([self.hub] if self.hub else [])]:
             if backend.is_idle(now):
                 await backend.stop(f"idle for {backend.entry.scaledown_window}s (scaledown_window)")
         for backend in list(self._retired):
@@ -470,65 +232,3 @@ def _logged(what: str) -> Iterator[None]:
         yield
     except Exception:
         log.exception("local runtime: %s failed; trying again next round", what)
-
-
-class _StartFailed(Exception):
-    pass
-
-
-class _PortTaken(Exception):
-    """Another process listens on the port the backend was started on."""
-
-
-async def _until_listening(process: asyncio.subprocess.Process, port: int) -> None:
-    """Return once ``process`` (or its child) listens on ``port``; _StartFailed if it exits first,
-    _PortTaken if another process answers there (it took the port between our choice and the start)."""
-    while True:
-        if await _port_open(port):
-            if listener_is_ours(port, process.pid) is not False:
-                return
-            raise _PortTaken(f"another process listens on port {port}, not the backend (pid {process.pid})")
-        if process.returncode is not None:
-            raise _StartFailed(f"exited with code {process.returncode} before opening its port")
-        await asyncio.sleep(READY_POLL_SECONDS)
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark a start's outcome as seen (its failure is logged and kept in last_error by _start)."""
-    if not task.cancelled():
-        task.exception()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-async def _port_open(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection(HOST, port)
-    except OSError:
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
-def _tail(path: Path) -> str:
-    try:
-        with path.open("rb") as file:
-            file.seek(0, os.SEEK_END)
-            file.seek(max(0, file.tell() - LOG_TAIL_BYTES))
-            return file.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when the router dies, so none is orphaned."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

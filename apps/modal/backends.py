@@ -296,6 +296,9 @@ class ModalBackends:
                     await asyncio.shield(waking)  # giving up does not stop the wake
         return state.state(time.monotonic()) == "ready"
 
+    def hub_status(self) -> dict[str, Any] | None:
+        return None  # the hub's process joins this runtime with issue 19's local (modal) hub
+
     async def _wake(self, state: _ModalEntry) -> None:
         """One ``GET /v1/health`` to the class, waiting up to its ``startup_timeout``: Modal answers it
         once a container has started and loaded its model. Never raises (the outcome is the state)."""

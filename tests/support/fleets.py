@@ -6,6 +6,7 @@ A fleet that only one file uses stays in that file, next to the tests that read 
 from __future__ import annotations
 
 import hashlib
+import json
 
 SMALL_AND_LARGE = """\
 [[entries]]
@@ -55,4 +56,56 @@ admin_token_sha256 = ["{hashlib.sha256(admin_token.encode()).hexdigest()}"]
 [[entries]]
 name = "small"
 model = "TabbyML/StarCoder-1B"
+"""
+
+
+# A fleet with the hub on (the stand-in hub, as `fleet up` runs it without a tabby binary): token mode, team
+# frontend offered the hub, team backend not, team hub the one the hub's chat calls the router as. Each team's
+# raw token, the hub users' tokens and the environment `fleet up` needs: HUB_ENV.
+HUB_TOKENS = {"frontend": "tft_hub-frontend-token", "backend": "tft_hub-backend-token", "hub": "tft_hub-router-token"}
+HUB_ADMIN = "tfa_hub-admin-token"
+HUB_USERS = {"frontend": "auth_frontend0123456789"}  # the frontend team's hub user token (identity = "team")
+HUB_USER_NAMES = {"auth_frontend0123456789": "frontend-user"}  # the stand-in hub's users: token -> name
+HUB_ENV = {
+    "FLEET_HUB_TEAM_TOKENS": json.dumps(HUB_USERS),
+    "FLEET_HUB_STANDIN_USERS": json.dumps(HUB_USER_NAMES),
+    "FLEET_HUB_ROUTER_TOKEN": HUB_TOKENS["hub"],
+}
+
+
+def with_hub(hub: str = "") -> str:
+    """Entry "small" (StarCoder-1B, chat Qwen2-1.5B) and the hub, with ``hub``'s extra keys of ``[hub]``."""
+
+    def tokens(team: str) -> str:
+        return f'tokens = [{{label = "t", sha256 = "{hashlib.sha256(HUB_TOKENS[team].encode()).hexdigest()}"}}]'
+
+    admin = hashlib.sha256(HUB_ADMIN.encode()).hexdigest()
+    return f"""\
+[router]
+auth = "tokens"
+admin_tokens = [{{label = "ops", sha256 = "{admin}"}}]
+
+[[entries]]
+name = "small"
+model = "TabbyML/StarCoder-1B"
+chat_model = "TabbyML/Qwen2-1.5B-Instruct"
+
+[[teams]]
+name = "frontend"
+{tokens("frontend")}
+
+[[teams]]
+name = "backend"
+{tokens("backend")}
+
+[[teams]]
+name = "hub"
+{tokens("hub")}
+
+[hub]
+enabled = true
+teams = ["frontend"]
+chat_entry = "small"
+router_team = "hub"
+{hub.strip()}
 """
