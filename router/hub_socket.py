@@ -195,12 +195,12 @@ class HubSocket:
             if (await receive())["type"] != "websocket.connect":  # the client left before its handshake ended
                 record.status = CLIENT_LEFT
                 return
+            subprotocol = choose_subprotocol(list(scope.get("subprotocols") or ()))
+            await client.accept(subprotocol)  # first: a close before the accept is an HTTP 403 without the reason
             access = state.hub
             if access is None:
                 await self._refuse(client, record, NOT_HERE, NO_HUB)
                 return
-            subprotocol = choose_subprotocol(list(scope.get("subprotocols") or ()))
-            await client.accept(subprotocol)
             if subprotocol is None:
                 await self._refuse(client, record, BAD_SUBPROTOCOL, NO_SUBPROTOCOL)
                 return

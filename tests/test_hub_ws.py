@@ -253,6 +253,32 @@ def test_a_first_message_that_is_not_a_connection_init_is_closed_4400(
     assert len(seen(hub)) == before
 
 
+def test_a_client_that_sends_nothing_is_closed_4408_after_10_seconds(fleet: RunningFleet, hub: str) -> None:
+    before = len(seen(hub))
+
+    async def run() -> tuple[int | None, str, float]:
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws_url(fleet), protocols=PROTOCOLS) as socket:
+            started = time.monotonic()
+            async with asyncio.timeout(20):
+                message = await socket.receive()
+            assert message.type is aiohttp.WSMsgType.CLOSE, message
+            return socket.close_code, str(message.extra), time.monotonic() - started
+
+    code, reason, seconds = asyncio.run(run())
+    assert code == 4408
+    assert "connection_init" in reason
+    assert 9.0 < seconds < 15.0
+    assert len(seen(hub)) == before
+
+
+def test_without_a_hub_subscriptions_is_closed_4404_saying_the_hub_is_off(tmp_path: Path) -> None:
+    config = '[[entries]]\nname = "small"\nmodel = "TabbyML/StarCoder-1B"\n'
+    with run_fleet(tmp_path, config) as fleet:
+        code, reason = asyncio.run(refused(fleet, init(None, "x")))
+    assert code == 4404
+    assert "[hub] enabled" in reason
+
+
 def test_a_team_not_offered_the_hub_is_closed_4403(fleet: RunningFleet, hub: str) -> None:
     before = len(seen(hub))
     code, reason = asyncio.run(refused(fleet, init(OUTSIDE_TOKEN, "x")))
