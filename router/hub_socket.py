@@ -226,18 +226,23 @@ class HubSocket:
             if hub_pass.team is not None:  # a fleet token: its team and label, as the proxy counts them
                 grant = state.table.fleet_grant(authorization)  # checked by authorize just now: cannot raise
                 record.team, record.label = hub_pass.team, grant.user.partition("/")[2] or "-" if grant else "-"
-            await self._open(client, record, access.hub, subprotocol, rewritten_init(init, hub_pass.authorization))
+            handshake = state.settings.router.read_timeout  # the hub's handshake, unless its backend says otherwise
+            await self._open(
+                client, record, access.hub, subprotocol, rewritten_init(init, hub_pass.authorization), handshake
+            )
         finally:
             if not client.closed and record.status != CLIENT_LEFT:
                 await client.close(INTERNAL, "the router failed; retry")
             self.proxy.observer.finish(record)
 
-    async def _open(self, client: _Client, record: RequestRecord, hub: HubOptions, subprotocol: str, init: str) -> None:
+    async def _open(
+        self, client: _Client, record: RequestRecord, hub: HubOptions, subprotocol: str, init: str, handshake: float
+    ) -> None:
         """Lease the hub, connect, send the rewritten init, relay until either side ends."""
         async with contextlib.AsyncExitStack() as stack:
             try:
                 upstream = await stack.enter_async_context(self.proxy.backends.lease(HUB_BACKEND))
-                socket = await self._connect(upstream, subprotocol, hub.max_frame_bytes)
+                socket = await self._connect(upstream, subprotocol, hub.max_frame_bytes, handshake)
                 stack.push_async_callback(socket.close)  # idempotent: a no-op once either side closed it
                 await socket.send_str(init)
             except FleetError as error:
@@ -261,12 +266,14 @@ class HubSocket:
                 code, reason = end.hub
                 await socket.close(code=code, message=close_reason(reason).encode())
 
-    async def _connect(self, upstream: Upstream, subprotocol: str, max_bytes: int) -> aiohttp.ClientWebSocketResponse:
+    async def _connect(
+        self, upstream: Upstream, subprotocol: str, max_bytes: int, handshake: float
+    ) -> aiohttp.ClientWebSocketResponse:
         """The hub's socket, with ``subprotocol``; FleetError (502 unreachable or refused, 503 not answering)."""
         base = upstream.base_url
         url = ("ws" + base[4:] if base.startswith("http") else base) + SOCKET_PATH
         headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in upstream.headers]
-        seconds = upstream.first_byte_timeout or self.proxy.state.settings.router.read_timeout
+        seconds = upstream.first_byte_timeout or handshake
         try:
             async with asyncio.timeout(seconds):
                 socket = await self.proxy.client.session().ws_connect(
