@@ -65,7 +65,7 @@ def test_the_local_and_modal_runtimes_never_import_each_other() -> None:
 def test_apps_is_laid_out_by_runtime() -> None:
     """apps/ holds the CLI, the two runtimes and Tabby's command line; no flat *_cmd.py modules."""
     top = sorted(path.name for path in (ROOT / "apps").iterdir() if not path.name.startswith(("_", ".")))
-    assert top == ["cli", "local", "modal", "tabby.py"], top
+    assert top == ["cli", "hub", "local", "modal", "tabby.py"], top
     assert not list(ROOT.glob("apps/**/*_cmd.py"))
 
 
