@@ -7,6 +7,7 @@ Facts: shared/reference/tabby-protocol.md sections 5 and 9 (CLI flags, environme
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,3 +93,26 @@ def supervise(
 
     threading.Thread(target=watch, name=f"tabby-watchdog-{name}", daemon=True).start()
     return process
+
+
+# -- STUB on branch hub-modal, replaced by hub-local: the hub's Tabby (webserver on, chat through the router) --
+
+
+def hub_serve_argv(*, binary: str, port: int, device: str, host: str = "0.0.0.0") -> list[str]:
+    """``tabby serve`` for the hub: webserver on, no completion model (its chat is HTTP, in config.toml)."""
+    return [binary, "serve", "--host", host, "--port", str(port), "--device", device]
+
+
+def hub_config_toml(*, chat_url: str, chat_model: str, api_key: str) -> str:
+    """The hub's ``config.toml``: its chat model is the router's chat entry, over HTTP."""
+    return (
+        "# written by tabby-fleet at every start of the hub\n"
+        '[model.chat.http]\nkind = "openai/chat"\n'
+        f"api_endpoint = {json.dumps(chat_url)}\nmodel_name = {json.dumps(chat_model)}\n"
+        f"api_key = {json.dumps(api_key)}\n"
+    )
+
+
+def hub_env(root: Path | str, jwt_secret: str) -> dict[str, str]:
+    """The hub's Tabby environment: its root, the JWT secret its logins survive restarts with."""
+    return {**tabby_env(root), "TABBY_WEBSERVER_JWT_TOKEN_SECRET": jwt_secret}
