@@ -116,9 +116,13 @@ class HubServer:
         print(f"tabby-fleet hub: restored {restored or 'no snapshot (a first start)'}; chat: {url}", flush=True)
         self.snapshotter = Snapshotter(
             root, snapshots, interval=hub.snapshot_interval, keep=hub.snapshots_kept,
-            name=os.environ.get("MODAL_TASK_ID") or "hub", after=spec.volume.commit,
+            name=os.environ.get("MODAL_TASK_ID") or "hub", after=self.committed,
         )  # fmt: skip
         self.snapshotter.start()
+
+    def committed(self, snapshot: Path) -> None:
+        """After each snapshot: the Volume committed, so the snapshot outlives this container at once."""
+        self.spec.volume.commit()
 
     def run(self) -> None:
         """Start ``tabby serve`` and return; Modal then waits for its port (the container ends if Tabby does)."""
