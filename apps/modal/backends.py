@@ -352,9 +352,6 @@ class ModalBackends:
                     await asyncio.shield(waking)  # giving up does not stop the wake
         return state.state(time.monotonic()) == "ready"
 
-    def hub_status(self) -> dict[str, Any] | None:
-        return None  # the hub's process joins this runtime with issue 19's local (modal) hub
-
     async def _wake(self, state: _ModalEntry) -> None:
         """One ``GET /v1/health`` to the class, waiting up to its ``startup_timeout``: Modal answers it
         once a container has started and loaded its model. Never raises (the outcome is the state)."""
@@ -438,10 +435,7 @@ class ModalBackends:
         return entries | self.static.status()
 
     def hub_status(self) -> dict[str, Any] | None:
-        """The hub's state, as an entry's in :meth:`status`; None when [hub] is off."""
+        """The hub's state, as an entry's in :meth:`status`; None when [hub] is off or is someone else's
+        (``hub.url``: the router cannot tell its state, as StaticBackends says)."""
         state = self.entries.get(HUB_BACKEND)
-        if state is not None:
-            return state.status(time.monotonic())
-        if self.hub_url is not None:
-            return {"state": "ready", "external": True, "url": self.hub_url}
-        return None
+        return None if state is None else state.status(time.monotonic())
