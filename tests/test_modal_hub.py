@@ -4,8 +4,10 @@ at start, the router's "@hub" backend over loopback (a fake Modal edge), and `fl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -234,16 +236,24 @@ def test_the_start_restores_the_newest_snapshot_and_points_the_chat_at_the_route
     spec = hub_spec(settings)
     snapshots, old = tmp_path / "volume" / "snapshots", tmp_path / "old-container"
     (old / "ee").mkdir(parents=True)
-    (old / "ee" / "db.sqlite").write_text("first")
+
+    def write(value: str) -> None:  # a real SQLite database: the snapshots copy it with sqlite3's backup API
+        with contextlib.closing(sqlite3.connect(old / "ee" / "db.sqlite")) as db, db:
+            db.execute("CREATE TABLE IF NOT EXISTS kept (value TEXT)")
+            db.execute("DELETE FROM kept")
+            db.execute("INSERT INTO kept VALUES (?)", (value,))
+
+    write("first")
     take(old, snapshots, keep=3, name="ta-1")
-    (old / "ee" / "db.sqlite").write_text("second")
+    write("second")
     newest = take(old, snapshots, keep=3, name="ta-2")
     url = chat_url("https://acme--fleet-test-router.modal.run/", spec.chat_entry)
     assert url == "https://acme--fleet-test-router.modal.run/models/small/v1"
     config = hub_config_toml(chat_url=url, chat_model=spec.chat_model, api_key=HUB_TOKEN)
     root = tmp_path / "root"
     assert prepare_root(root, snapshots, config) == newest
-    assert (root / "ee" / "db.sqlite").read_text() == "second"
+    with contextlib.closing(sqlite3.connect(root / "ee" / "db.sqlite")) as restored:
+        assert restored.execute("SELECT value FROM kept").fetchall() == [("second",)]
     written = (root / "config.toml").read_text()
     assert url in written and "TabbyML/Qwen2-1.5B-Instruct" in written and HUB_TOKEN in written
     fresh = tmp_path / "fresh"
