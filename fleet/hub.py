@@ -19,6 +19,8 @@ from fleet.gpus import checked_gpu
 
 # The hub's key where the router names backends (Backends.lease, status): not a slug, so no entry can take it.
 HUB_BACKEND = "@hub"
+# The hub's Modal class: the name Modal tags it by and the router looks its URL up by (as Entry.class_name).
+HUB_CLASS = "TabbyHub"
 # Environment variables the hub's secrets travel in (a Modal Secret, or the shell of `fleet up`): never fleet.toml.
 TEAM_TOKENS_ENV = "FLEET_HUB_TEAM_TOKENS"  # {"team": "auth_..."}: each team's hub user token (identity = "team")
 ROUTER_TOKEN_ENV = "FLEET_HUB_ROUTER_TOKEN"  # a fleet token of router_team: the hub's chat calls to the router

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from apps.local.backends import LocalBackends
-from apps.modal.backends import STATS_TIMEOUT, ModalBackends
+from apps.modal.backends import STATS_TIMEOUT, ModalBackends, ModalClass
 from fleet.settings import Entry, FleetSettings, StandInOptions
 from fleet.window import WarmWindow
 
@@ -368,7 +368,7 @@ class FakeStats:
         self.sample: Any = SimpleNamespace(num_total_runners=0, backlog=0)
         self.calls = 0
 
-    async def __call__(self, entry: Entry) -> Any:
+    async def __call__(self, entry: ModalClass) -> Any:
         self.calls += 1
         if isinstance(self.sample, BaseException):
             raise self.sample

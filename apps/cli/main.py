@@ -19,7 +19,7 @@ from types import ModuleType
 from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, example_note, load_for_command
 from apps.cli.listen import bind_router, exposure
 from apps.cli.modal_reach import modal_problems
-from apps.cli.plan import cost_plan, plan_table, warm_plan
+from apps.cli.plan import cost_plan, hub_plan, plan_table, warm_plan
 from apps.cli.reload import add_reload_command
 from apps.cli.status import add_status_command
 from apps.cli.token import add_token_commands
@@ -151,10 +151,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(access_summary(settings))
     print()
     print("\n".join(cost_plan(settings)))
-    warm = warm_plan(settings)
-    if warm:
-        print()
-        print("\n".join(warm))
+    for section in (warm_plan(settings), hub_plan(settings)):
+        if section:
+            print()
+            print("\n".join(section))
     if not args.local_only:
         from apps.modal.plan import modal_plan
 

@@ -116,3 +116,41 @@ def cost_plan(settings: FleetSettings) -> list[str]:
             f"  all priced entries: {money} {sum(floors):,.2f} a month kept up, at most {money} {sum(worsts):,.2f}"
         )
     return lines
+
+
+def hub_plan(settings: FleetSettings) -> list[str]:
+    """The hub's lines (none when [hub] is off): what it runs on and what it may cost a month on Modal, at its
+    min_containers and in the worst case, its one container up all month."""
+    hub = settings.hub
+    if not hub.enabled:
+        return []
+    prices = settings.prices
+    money = prices.currency
+    teams = ", ".join(hub.teams) if hub.teams else "every team"
+    lines = [
+        "Hub (Tabby's webserver: chat panel, Answer Engine, users; docs/DEPLOY.md, The hub):",
+        f"  panel for: {teams}; identity {hub.identity}; chat: entry {hub.chat_entry} through the router"
+        + (f" as team {hub.router_team}" if hub.router_team else "")
+        + f"; licence seats {hub.licence_seats} (Tabby's community licence: 5, the owner included)",
+    ]
+    if hub.url is not None:
+        return [*lines, f"  external ({hub.url}): nothing deployed, costs nothing of ours"]
+    lines.append(
+        f"  on Modal: GPU {hub.gpu or 'none (CPU)'}, containers {hub.min_containers}..1, idle {hub.scaledown_window}s; "
+        f"volume {hub.volume!r} (a snapshot every {hub.snapshot_interval}s, {hub.snapshots_kept} kept); "
+        f"secret {hub.secret!r}"
+    )
+    hours = WEEKS_PER_MONTH * 7 * 24
+    hourly = prices.per_gpu_hour(hub.gpu) if hub.gpu else 0.0
+    if hourly is None:
+        lines.append(f"  cost unknown: no price for {hub.gpu} (set [prices] gpu_hour)")
+        return lines
+    floor = hub.min_containers * hourly * hours
+    kept = (
+        f"min_containers 1 kept up: {money} {floor:,.2f} a month"
+        if hub.min_containers
+        else "min_containers 0: nothing while unused"
+    )
+    priced = f"{money} {hourly:g} per container-hour" if hub.gpu else "a CPU container: no GPU to price"
+    lines.append(f"  cost (GPU only): {priced}; {kept}; at most {money} {hourly * hours:,.2f} a month (up all month)")
+    return lines

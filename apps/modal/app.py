@@ -167,11 +167,14 @@ def router_spec(settings: FleetSettings, proxy_auth: modal.Secret, volume: modal
     """The router: the IDEs' door (no proxy auth: the router checks team tokens itself); it keeps its usage
     on the shared Volume at ROUTER_STATE, so every router container and every deploy sees the same."""
     options = settings.modal
+    # With the hub on, its Secret too: FLEET_HUB_TEAM_TOKENS, each team's hub token the router puts in
+    # place of the team's fleet token on the hub's paths (fleet/hub.py), whether the hub runs here or at hub.url.
+    hub_secrets = [modal.Secret.from_name(settings.hub.secret)] if settings.hub.enabled else []
     return FunctionSpec(
         function={
             "image": router_image(settings.router.upstream_ca_bundle),
             "name": ROUTER_FUNCTION,
-            "secrets": [proxy_auth],  # the proxy token the classes require
+            "secrets": [proxy_auth, *hub_secrets],  # the proxy token the classes require, and the hub's
             "env": {FROZEN_SETTINGS_ENV: router_settings_json(settings)},  # all the settings
             "min_containers": options.router_min_containers,  # 1 by default: the day's first keystroke finds it up
             "max_containers": options.router_max_containers,

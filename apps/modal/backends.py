@@ -12,6 +12,11 @@ keeps one up) corrected by Modal's stats (``get_current_stats()``: runners and b
 background every :data:`STATS_INTERVAL` seconds (:meth:`_ModalEntry.state` has the rules).
 :meth:`ModalBackends.warm` wakes a cold entry with one ``GET /v1/health`` to its class (at most one
 at a time per entry), which Modal answers once a container has loaded its model.
+
+The hub (``[hub]``, apps/modal/hub.py) is one more class, the pseudo-entry ``HUB_BACKEND`` ("@hub"):
+its URL looked up at start-up, the same proxy-auth headers, state, wakes and stats, woken with a GET of
+its web UI's index page (:data:`HUB_WAKE_PATH`). With ``hub.url`` it is that URL, as it is. ``status()``
+lists the entries only; :meth:`ModalBackends.hub_status` is the hub's.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleet.errors import FleetError
-from fleet.settings import Entry, FleetSettings
+from fleet.hub import HUB_BACKEND, HUB_CLASS, HubOptions
+from fleet.settings import FleetSettings
 from router.backends import StaticBackends, Upstream
 from router.upstream import UpstreamClient, UpstreamError
 
@@ -45,8 +52,51 @@ STATS_STALE_INTERVALS = 4
 WAKE_RETRY_SECONDS = 30.0
 WAKE_PATH = "/v1/health"  # no model work, and Modal starts a container to answer it
 WAKE_BODY_LIMIT = 64 * 1024  # a health answer is a few hundred bytes; reading stops after this much
+# The hub's wake: its web UI's index page, which Tabby's webserver serves without a token (its /v1/health
+# asks for a user token, W/service/mod.rs:200-232, so a wake there would be a 401).
+HUB_WAKE_PATH = "/"
 
-UrlLookup = Callable[[Entry], str]
+
+class ModalClass(Protocol):
+    """What the router knows of a deployed class: an entry's (``Entry``) or the hub's (:class:`HubClass`)."""
+
+    @property
+    def name(self) -> str: ...  # the key the router leases it by
+
+    @property
+    def class_name(self) -> str: ...  # Modal's name for it
+
+    @property
+    def min_containers(self) -> int: ...
+
+    @property
+    def scaledown_window(self) -> int: ...
+
+    @property
+    def startup_timeout(self) -> int: ...
+
+    @property
+    def first_byte_timeout(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class HubClass:
+    """The hub's class as the router sees it: the pseudo-entry ``HUB_BACKEND``."""
+
+    min_containers: int
+    scaledown_window: int
+    startup_timeout: int
+    name: str = HUB_BACKEND
+    class_name: str = HUB_CLASS
+    first_byte_timeout: float | None = None  # a request waits as long as the hub's start may take
+
+    @classmethod
+    def of(cls, hub: HubOptions) -> HubClass:
+        return cls(min_containers=hub.min_containers, scaledown_window=hub.scaledown_window,
+                   startup_timeout=hub.startup_timeout)  # fmt: skip
+
+
+UrlLookup = Callable[[ModalClass], str]
 
 
 class StatsLike(Protocol):
@@ -59,13 +109,13 @@ class StatsLike(Protocol):
     def backlog(self) -> int: ...
 
 
-StatsCall = Callable[[Entry], Awaitable[StatsLike]]
+StatsCall = Callable[[ModalClass], Awaitable[StatsLike]]
 
 
 def modal_url_lookup(app_name: str) -> UrlLookup:
     """Find an entry's class URL through Modal's API (needs Modal credentials: in a container, given)."""
 
-    def lookup(entry: Entry) -> str:
+    def lookup(entry: ModalClass) -> str:
         import modal
 
         url = modal.Cls.from_name(app_name, entry.class_name)().serve.get_web_url()
@@ -80,7 +130,7 @@ def modal_stats(app_name: str) -> StatsCall:
     """An entry's current stats through Modal's API (``Function.get_current_stats``)."""
     methods: dict[str, Any] = {}  # one handle per class: it is looked up (hydrated) on its first call only
 
-    async def stats(entry: Entry) -> StatsLike:
+    async def stats(entry: ModalClass) -> StatsLike:
         import modal
 
         method = methods.get(entry.class_name)
@@ -109,10 +159,11 @@ def proxy_auth_headers(environ: dict[str, str] | None = None) -> tuple[tuple[byt
 
 
 class _ModalEntry:
-    """One entry's class: its URL, and what the router knows of its containers."""
+    """One entry's class (or the hub's): its URL, and what the router knows of its containers."""
 
-    def __init__(self, entry: Entry, wake_retry: float, stale_after: float) -> None:
+    def __init__(self, entry: ModalClass, wake_retry: float, stale_after: float, wake_path: str = WAKE_PATH) -> None:
         self.entry = entry
+        self.wake_path = wake_path  # what a wake GETs: Modal starts a container to answer it
         self.url: str | None = None
         self.error: str | None = None  # the class could not be found: failed for good
         self.in_flight = 0
@@ -210,6 +261,11 @@ class ModalBackends:
         self.entries = {
             e.name: _ModalEntry(e, wake_retry, stale_after) for e in settings.entries if e.name not in self.static
         }
+        hub = settings.hub
+        # An existing Tabby webserver as the hub (hub.url): forwarded to as it is, nothing to look up or wake.
+        self.hub_url = str(hub.url).rstrip("/") if hub.enabled and hub.url is not None else None
+        if hub.enabled and hub.url is None:  # the fleet's own hub: one more class, under a key no entry can take
+            self.entries[HUB_BACKEND] = _ModalEntry(HubClass.of(hub), wake_retry, stale_after, HUB_WAKE_PATH)
         router = settings.router
         # The wake requests' own client: the proxy's is not the runtime's to use.
         self._client = UpstreamClient(
@@ -253,7 +309,7 @@ class ModalBackends:
     async def lease(self, entry: str) -> AsyncIterator[Upstream]:
         state = self.entries.get(entry)
         if state is None:
-            yield self.static.upstream(entry)
+            yield Upstream(self.hub_url) if entry == HUB_BACKEND and self.hub_url else self.static.upstream(entry)
             return
         if state.url is None:
             raise FleetError(502, "backend-failed", state.error or f"entry {entry!r} has no URL yet", retry_after=30)
@@ -296,16 +352,13 @@ class ModalBackends:
                     await asyncio.shield(waking)  # giving up does not stop the wake
         return state.state(time.monotonic()) == "ready"
 
-    def hub_status(self) -> dict[str, Any] | None:
-        return None  # the hub's process joins this runtime with issue 19's local (modal) hub
-
     async def _wake(self, state: _ModalEntry) -> None:
         """One ``GET /v1/health`` to the class, waiting up to its ``startup_timeout``: Modal answers it
         once a container has started and loaded its model. Never raises (the outcome is the state)."""
         entry = state.entry
         state.wakes += 1
         started = time.monotonic()
-        log.info("entry %s: waking %s (GET %s)", entry.name, entry.class_name, WAKE_PATH)
+        log.info("entry %s: waking %s (GET %s)", entry.name, entry.class_name, state.wake_path)
         upstream = Upstream(
             str(state.url),
             headers=self._headers,
@@ -317,7 +370,7 @@ class ModalBackends:
             # One deadline for the whole wake, redirects and body included: each 303 hop would otherwise
             # get its own first-byte timeout, and a body that trickles for ever would keep it "starting".
             async with asyncio.timeout(entry.startup_timeout):
-                response = await self._client.request(upstream, "GET", WAKE_PATH, [], b"")
+                response = await self._client.request(upstream, "GET", state.wake_path, [], b"")
                 try:
                     read = 0
                     async for chunk, _ in response.chunks():
@@ -344,8 +397,8 @@ class ModalBackends:
             return
         state.wake_failed_at = time.monotonic()
         state.wake_error = (
-            f"waking class {entry.class_name} (GET {WAKE_PATH}, startup_timeout={entry.startup_timeout}s) {problem} "
-            f"after {took:.1f}s; see `modal app logs {self.settings.modal.app_name}`; "
+            f"waking class {entry.class_name} (GET {state.wake_path}, startup_timeout={entry.startup_timeout}s) "
+            f"{problem} after {took:.1f}s; see `modal app logs {self.settings.modal.app_name}`; "
             f"tried again in {state.wake_retry:g}s"
         )
         log.error("entry %s: %s", entry.name, state.wake_error)
@@ -376,5 +429,13 @@ class ModalBackends:
             state.gone = True
 
     def status(self) -> dict[str, dict[str, Any]]:
+        """The entries' states (the hub's is :meth:`hub_status`)."""
         now = time.monotonic()
-        return {name: state.status(now) for name, state in self.entries.items()} | self.static.status()
+        entries = {name: state.status(now) for name, state in self.entries.items() if name != HUB_BACKEND}
+        return entries | self.static.status()
+
+    def hub_status(self) -> dict[str, Any] | None:
+        """The hub's state, as an entry's in :meth:`status`; None when [hub] is off or is someone else's
+        (``hub.url``: the router cannot tell its state, as StaticBackends says)."""
+        state = self.entries.get(HUB_BACKEND)
+        return None if state is None else state.status(time.monotonic())

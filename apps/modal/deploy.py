@@ -1,7 +1,7 @@
 """The fleet's Modal app: what ``fleet deploy`` runs ``modal deploy -m`` on (and ``fleet serve``, ``modal serve``).
 
 Read top to bottom: the settings, the app, the GPU class every entry is an instance of, one class per
-entry, the router, the warm_hours schedule. Every value passed to Modal comes from a spec in
+entry, the hub (when on), the router, the warm_hours schedule. Every value passed to Modal comes from a spec in
 :mod:`apps.modal.app` (each with the reason for it; ``fleet plan`` prints the same specs).
 
 Locally the settings come from the usual sources (``fleet deploy`` sets FLEET_CONFIG); in a
@@ -20,11 +20,14 @@ from typing import Any, ClassVar
 import modal
 
 from apps.modal.app import DATA_MOUNT, ROUTER_STATE, EntrySpec, current_settings, fleet_spec
+from apps.modal.hub import hub_deployed, hub_spec
+from apps.modal.hub_server import HubServer
 from apps.tabby import container_root, supervise, tabby_env, write_tabby_config
 from fleet.settings import Entry
 from fleet.warm import apply_warm_hours
 
-fleet = fleet_spec(current_settings())
+settings = current_settings()
+fleet = fleet_spec(settings)
 app = modal.App(fleet.app_name)
 
 
@@ -84,6 +87,29 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     """What dir(module) lists: its globals (read, not written) and the entry classes."""
     return sorted({*globals(), *entry_classes})
+
+
+if hub_deployed(settings):  # [hub] on, and no hub.url: the hub, one container (apps/modal/hub.py)
+    hub = hub_spec(settings)
+
+    @app.cls(**hub.cls)
+    @modal.concurrent(**hub.concurrent)
+    class TabbyHub(HubServer):
+        """Tabby's webserver behind the router: chat panel, Answer Engine, users (apps/modal/hub_server.py)."""
+
+        spec = hub
+
+        @modal.enter()
+        def start(self) -> None:
+            self.prepare()  # the Secret checked, the newest snapshot restored, config.toml, the snapshot thread
+
+        @modal.web_server(**hub.web_server)
+        def serve(self) -> None:  # "serve", as the entries' web method: the router looks its URL up by it
+            self.run()  # tabby serve with its webserver on, supervised
+
+        @modal.exit()
+        def stop(self) -> None:
+            self.save()  # a last snapshot, committed
 
 
 assert fleet.router.concurrent is not None and fleet.router.asgi_app is not None  # router_spec sets both

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from apps.modal.app import DATA_MOUNT, EMBEDDING_MODEL, fleet_spec
+from apps.modal.hub import HUB_ROOT, HUB_SNAPSHOTS, hub_deployed, hub_spec
+from apps.modal.hub_server import chat_url
+from fleet.hub import JWT_SECRET_ENV, ROUTER_TOKEN_ENV, TEAM_TOKENS_ENV
 from fleet.settings import FleetSettings
 
 
@@ -39,7 +42,9 @@ def modal_plan(settings: FleetSettings) -> str:
             f"    TABBY_ROOT={DATA_MOUNT}/{entry.name}/<container's task id> (one per container) "
             f"on volume {', '.join(sorted({volume.name for volume in cls['volumes'].values()}))}",
         ]
+    lines += hub_modal_plan(settings)
     router = fleet.router.function
+    hub_secret = f" and the hub's {settings.hub.secret!r} ({TEAM_TOKENS_ENV})" if settings.hub.enabled else ""
     label = (fleet.router.asgi_app or {}).get("label") or f"{options.app_name}-router (Modal's default)"
     lines += [
         f"  function router (asgi_app, label {label}): containers "
@@ -47,7 +52,7 @@ def modal_plan(settings: FleetSettings) -> str:
         f"max_inputs={(fleet.router.concurrent or {}).get('max_inputs')}, "
         f"cpu {router['cpu'] or 'Modal default'}, memory "
         f"{str(router['memory']) + ' MiB' if router['memory'] else 'Modal default'}, "
-        f"secret {options.proxy_auth_secret!r}",
+        f"secret {options.proxy_auth_secret!r}{hub_secret}",
     ]
     if fleet.warm is not None:
         warm = [entry.name for entry in settings.entries if entry.warm and entry.url is None]
@@ -57,6 +62,31 @@ def modal_plan(settings: FleetSettings) -> str:
         )
     lines.append(f"  fleet deploy / serve: {deploy_readiness(settings)}")
     return "\n".join(lines)
+
+
+def hub_modal_plan(settings: FleetSettings) -> list[str]:
+    """The hub's lines of the Modal section: its class, or the external hub; none when [hub] is off."""
+    hub = settings.hub
+    if not hub.enabled:
+        return []
+    if not hub_deployed(settings):
+        return [f"  hub: external {hub.url}, nothing deployed"]
+    spec = hub_spec(settings)
+    cls, web = spec.cls, spec.web_server
+    gpu = ", else ".join(modal_gpus(cls["gpu"])) if cls["gpu"] else "none (a CPU container)"
+    return [
+        f"  class {spec.class_name} (the hub): GPU {gpu}, containers {cls['min_containers']}..1 (one Tabby owns "
+        f"its database), idle {cls['scaledown_window']}s, max_inputs={spec.concurrent['max_inputs']}",
+        f"    timeouts: request {cls['timeout']}s, container start {cls['startup_timeout']}s, port {web['port']} wait "
+        f"{web['startup_timeout']:g}s; proxy auth: {'required' if web['requires_proxy_auth'] else 'OFF'}",
+        f"    image: the shared layers ({EMBEDDING_MODEL}), no model of its own; runs: {' '.join(spec.argv)}",
+        f"    TABBY_ROOT={HUB_ROOT} on the container's disk; snapshots to volume {hub.volume!r} (created if missing) "
+        f"at {HUB_SNAPSHOTS}, every {hub.snapshot_interval}s and at exit, {hub.snapshots_kept} kept, the newest "
+        "restored at start",
+        f"    secret {hub.secret!r} (create it first): {JWT_SECRET_ENV}, {ROUTER_TOKEN_ENV}, {TEAM_TOKENS_ENV}",
+        f"    chat: {chat_url('<router URL>', spec.chat_entry)}, model {spec.chat_model}"
+        + (f", as team {hub.router_team}" if hub.router_team else ""),
+    ]
 
 
 def modal_gpus(gpu: str | list[str]) -> list[str]:

@@ -123,3 +123,18 @@ def _environment_of(function: Any) -> dict[str, str]:
 def describe_app(app: modal.App) -> dict[str, dict[str, Any]]:
     """Every class and function the app declares, by tag."""
     return {tag.removesuffix(".*"): describe_function(app, tag) for tag in _functions(app)}
+
+
+def lifecycle(cls: Any) -> dict[str, list[str]]:
+    """The methods of a declared class (``modal.Cls``) that Modal runs at container start (``enter``), as its
+    web endpoint (``web``) and at exit (``exit``), found as Modal's container finds them."""
+    from modal import _partial_function as partials  # private: modal 1.6
+
+    user_cls = synchronizer._translate_in(cls)._user_cls  # private: _Cls
+    flags = partials._PartialFunctionFlags
+    found = partials._find_partial_methods_for_user_cls
+    return {
+        "enter": sorted(found(user_cls, flags.ENTER_POST_SNAPSHOT)),
+        "web": sorted(found(user_cls, flags.WEB_INTERFACE)),
+        "exit": sorted(found(user_cls, flags.EXIT)),
+    }

@@ -26,9 +26,8 @@ from types import SimpleNamespace
 import aiohttp
 import uvicorn
 
-from apps.modal.backends import STATS_INTERVAL, WAKE_RETRY_SECONDS, ModalBackends, StatsLike
+from apps.modal.backends import STATS_INTERVAL, WAKE_RETRY_SECONDS, ModalBackends, ModalClass, StatsLike
 from fleet.loading import load_settings
-from fleet.settings import Entry
 from fleet.tokens import TokenRef, hash_token
 from router.app import create_app
 from router.store import SegmentStore, writer_id
@@ -63,12 +62,12 @@ def main() -> None:
     args = parser.parse_args()
     urls = json.loads(args.urls)
 
-    def lookup(entry: Entry) -> str:
+    def lookup(entry: ModalClass) -> str:
         if entry.class_name not in urls:
             raise LookupError(f"App function/class {entry.class_name!r} not found")  # what Modal says
         return str(urls[entry.class_name])
 
-    async def stats(entry: Entry) -> StatsLike:
+    async def stats(entry: ModalClass) -> StatsLike:
         async with aiohttp.ClientSession() as session, session.get(f"{lookup(entry)}/_edge/stats") as response:
             if response.status != 200:
                 raise LookupError(f"no stats for {entry.class_name} (HTTP {response.status})")
