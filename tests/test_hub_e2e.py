@@ -12,6 +12,7 @@ import http.client
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -109,14 +110,27 @@ def test_until_the_hub_has_an_owner_only_hub_teams_reach_its_data(
     assert answer.status_code == status and answer.json()["error"]["code"] == code, answer.text
 
 
-def test_the_hub_ui_s_own_health_check_reaches_the_hub_and_the_models_list_is_the_hubs(hub_fleet: RunningFleet) -> None:
+def test_the_models_list_is_the_hubs_and_a_hub_login_waits_for_ui_open(hub_fleet: RunningFleet) -> None:
     with hub_fleet.client(headers=FRONTEND) as client:
         models = client.get("/v1beta/models")
     assert models.status_code == 200 and models.json()["chat"] == ["TabbyML/Qwen2-1.5B-Instruct"]
     with hub_fleet.client(headers={"Authorization": f"Bearer {fleets.HUB_USERS['frontend']}"}) as client:
-        health = client.get("/v1/health")  # a hub user's own token (the web UI): the hub's own health
-    assert health.status_code == 401  # ui_open is off: the hub's data (and its API) is closed to it
-    assert health.json()["error"]["code"] == "hub-closed"
+        health = client.get("/v1/health")  # a hub user's own token, as the hub's web UI sends it
+    assert health.status_code == 401 and health.json()["error"]["code"] == "hub-closed"
+
+
+def test_once_ui_open_a_hub_login_reaches_the_hub_itself(tmp_path: Path) -> None:
+    """The hub's own web UI: its users' tokens pass as they are (health included: the hub answers it, with
+    webserver true and no model), while fleet tokens are still mapped."""
+    with run_fleet(tmp_path / "fleet", fleets.with_hub("ui_open = true"), env=fleets.HUB_ENV) as fleet:
+        with fleet.client(headers={"Authorization": f"Bearer {fleets.HUB_USERS['frontend']}"}) as client:
+            health = client.get("/v1/health")
+            me = client.post("/graphql", json=ME)
+        with fleet.client(headers=FRONTEND) as client:
+            routed = client.get("/v1/health")
+    assert health.status_code == 200 and health.json()["webserver"] is True and "model" not in health.json()
+    assert me.json()["data"]["me"]["name"] == "frontend-user"
+    assert routed.json()["model"] == "TabbyML/StarCoder-1B"  # a fleet token's health is still the router's
 
 
 def test_hub_paths_refuse_dot_segments_and_the_workers_socket(hub_fleet: RunningFleet) -> None:
