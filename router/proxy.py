@@ -491,11 +491,10 @@ def _too_large(limit: int) -> FleetError:
 
 
 def _upstream_error(entry: str, exc: UpstreamError) -> FleetError:
+    backend = "the hub" if entry == HUB_BACKEND else f"the backend for entry {entry!r}"
     if isinstance(exc, UpstreamTimeout):
-        return FleetError(504, exc.code, f"the backend for entry {entry!r} timed out: {exc}")
-    return FleetError(
-        502, exc.code, f"the backend for entry {entry!r} failed: {exc}; retry, and check /fleet/health", retry_after=1
-    )
+        return FleetError(504, exc.code, f"{backend} timed out: {exc}")
+    return FleetError(502, exc.code, f"{backend} failed: {exc}; retry, and check /fleet/health", retry_after=1)
 
 
 async def refuse(send: Send, error: FleetError, record: RequestRecord, entry: str | None = None) -> None:

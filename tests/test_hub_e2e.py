@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from .support import fleets
-from .support.fleetproc import RunningFleet, run_fleet
+from .support.fleetproc import RunningFleet, free_port, run_fleet
 
 FRONTEND = {"Authorization": f"Bearer {fleets.HUB_TOKENS['frontend']}"}
 BACKEND = {"Authorization": f"Bearer {fleets.HUB_TOKENS['backend']}"}
@@ -158,3 +158,15 @@ def test_completions_still_go_to_the_entry_and_usage_counts_the_hub_per_team(hub
     frontend = usage["teams"]["frontend"]
     assert frontend["entries"]["@hub"]["requests"] >= 1, frontend
     assert frontend["entries"]["small"]["completions"] >= 1, frontend
+
+
+def test_an_unreachable_hub_is_a_502_that_names_it(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with run_fleet(tmp_path / "fleet", fleets.with_hub(f'url = "{dead}"'), env=fleets.HUB_ENV) as fleet:
+        with fleet.client(headers=FRONTEND) as client:
+            answer = client.post("/graphql", json=ME)
+            completion = client.post("/v1/completions", json={"segments": {"prefix": "x = "}})
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["error"]["message"].startswith("the hub failed: could not connect")
+    assert "could not connect" in answer.json()["error"]["message"]
+    assert completion.status_code == 200  # the entries do not depend on the hub
