@@ -162,10 +162,10 @@ def test_completions_still_go_to_the_entry_and_usage_counts_the_hub_per_team(hub
 
 def test_an_unreachable_hub_is_a_502_that_names_it(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    with run_fleet(tmp_path / "fleet", fleets.with_hub(f'url = "{dead}"'), env=fleets.HUB_ENV) as fleet:
-        with fleet.client(headers=FRONTEND) as client:
-            answer = client.post("/graphql", json=ME)
-            completion = client.post("/v1/completions", json={"segments": {"prefix": "x = "}})
+    config = fleets.with_hub(f'url = "{dead}"')
+    with run_fleet(tmp_path / "fleet", config, env=fleets.HUB_ENV) as fleet, fleet.client(headers=FRONTEND) as client:
+        answer = client.post("/graphql", json=ME)
+        completion = client.post("/v1/completions", json={"segments": {"prefix": "x = "}})
     assert answer.status_code == 502, answer.text
     assert answer.json()["error"]["message"].startswith("the hub failed: could not connect")
     assert "could not connect" in answer.json()["error"]["message"]
