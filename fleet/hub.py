@@ -24,6 +24,9 @@ HUB_CLASS = "TabbyHub"
 # Environment variables the hub's secrets travel in (a Modal Secret, or the shell of `fleet up`): never fleet.toml.
 TEAM_TOKENS_ENV = "FLEET_HUB_TEAM_TOKENS"  # {"team": "auth_..."}: each team's hub user token (identity = "team")
 ROUTER_TOKEN_ENV = "FLEET_HUB_ROUTER_TOKEN"  # a fleet token of router_team: the hub's chat calls to the router
+STANDIN_USERS_ENV = (
+    "FLEET_HUB_STANDIN_USERS"  # the stand-in hub's users, {"auth_...": "name"} (apps/local/standin_hub.py)
+)
 JWT_SECRET_ENV = "TABBY_WEBSERVER_JWT_TOKEN_SECRET"  # a UUID, or Tabby exits (W/jwt.rs:41-55)
 # Tabby's webserver paths, GraphQL schema and WebSocket auth were read at this release (reference/tabby-hub.md).
 SUPPORTED_TABBY = re.compile(r":(v?0\.32\.\d+)$")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, FilePath, HttpUrl, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.gpus import GpuSpec, checked_gpu
-from fleet.hub import ROUTER_TOKEN_ENV, TEAM_TOKENS_ENV, HubOptions
+from fleet.hub import ROUTER_TOKEN_ENV, STANDIN_USERS_ENV, TEAM_TOKENS_ENV, HubOptions
 from fleet.prices import PriceTable
 from fleet.slugs import slug
 from fleet.tokens import TokenHolder, TokenRef, legacy_hashes
@@ -32,7 +32,7 @@ AuthMode = Literal["tokens", "open"]
 ENV_PREFIX = "FLEET_"
 ENV_DELIMITER = "__"
 # Read by resolve_config_path, `fleet status` and the hub (its secrets): not settings.
-KNOWN_OTHER_ENV = ("FLEET_CONFIG", "FLEET_ADMIN_TOKEN", TEAM_TOKENS_ENV, ROUTER_TOKEN_ENV)
+KNOWN_OTHER_ENV = ("FLEET_CONFIG", "FLEET_ADMIN_TOKEN", TEAM_TOKENS_ENV, ROUTER_TOKEN_ENV, STANDIN_USERS_ENV)
 
 
 class StandInOptions(BaseModel):

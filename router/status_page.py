@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from fleet.hub import HUB_BACKEND
 from fleet.settings import FleetSettings
 from router.status_charts import chart_section
 
@@ -81,6 +82,10 @@ def status_tables(
     header: tuple[str, ...] = ("entry", "state", "containers", "cold starts", "requests", "p95", "cold waits",
                                "fallbacks", "GPU-seconds", "cost", "warm hours")  # fmt: skip
     states: Mapping[str, Any] = health.get("entries", {})
+    hub = health.get("hub")
+    if hub:  # the hub's row: its state from /fleet/health's hub, its requests from usage's "@hub"
+        states = {**states, HUB_BACKEND: hub}
+        models = None if models is None else {**models, HUB_BACKEND: f"the hub: {hub.get('kind', 'Tabby webserver')}"}
     entries = _entry_rows(snapshot.get("entries", {}), states, warm or {}, currency)
     if warm is None:
         header, entries = header[:-1], [row[:-1] for row in entries]

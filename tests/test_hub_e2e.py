@@ -155,9 +155,13 @@ def test_completions_still_go_to_the_entry_and_usage_counts_the_hub_per_team(hub
         assert client.post("/graphql", json=ME).status_code == 200
     with hub_fleet.client(headers=ADMIN) as client:
         usage = client.get("/fleet/usage").json()
+        page = client.get("/fleet/status").text
     frontend = usage["teams"]["frontend"]
     assert frontend["entries"]["@hub"]["requests"] >= 1, frontend
     assert frontend["entries"]["small"]["completions"] >= 1, frontend
+    # the status page's entries table has the hub's row, with its state from /fleet/health's hub
+    assert '<tr data-entries="@hub"><td>@hub</td><td class="state state-ready">ready</td>' in page
+    assert "<td>the hub: stand-in hub</td>" in page
 
 
 def test_an_unreachable_hub_is_a_502_that_names_it(tmp_path: Path) -> None:

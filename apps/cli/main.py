@@ -24,9 +24,11 @@ from apps.cli.reload import add_reload_command
 from apps.cli.status import add_status_command
 from apps.cli.token import add_token_commands
 from fleet.errors import FleetError
+from fleet.hub import TEAM_TOKENS_ENV
 from fleet.loading import SettingsError, load_settings, resolve_config_path
 from fleet.routing import RoutingTable
 from fleet.settings import FleetSettings
+from router.hub_access import team_tokens_from_env
 
 STATE_DIR = "state"  # data_dir/state: the router's store (router/store.py), shared by routers on one data_dir
 ALL_INTERFACES = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # listen address -> one to connect to
@@ -300,6 +302,36 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0 if server.started else 3
 
 
+def hub_lines(
+    settings: FleetSettings, base_url: str, tabby_bin: str | None, environ: dict[str, str] | None = None
+) -> list[str]:
+    """What `fleet up` says about the hub: what runs it, for whom, where its data is, and any hub team that has
+    no hub user in FLEET_HUB_TEAM_TOKENS (its panel's calls would get 503 hub-user-missing)."""
+    hub = settings.hub
+    if not hub.enabled:
+        return []
+    if hub.url is not None:
+        runs = f"the Tabby webserver at {hub.url}"
+    else:
+        kind = f"tabby serve with its webserver on ({tabby_bin})" if tabby_bin else "the built-in stand-in hub"
+        runs = f"{kind}, started on first use; data in {settings.data_dir / 'hub'} (a snapshot every " \
+               f"{hub.snapshot_interval}s)"  # fmt: skip
+    teams = [t.name for t in settings.teams if hub.serves(t.name)]
+    lines = [f"hub: {runs}", f"chat panel for teams: {', '.join(teams) or '(none)'}; Tabby's web UI: {base_url}/"]
+    if hub.identity == "team":
+        try:
+            users = team_tokens_from_env(os.environ if environ is None else environ)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        missing = [team for team in teams if team not in users]
+        if missing:
+            lines.append(
+                f"warning: {TEAM_TOKENS_ENV} has no hub user for {', '.join(missing)}: their chat panel gets 503 "
+                "hub-user-missing until it does (docs/DEPLOY.md, The hub)"
+            )
+    return lines
+
+
 def _backend_kind(tabby_bin: str | None) -> str:
     return f"tabby serve ({tabby_bin})" if tabby_bin else "the built-in stand-in (no tabby binary found)"
 
@@ -325,6 +357,7 @@ def up_banner(settings: FleetSettings, host: str, port: int, source: Path, tabby
         f"settings: {source}",
         *filter(None, [example_note(source)]),
         f"backends: {_backend_kind(tabby_bin)}, started on first use",
+        *hub_lines(settings, base_url, tabby_bin),
         "",
         plan_table(settings),
         "",

@@ -55,12 +55,12 @@ import aiohttp
 from aiohttp import web
 
 from apps.local.standin_page import PAGE_HTML, PAGE_SCRIPT
-from fleet.hub import ROUTER_TOKEN_ENV
+from fleet.hub import ROUTER_TOKEN_ENV, STANDIN_USERS_ENV
 
 log = logging.getLogger("tabby_fleet.standin_hub")
 
 NOTICE = "tabby-fleet stand-in hub: a test double of Tabby's webserver, not Tabby"
-USERS_ENV = "FLEET_HUB_STANDIN_USERS"
+USERS_ENV = STANDIN_USERS_ENV
 TABBY_VERSION = "v0.32.0"  # the release whose webserver this stand-in imitates
 PROTOCOLS = ("graphql-transport-ws", "graphql-ws")
 INIT_TIMEOUT = 10.0  # seconds for the first WebSocket message
