@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from .support import fleets
-from .support.fleetproc import RunningFleet, free_port, run_fleet
+from .support.fleetproc import RunningFleet, free_port, run_fleet, serve_process
 
 FRONTEND = {"Authorization": f"Bearer {fleets.HUB_TOKENS['frontend']}"}
 BACKEND = {"Authorization": f"Bearer {fleets.HUB_TOKENS['backend']}"}
@@ -174,3 +175,29 @@ def test_an_unreachable_hub_is_a_502_that_names_it(tmp_path: Path) -> None:
     assert answer.json()["error"]["message"].startswith("the hub failed: could not connect")
     assert "could not connect" in answer.json()["error"]["message"]
     assert completion.status_code == 200  # the entries do not depend on the hub
+
+
+def test_hub_pages_stream_keep_cookies_and_drop_frame_blocking(tmp_path: Path) -> None:
+    """A page of the hub through the relay (a recording test hub, tests/support/rude_hub.py): both Set-Cookie
+    headers and the Cookie pass, X-Frame-Options does not (the panel is an iframe), the body streams part by
+    part (1 s apart, not buffered), and the hub sees the team's hub user, never the fleet token."""
+    port = free_port()
+    with serve_process([sys.executable, "-m", "tests.support.rude_hub", "--port", str(port)], port) as hub:
+        config = fleets.with_hub(f'url = "{hub}"')
+        with run_fleet(tmp_path / "fleet", config, env=fleets.HUB_ENV) as fleet:
+            arrivals: list[float] = []
+            with httpx.Client(base_url=fleet.base_url, headers={**FRONTEND, "Cookie": "session=s1"}) as client:
+                started = time.monotonic()
+                with client.stream("GET", "/_rude/page", params={"chunks": 3, "gap": 1}) as answer:
+                    body = b""
+                    for chunk in answer.iter_raw():
+                        arrivals.append(time.monotonic() - started)
+                        body += chunk
+                    headers = answer.headers
+    assert answer.status_code == 200
+    assert headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; Path=/; HttpOnly"]
+    assert "x-frame-options" not in headers
+    assert body.decode().count("cookie=session=s1") == 3
+    assert f"auth=Bearer {fleets.HUB_USERS['frontend']}" in body.decode()
+    assert fleets.HUB_TOKENS["frontend"] not in body.decode()
+    assert arrivals[-1] - arrivals[0] >= 1.5, arrivals  # parts arrived as the hub sent them

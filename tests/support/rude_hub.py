@@ -15,12 +15,18 @@ What a socket does is asked in its own init, ``payload.rude`` (kept by the relay
 - ``{"mode": "stall"}``: never ack, never answer; wait for the close.
 - ``{"mode": "oversize", "bytes": N}``: ack, then send one text message of N bytes.
 
+Over HTTP, ``/_rude/page`` (any method) is a page of the hub's UI as the relay must pass it: two ``Set-Cookie``
+headers, an ``X-Frame-Options: DENY`` the relay must drop, and a body streamed in ``?chunks=N`` parts (default 3)
+``?gap=S`` seconds apart (default 0), each naming the ``Cookie`` and ``Authorization`` the hub received; each
+request's headers are recorded too.
+
 Run: ``python -m tests.support.rude_hub --port N``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from typing import Any
@@ -92,11 +98,28 @@ async def seen(request: web.Request) -> web.Response:
     return web.json_response(request.app[SEEN])
 
 
+async def page(request: web.Request) -> web.StreamResponse:
+    request.app[SEEN].append({"path": request.path, "headers": dict(request.headers), "http": True})
+    response = web.StreamResponse(headers={"Content-Type": "text/plain", "X-Frame-Options": "DENY"})
+    response.headers.add("Set-Cookie", "a=1; Path=/")
+    response.headers.add("Set-Cookie", "b=2; Path=/; HttpOnly")
+    await response.prepare(request)
+    chunks, gap = int(request.query.get("chunks", "3")), float(request.query.get("gap", "0"))
+    for index in range(chunks):
+        if index and gap:
+            await asyncio.sleep(gap)
+        line = f"part {index} cookie={request.headers.get('Cookie')} auth={request.headers.get('Authorization')}\n"
+        await response.write(line.encode())
+    await response.write_eof()
+    return response
+
+
 def make_app() -> web.Application:
     app = web.Application()
     app[SEEN] = []
     app.router.add_get("/subscriptions", subscriptions)
     app.router.add_get("/_rude/seen", seen)
+    app.router.add_route("*", "/_rude/page", page)
     return app
 
 
