@@ -229,6 +229,7 @@ def _owner_login(graphql: HubGraphQL, email: str, password: str | None) -> str:
     print(f"Owner {email} registered: the hub's owner (admin of its users and settings).")
     if made:
         print(f"Its password (shown once; keep it in your password manager): {password}")
+    print("With an owner, [hub] ui_open = true may let Tabby's own logins (its web UI) through the router.")
     return str(answer["accessToken"])
 
 
