@@ -34,6 +34,10 @@ SOCKET_PATH = "/subscriptions"
 HUB_MODELS = "/v1beta/models"  # the panel's model picker: the hub's, at the root only
 INGESTION = "/v1beta/ingestion"
 HEALTH_PATH = "/v1/health"
+# An admin's hub token (the owner's login JWT, for `fleet hub bootstrap`): the router strips the admin's own
+# Authorization and sends this header's value as the hub's Authorization; from anyone else it is refused. Neither
+# the hub nor an entry ever receives the header itself (router/request_head.py never forwards it).
+HUB_AUTHORIZATION_HEADER = "X-Fleet-Hub-Authorization"
 # Paths that read or change the hub's data (users, threads, repositories): closed to anything but fleet and
 # admin tokens until the hub has an owner (hub.ui_open). The rest are the UI's static pages and assets.
 DATA_PREFIXES = (
@@ -119,20 +123,31 @@ def hub_pass(
     admin: bool,
     data_path: bool,
     team_tokens: Mapping[str, str],
+    hub_authorization: str | None = None,
 ) -> HubPass:
     """The ``Authorization`` the hub receives for a request to one of its paths, or a :class:`FleetError`.
 
     ``fleet_team``: the team of the request's fleet token (None: no fleet token); ``admin``: the bearer is an
-    admin token; ``team_tokens``: each team's hub user token (FLEET_HUB_TEAM_TOKENS).
+    admin token; ``team_tokens``: each team's hub user token (FLEET_HUB_TEAM_TOKENS); ``hub_authorization``: the
+    request's ``X-Fleet-Hub-Authorization`` (None: not sent).
 
     - A fleet token: its team must be a hub team. ``identity = "team"``: it becomes the team's hub user token;
       ``"user"``: it is the developer's own hub token (registered as their fleet token) and passes as it is.
     - An admin token: removed (the hub does not know it); the admin reaches the hub as nobody, which is what
-      creating its owner needs.
+      creating its owner needs, or, with ``X-Fleet-Hub-Authorization``, as the hub user whose token that header
+      carries (the owner's login, to invite the team users): the admin token proves who may say so.
+    - ``X-Fleet-Hub-Authorization`` from anyone but an admin: refused (403), whatever else the request carries.
     - Anything else (no token, a hub login JWT, a hub user's own token): passed as it is to the UI's pages,
       and to its data paths only once ``ui_open`` (until the hub has an owner, a stranger's ``register`` would
       make them its owner).
     """
+    if hub_authorization is not None and not admin:
+        raise FleetError(
+            403, "hub-header-admin-only",
+            f"{HUB_AUTHORIZATION_HEADER} is for fleet admins (fleet hub bootstrap), with an admin token in "
+            "Authorization; send your own token in Authorization alone",
+            team=fleet_team,
+        )  # fmt: skip
     if fleet_team is not None:
         if not hub.serves(fleet_team):
             raise FleetError(
@@ -154,7 +169,7 @@ def hub_pass(
             )  # fmt: skip
         return HubPass(fleet_team, "Bearer " + hub_token)
     if admin:
-        return HubPass(None, None)
+        return HubPass(None, hub_authorization or None)
     if data_path and not hub.ui_open:
         raise FleetError(
             401, "hub-closed",

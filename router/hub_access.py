@@ -38,8 +38,10 @@ class HubAccess:
         except FleetError:  # a revoked or expired fleet token: the router answers it, not the hub
             return False
 
-    def authorize(self, path: str, authorization: str | None) -> HubPass:
-        """The team and the ``Authorization`` the hub receives for ``path``; raises FleetError (401, 403, 503)."""
+    def authorize(self, path: str, authorization: str | None, hub_authorization: str | None = None) -> HubPass:
+        """The team and the ``Authorization`` the hub receives for ``path``; raises FleetError (401, 403, 503).
+
+        ``hub_authorization``: the request's ``X-Fleet-Hub-Authorization`` (an admin's hub token), or None."""
         grant = self.table.fleet_grant(authorization)
         return hub_pass(
             hub=self.hub,
@@ -48,6 +50,7 @@ class HubAccess:
             admin=grant is None and self.admin.is_admin_bearer(authorization),
             data_path=is_data_path(path),
             team_tokens=self.team_tokens,
+            hub_authorization=hub_authorization,
         )
 
 

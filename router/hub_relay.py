@@ -2,7 +2,8 @@
 
 :func:`fleet.hub_paths.classify` decides which paths these are; this module sends them on. The request's
 token is checked and mapped first (:class:`router.hub_access.HubAccess`: a fleet token becomes its team's hub
-user token, an admin token is removed, anything else passes only where the hub is open); ``X-Tabby-*``
+user token, an admin token is removed, or replaced by its ``X-Fleet-Hub-Authorization``, anything else passes
+only where the hub is open); ``X-Tabby-*``
 headers never reach the hub (Tabby reads the first ``X-Tabby-User`` as the user, reference §2). Cookies pass
 both ways; the answer streams back chunk by chunk through the proxy's own forwarding (cancelled when the
 client leaves), without ``X-Frame-Options`` (the panel is an iframe in the IDE). Each request is counted to
@@ -39,7 +40,7 @@ async def relay_to_hub(proxy: Proxy, scope: Scope, receive: Receive, send: Send)
             if access is None:
                 raise HUB_CLOSED
             check_head(state, scope, head)
-            passed = access.authorize(scope["path"], head.authorization)
+            passed = access.authorize(scope["path"], head.authorization, head.hub_authorization)
             record.team = passed.team or "-"
             body = await read_body(receive, state.max_body, state.body_timeout)
         except FleetError as error:

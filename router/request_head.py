@@ -1,7 +1,8 @@
 """A request's head, read once: the routing headers, the request id, and the headers that may go upstream.
 
 Hop-by-hop headers (RFC 9110 7.6.1, and those named in ``Connection``) are never forwarded, in either
-direction; nor are the client's token and the routing headers (the backend never sees a fleet token).
+direction; nor are the client's token, the routing headers (the backend never sees a fleet token) and
+``X-Fleet-Hub-Authorization`` (an admin's hub token: fleet/hub_paths.py::hub_pass decides what becomes of it).
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ HOP_BY_HOP = frozenset(
 NOT_FORWARDED = HOP_BY_HOP | {
     b"authorization", b"host", b"content-length", b"expect", b"x-tabby-team", b"x-tabby-model", b"x-request-id",
     b"x-tabby-user",  # the router says who is asking (from the token or team), never the client
+    b"x-fleet-hub-authorization",  # an admin's hub token: read by the hub relay, sent on as Authorization or refused
 }  # fmt: skip
 
 
 class RequestHead:
     """What the proxy needs from the request's headers, read in one pass over the raw pairs."""
 
-    __slots__ = ("authorization", "content_length", "count", "forwarded", "model", "raw_path", "request_id", "size",
-                 "team")  # fmt: skip
+    __slots__ = ("authorization", "content_length", "count", "forwarded", "hub_authorization", "model", "raw_path",
+                 "request_id", "size", "team")  # fmt: skip
 
     def __init__(self, scope: Scope) -> None:
-        self.authorization = self.team = self.model = None
+        self.authorization = self.team = self.model = self.hub_authorization = None
         self.content_length = self.size = 0
         connection = request_id = None
         forwarded: list[tuple[bytes, bytes]] = []
@@ -48,6 +50,8 @@ class RequestHead:
                     self.team = value.decode("latin-1")
                 elif name == b"x-tabby-model":
                     self.model = value.decode("latin-1")
+                elif name == b"x-fleet-hub-authorization":
+                    self.hub_authorization = value.decode("latin-1")
                 elif name == b"content-length" and value.isdigit():
                     self.content_length = int(value)
                 elif name == b"connection":

@@ -23,6 +23,7 @@ from fleet.hub_paths import (
     PROXIED_PREFIXES,
     REDIRECT_CHAT,
     ROUTER,
+    HubPass,
     chat_redirect,
     classify,
     is_data_path,
@@ -225,3 +226,46 @@ def test_hub_options_serve_their_teams() -> None:
     assert HubOptions(enabled=True).serves("anyone")
     assert not HubOptions(enabled=True, teams=("a",)).serves("b")
     assert not HubOptions().serves("a")
+
+
+bearers = st.sampled_from(
+    [None, f"Bearer {FRONTEND_TOKEN}", f"Bearer {HUB_TEAM_TOKEN}", "Bearer fleet-backend-token", "Bearer auth_x",
+     "Bearer eyJhbGciOi.jwt.x", "Basic YTpi", f"Bearer {ADMIN_TOKEN}x"]
+)  # fmt: skip
+hub_paths = st.sampled_from(["/graphql", "/subscriptions", "/v1beta/models", "/chat", "/_next/a.js", "/", "/v1/health"])
+
+
+@settings(max_examples=300)
+@given(path=hub_paths, authorization=bearers, header=st.text(max_size=60), ui_open=flags, identity=flags)
+def test_only_an_admin_can_pass_a_token_in_the_hub_authorization_header(
+    path: str, authorization: str | None, header: str, ui_open: bool, identity: bool
+) -> None:
+    """X-Fleet-Hub-Authorization from anyone but an admin (no token, a fleet token of any team, a hub token, a
+    JWT, a near-miss of the admin token) is refused, whatever the path and settings: it never becomes what the
+    hub sees."""
+    gate = access(ui_open=ui_open, identity="user" if identity else "team")
+    with pytest.raises(FleetError) as refused:
+        gate.authorize(path, authorization, header)
+    assert refused.value.status == 403 and refused.value.code == "hub-header-admin-only"
+    assert "X-Fleet-Hub-Authorization" in refused.value.message and "Authorization alone" in refused.value.message
+
+
+@given(path=hub_paths, header=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._- ", min_size=1, max_size=60))
+def test_an_admin_reaches_the_hub_as_the_user_its_hub_authorization_names(path: str, header: str) -> None:
+    """The admin token itself never reaches the hub: without the header the hub sees no Authorization; with it,
+    exactly the header's value (the owner's login, as `fleet hub bootstrap` sends it)."""
+    gate = access()
+    assert gate.authorize(path, f"Bearer {ADMIN_TOKEN}") == HubPass(None, None)
+    passed = gate.authorize(path, f"Bearer {ADMIN_TOKEN}", header)
+    assert passed.team is None and passed.authorization == header and ADMIN_TOKEN not in header
+
+
+@given(value=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._- ", max_size=40), other=st.booleans())
+def test_the_hub_authorization_header_is_never_forwarded(value: str, other: bool) -> None:
+    """Neither the hub (router/hub_relay.py forwards ``head.forwarded`` plus the decided Authorization) nor an
+    entry (the proxy forwards ``head.forwarded``) ever receives the header itself (ASGI gives names lower-cased)."""
+    name = b"x-fleet-hub-authorization"
+    headers = [(name, value.encode()), (b"accept", b"*/*")] + ([(name, b"Bearer twice")] if other else [])
+    head = RequestHead({"headers": headers, "path": "/graphql"})
+    assert all(header != name for header, _ in head.forwarded)
+    assert head.hub_authorization == ("Bearer twice" if other else value)

@@ -188,3 +188,50 @@ def test_with_a_chat_url_the_answer_streams_from_that_endpoint_with_the_chat_key
     assert seen[0]["authorization"] == "Bearer fleet-hub-token" and seen[0]["stream"] is True
     assert seen[0]["model"] == CHAT_MODEL and seen[0]["messages"][-1] == {"role": "user", "content": "route me?"}
     assert failed[-1]["type"] == "error" and "answered 404" in failed[-1]["payload"][0]["message"]
+
+
+def test_registration_follows_tabbys_rules_owner_first_then_invitations(tmp_path: Path) -> None:
+    """apps/local/standin_accounts.py: the first register is the owner with no invitation; later ones need the
+    code of an invitation for their email, which only an admin's login (not an auth token) can make; the new
+    user's auth token and login both work on /v1 and GraphQL; the fixed users stay as they were."""
+    register = (
+        "mutation($email: String!, $password1: String!, $password2: String!, $invitationCode: String, "
+        "$name: String!) { register(email: $email, password1: $password1, password2: $password2, "
+        "invitationCode: $invitationCode, name: $name) { accessToken refreshToken } }"
+    )
+    invite = "mutation($email: String!) { createInvitation(email: $email) }"
+
+    def gql(hub: str, query: str, variables: dict[str, Any] | None = None, token: str | None = None) -> Any:
+        headers = bearer(token) if token else {}
+        return httpx.post(f"{hub}/graphql", json={"query": query, "variables": variables or {}}, headers=headers).json()
+
+    def user(email: str, code: str | None = None) -> dict[str, Any]:
+        return {"email": email, "password1": "Pa55-word", "password2": "Pa55-word", "invitationCode": code, "name": "x"}
+
+    def message(answer: Any) -> str:
+        return str(answer["errors"][0]["message"])
+
+    with running_hub(tmp_path / "root") as hub:
+        assert gql(hub, "{ serverInfo { isAdminInitialized } }")["data"]["serverInfo"]["isAdminInitialized"] is False
+        owner = gql(hub, register, user("owner@example.com"))["data"]["register"]["accessToken"]
+        me = gql(hub, "{ me { isOwner isAdmin authToken } }", token=owner)["data"]["me"]
+        assert me["isOwner"] and me["isAdmin"] and me["authToken"].startswith("auth_")
+        assert message(gql(hub, register, user("b@example.com"))) == "Invitation code is not valid"
+        assert message(gql(hub, invite, {"email": "b@example.com"})) == "You're not logged in"
+        refused = gql(hub, invite, {"email": "b@example.com"}, token=me["authToken"])
+        assert message(refused) == "Invoking this API with an auth token is not allowed"
+        assert gql(hub, invite, {"email": "b@example.com"}, token=owner)["data"]["createInvitation"]
+        code = gql(hub, "{ invitations { edges { node { email code } } } }", token=owner)["data"]["invitations"]
+        code = code["edges"][0]["node"]["code"]
+        assert (
+            message(gql(hub, register, user("c@example.com", code))) == "Invitation code is not for this email address"
+        )
+        login = gql(hub, register, user("b@example.com", code))["data"]["register"]["accessToken"]
+        assert message(gql(hub, register, user("b@example.com", code))) == "Invitation code is not valid"  # used up
+        assert message(gql(hub, invite, {"email": "d@example.com"}, token=login)) == "You must be admin to proceed"
+        token = gql(hub, "{ me { authToken } }", token=login)["data"]["me"]["authToken"]
+        for credential in (token, login, "auth_alice"):
+            assert httpx.get(f"{hub}/v1/health", headers=bearer(credential)).status_code == 200
+        assert httpx.get(f"{hub}/v1/health", headers=bearer(login[:-2] + "xx")).status_code == 401  # bad signature
+        license_info = gql(hub, "{ license { seats seatsUsed } }")["data"]["license"]
+        assert license_info == {"type": "COMMUNITY", "status": "OK", "seats": 5, "seatsUsed": 4}  # 2 fixed users

@@ -1,8 +1,9 @@
 """The ``fleet`` command: run the fleet locally, check and explain settings, deploy.
 
 Its other commands live beside it: ``fleet token ...`` in :mod:`apps.cli.token`, ``fleet status`` in
-:mod:`apps.cli.status`, ``fleet reload`` in :mod:`apps.cli.reload`; what they share in
-:mod:`apps.cli.common`; the fleet and warm-hours tables of ``fleet plan`` in :mod:`apps.cli.plan`.
+:mod:`apps.cli.status`, ``fleet reload`` in :mod:`apps.cli.reload`, ``fleet hub bootstrap`` in
+:mod:`apps.cli.hub`; what they share in :mod:`apps.cli.common`; the fleet and warm-hours tables of
+``fleet plan`` in :mod:`apps.cli.plan`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 from apps.cli.common import ADMIN_ENDPOINTS, CliError, access_summary, example_note, load_for_command
+from apps.cli.hub import add_hub_commands
 from apps.cli.listen import bind_router, exposure
 from apps.cli.modal_reach import modal_problems
 from apps.cli.plan import cost_plan, hub_plan, plan_table, warm_plan
@@ -110,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     add_status_command(sub)
     add_reload_command(sub)
     add_token_commands(sub, with_config)
+    add_hub_commands(sub, with_config)
 
     return parser
 

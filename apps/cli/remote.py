@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from apps.cli.common import CliError
@@ -29,7 +30,7 @@ def admin_token(args: Any) -> str | None:
 def call_router(method: str, url: str, path: str, token: str | None, body: Any = None) -> dict[str, Any]:
     """The JSON object a router at ``url`` answers ``method path`` with (2xx), else a CliError with advice."""
     base = router_base(url)
-    status, raw = asyncio.run(_request(method, base, path, token, body))
+    status, _, raw = asyncio.run(send_request(method, base, path, token, body))
     try:
         answer = json.loads(raw)
     except ValueError:
@@ -67,10 +68,15 @@ def call_router(method: str, url: str, path: str, token: str | None, body: Any =
     raise CliError(f"the router at {base} refused {method} {path}: HTTP {status} {code}: {message}{shown}")
 
 
-async def _request(method: str, base: str, path: str, token: str | None, body: Any) -> tuple[int, bytes]:
+async def send_request(
+    method: str, base: str, path: str, token: str | None, body: Any, extra: Mapping[str, str] | None = None
+) -> tuple[int, Mapping[str, str], bytes]:
+    """One request to the router at ``base`` (``router_base``): its status, headers and body (at most 16 MB);
+    the admin ``token`` as a Bearer token, ``body`` as JSON, ``extra`` headers; a router not reached: CliError."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers.update(extra or {})
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)
     try:
         async with (
@@ -80,7 +86,7 @@ async def _request(method: str, base: str, path: str, token: str | None, body: A
             raw = await answer.content.read(MAX_ANSWER_BYTES + 1)
             if len(raw) > MAX_ANSWER_BYTES:
                 raise CliError(f"{base} answered {path} with more than 16 MB: is --url a tabby-fleet router's URL?")
-            return answer.status, raw
+            return answer.status, dict(answer.headers), raw
     except TimeoutError:
         raise CliError(
             f"the router at {base} took longer than {TIMEOUT_SECONDS:g} s to answer {path}.",

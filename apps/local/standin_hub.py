@@ -3,15 +3,18 @@ and for the tests. aiohttp, like apps/local/standin.py.
 
 What it fakes, honestly:
 
-- **Users** are a fixed table, ``FLEET_HUB_STANDIN_USERS`` = JSON ``{"auth_token": "user name"}``; there
-  is no registration, login, JWT, owner, invitation or licence. Auth follows Tabby's rules
+- **Users** are a fixed table, ``FLEET_HUB_STANDIN_USERS`` = JSON ``{"auth_token": "user name"}``, never
+  admins, plus the users registered in its database (apps/local/standin_accounts.py: the first
+  ``register`` is the owner, later ones need an invitation; login JWTs signed with
+  ``TABBY_WEBSERVER_JWT_TOKEN_SECRET``; the community licence's 5 seats). Auth follows Tabby's rules
   (reference/tabby-hub.md section 2): on ``/v1/*`` and ``/v1beta/*`` a missing or unknown
-  ``Authorization: Bearer`` is a 401 with an empty body, health included; GraphQL answers
-  ``UNAUTHORIZED`` for ``me``.
-- **GraphQL** answers only ``me``, ``serverInfo`` and ``myThreads`` over ``POST /graphql``, and the
-  subscription ``createThreadAndRun`` over ``/subscriptions``. It recognises them by name: it is no
-  GraphQL parser, returns whole objects whatever fields were selected, and answers anything else with
-  a GraphQL error that says what it answers.
+  ``Authorization: Bearer`` (an auth token or a login JWT) is a 401 with an empty body, health included;
+  GraphQL answers ``UNAUTHORIZED`` for ``me``.
+- **GraphQL** answers ``me``, ``serverInfo``, ``myThreads``, ``users``, ``invitations`` and ``license``, the
+  mutations ``register``, ``tokenAuth`` and ``createInvitation`` over ``POST /graphql``
+  (apps/local/standin_graphql.py), and the subscription ``createThreadAndRun`` over ``/subscriptions``. It
+  recognises them by name: it is no GraphQL parser, returns whole objects whatever fields were selected
+  (``me`` excepted), and answers anything else with a GraphQL error that says what it answers.
 - **Threads** are real rows in SQLite at ``TABBY_ROOT/ee/db.sqlite`` in WAL mode (as Tabby keeps its
   data), so the hub's snapshots have something real to keep. Tabby's schema is not copied.
 - **The Answer Engine** is one streamed answer that names the user: canned, or, with ``--chat-url``, a
@@ -41,7 +44,6 @@ import json
 import logging
 import os
 import platform
-import re
 import sqlite3
 import sys
 import time
@@ -54,8 +56,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from apps.local.standin_accounts import Accounts
+from apps.local.standin_graphql import answer_graphql
 from apps.local.standin_page import PAGE_HTML, PAGE_SCRIPT
-from fleet.hub import ROUTER_TOKEN_ENV, STANDIN_USERS_ENV
+from fleet.hub import JWT_SECRET_ENV, ROUTER_TOKEN_ENV, STANDIN_USERS_ENV
 
 log = logging.getLogger("tabby_fleet.standin_hub")
 
@@ -65,9 +69,6 @@ TABBY_VERSION = "v0.32.0"  # the release whose webserver this stand-in imitates
 PROTOCOLS = ("graphql-transport-ws", "graphql-ws")
 INIT_TIMEOUT = 10.0  # seconds for the first WebSocket message
 SEEN_KEPT = 1000  # requests and sockets remembered for /stand-in/seen
-ANSWERS = ("me", "serverInfo", "myThreads")
-UNAUTHORIZED = {"message": "Unauthorized", "extensions": {"code": "UNAUTHORIZED"}}
-_OPERATION = re.compile(r"\b(me|serverInfo|myThreads|createThreadAndRun)\b")
 
 
 class ChatFailed(Exception):
@@ -78,10 +79,15 @@ class StandInHub:
     """The stand-in hub's state: its users, its database, what it has seen."""
 
     def __init__(
-        self, root: Path, chat_model: str, users: dict[str, str], chat_url: str | None = None, chat_key: str = ""
+        self,
+        root: Path,
+        chat_model: str,
+        users: dict[str, str],
+        chat_url: str | None = None,
+        chat_key: str = "",
+        jwt_secret: str | None = None,
     ) -> None:
         self.chat_model = chat_model
-        self.users = users
         self.chat_url = chat_url.rstrip("/") if chat_url else None
         self.chat_key = chat_key
         self.requests: deque[dict[str, Any]] = deque(maxlen=SEEN_KEPT)
@@ -95,13 +101,12 @@ class StandInHub:
             "answer TEXT NOT NULL, created_at REAL NOT NULL)"
         )
         self.db.commit()
+        self.accounts = Accounts(self.db, users, jwt_secret)
 
     def user(self, authorization: object) -> str | None:
-        """The user a ``Bearer <auth_token>`` value names, or None."""
-        if not isinstance(authorization, str):
-            return None
-        scheme, _, token = authorization.strip().partition(" ")
-        return self.users.get(token.strip()) if scheme.lower() == "bearer" else None
+        """The name of the user a ``Bearer`` value (an auth token or a login JWT) names, or None."""
+        account = self.accounts.by_bearer(authorization)
+        return account.name if account is not None else None
 
     def note(self, request: web.Request) -> None:
         headers = request.headers
@@ -219,47 +224,13 @@ async def graphql(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
         body = await request.json()
-        query = body["query"]
-        assert isinstance(query, str)
-    except (ValueError, KeyError, TypeError, AssertionError):
-        return web.json_response({"errors": [{"message": 'send JSON {"query": "..."}'}]}, status=400)
-    user = state.user(request.headers.get("Authorization"))
-    asked = set(_OPERATION.findall(query))
-    if "createThreadAndRun" in asked:
-        return _graphql_error("createThreadAndRun is a subscription: run it over the WebSocket /subscriptions")
-    if not asked or query.lstrip().startswith("mutation"):
-        return _graphql_error(
-            f"the {NOTICE} answers only {', '.join(ANSWERS)} over /graphql and createThreadAndRun over "
-            f"/subscriptions; it got: {' '.join(query.split())[:120]}"
-        )
-    data: dict[str, Any] = {}
-    errors: list[dict[str, Any]] = []
-    if "serverInfo" in asked:
-        data["serverInfo"] = {
-            "isAdminInitialized": True,
-            "isChatEnabled": True,
-            "isEmailConfigured": False,
-            "isDemoMode": False,
-            "allowSelfSignup": False,
-        }
-    for name in ("me", "myThreads"):
-        if name not in asked:
-            continue
-        if user is None:
-            errors.append({**UNAUTHORIZED, "path": [name]})
-            data[name] = None
-        elif name == "me":
-            data["me"] = {"id": f"user-{user}", "email": f"{user}@stand-in.invalid", "name": user, "isAdmin": False}
-        else:
-            threads = state.threads(user)
-            data["myThreads"] = {"totalCount": len(threads), "edges": [{"node": thread} for thread in threads]}
-    if errors and all(value is None for value in data.values()):
-        return web.json_response({"data": None, "errors": errors})
-    return web.json_response({"data": data, "errors": errors} if errors else {"data": data})
-
-
-def _graphql_error(message: str) -> web.Response:
-    return web.json_response({"data": None, "errors": [{"message": message}]})
+        query, variables = body["query"], body.get("variables") or {}
+        assert isinstance(query, str) and isinstance(variables, dict)
+    except (ValueError, KeyError, TypeError, AssertionError, AttributeError):
+        advice = 'send JSON {"query": "...", "variables": {...}}'
+        return web.json_response({"errors": [{"message": advice}]}, status=400)
+    caller = state.accounts.by_bearer(request.headers.get("Authorization"))
+    return web.json_response(answer_graphql(query, variables, caller, state.accounts, state.threads, NOTICE))
 
 
 async def page(request: web.Request) -> web.Response:
@@ -443,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("TABBY_ROOT is not set: the stand-in hub keeps its SQLite database there, as Tabby does")
     users = load_users(os.environ.get(USERS_ENV))
     key = args.chat_key if args.chat_key is not None else os.environ.get(ROUTER_TOKEN_ENV, "")
-    state = StandInHub(Path(os.environ["TABBY_ROOT"]), args.chat_model, users, args.chat_url, key)
+    secret = os.environ.get(JWT_SECRET_ENV) or None
+    state = StandInHub(Path(os.environ["TABBY_ROOT"]), args.chat_model, users, args.chat_url, key, secret)
     log.info("%s; %d users; chat: %s", NOTICE, len(users), args.chat_url or "canned")
     web.run_app(
         build_app(state),
