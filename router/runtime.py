@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from fleet.errors import FleetError
+from fleet.hub import HUB_BACKEND
 from fleet.loading import SettingsError, resolve_config_path
 from fleet.settings import FleetSettings
 from router.backends import Backends
@@ -75,7 +76,7 @@ class FleetRuntime:
         self._reload_lock = asyncio.Lock()
         self.live_tokens.install(self.proxy.state.table)
         self.observer.watch_state(self.entry_status)
-        self.observer.watch_usage(self.usage, backends.status)
+        self.observer.watch_usage(self.usage, self.backend_status)
 
     @property
     def state(self) -> ProxyState:
@@ -96,10 +97,21 @@ class FleetRuntime:
             }  # fmt: skip
         return status
 
+    def backend_status(self) -> dict[str, dict[str, Any]]:
+        """``Backends.status()`` and, when this runtime runs the hub, its status under ``HUB_BACKEND``: what usage
+        samples container time from (the hub's cost is counted like an entry's)."""
+        status = self.backends.status()
+        hub = self.backends.hub_status()
+        return status if hub is None else {**status, HUB_BACKEND: hub}
+
     def usage_snapshot(self, since: datetime, by: str = "team", team: str | None = None) -> dict[str, Any]:
         """What each team, entry (and with ``by="token"`` developer) used since ``since``: /fleet/usage's JSON
         (router/usage_report.py); ``team`` (checked: 400 unknown-team) keeps one team's rows."""
-        return snapshot(self.usage, since, self.entry_status(), by=by, team=check_team(self.usage, team))
+        status = self.entry_status()
+        hub = self.backends.hub_status()
+        if hub is not None:
+            status[HUB_BACKEND] = hub
+        return snapshot(self.usage, since, status, by=by, team=check_team(self.usage, team))
 
     def tokens_changed(self, records: list[dict[str, Any]]) -> None:
         """Token records, read back from the store or just written here: into the routing table at once."""
@@ -157,7 +169,7 @@ class FleetRuntime:
         # it keeps the garbage collector from rescanning it every few thousand requests.
         gc.freeze()
         await self.state_sync.load()  # what earlier runs and the other routers kept
-        sampler = asyncio.create_task(self.usage.run_sampler(self.backends.status))  # container-seconds, cold starts
+        sampler = asyncio.create_task(self.usage.run_sampler(self.backend_status))  # container-seconds, cold starts
         syncing = asyncio.create_task(self.state_sync.run())
         try:
             yield

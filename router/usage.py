@@ -35,6 +35,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+from fleet.gpus import GpuSpec
+from fleet.hub import HUB_BACKEND
 from fleet.routing import CHAT, HEALTH, SERVER_SETTING
 from fleet.settings import FleetSettings
 from router.usage_records import (
@@ -257,6 +259,16 @@ class Usage:
                 prices.per_gpu_hour(spec.kind),
                 prices.entry_hourly(entry.gpus),
             )
+        hub = settings.hub
+        if hub.enabled and hub.url is None:  # the hub's container, priced as an entry (a CPU hub: not priced)
+            if hub.gpu:
+                spec = GpuSpec.parse(hub.gpu)
+                hourly = prices.entry_hourly((hub.gpu,))
+                self.pricing[HUB_BACKEND] = Pricing(
+                    hub.gpu, spec.kind, spec.count, prices.per_gpu_hour(spec.kind), hourly
+                )
+            else:
+                self.pricing[HUB_BACKEND] = Pricing("CPU", "CPU", 0, None, None)
 
     # --- the hot path -----------------------------------------------------------------------------
 

@@ -159,10 +159,14 @@ def test_completions_still_go_to_the_entry_and_usage_counts_the_hub_per_team(hub
         page = client.get("/fleet/status").text
     frontend = usage["teams"]["frontend"]
     assert frontend["entries"]["@hub"]["requests"] >= 1, frontend
+    # the hub's container time is counted and priced as an entry's ([hub] gpu, T4), its cost shared by its teams
+    hub = usage["entries"]["@hub"]
+    assert hub["gpu"] == "T4" and hub["container_seconds"] > 0 and hub["cost"] > 0, hub
+    assert frontend["entries"]["@hub"]["cost"] > 0, frontend
     assert frontend["entries"]["small"]["completions"] >= 1, frontend
     # the status page's entries table has the hub's row, with its state from /fleet/health's hub
     assert '<tr data-entries="@hub"><td>@hub</td><td class="state state-ready">ready</td>' in page
-    assert "<td>the hub: stand-in hub</td>" in page
+    assert "<td>the hub: stand-in hub</td><td>T4 (stand-in: none used)</td>" in page
 
 
 def test_an_unreachable_hub_is_a_502_that_names_it(tmp_path: Path) -> None:

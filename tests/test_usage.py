@@ -446,3 +446,20 @@ def test_usage_needs_the_admin_token_and_refuses_a_bad_since(tmp_path: Path) -> 
         assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
         assert answer.json()["since"].endswith("T00:00:00+00:00") and set(answer.json()["entries"]) == {"small"}
         assert "/fleet/usage" in httpx.get(f"{fleet.base_url}/fleet/openapi.json", timeout=10).json()["paths"]
+
+
+def test_the_hubs_container_time_is_priced_as_an_entrys_and_a_cpu_hub_is_not_priced() -> None:
+    """Issue 19: the hub's container is counted like an entry's, under "@hub", at [hub] gpu's price."""
+    hub = {"enabled": True, "identity": "user", "chat_entry": "small"}
+    entries = [{"name": "small", "model": "m", "chat_model": "c", "gpu": "L4"}]
+    clock = Clock()
+    usage = Usage(FleetSettings(entries=entries, hub=hub), clock=clock)
+    usage.sample({"@hub": {"state": "ready", "containers": 1, "container_seconds": 0.0}})
+    clock.now += 3600
+    usage.sample({"@hub": {"state": "ready", "containers": 1, "container_seconds": 3600.0}})
+    row = usage_snapshot(usage, _since(clock, "2h"))["entries"]["@hub"]
+    assert row["gpu"] == "T4" and row["container_seconds"] == 3600 and row["gpu_seconds"] == 3600
+    assert row["cost"] == pytest.approx(usage.pricing["@hub"].hourly)
+    cpu = Usage(FleetSettings(entries=entries, hub={**hub, "gpu": ""}), clock=clock)
+    assert cpu.pricing["@hub"].hourly is None and cpu.pricing["@hub"].gpu_count == 0
+    assert "@hub" not in Usage(FleetSettings(entries=entries), clock=clock).pricing

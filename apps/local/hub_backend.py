@@ -139,4 +139,8 @@ class HubBackend(LocalBackend):
             "snapshots": len(kept),
             "newest_snapshot": newest,
             "last_error": self.last_error,
+            # what usage counts the hub's container time and cost from, as an entry's (router/usage.py)
+            "containers": status["containers"],
+            "container_seconds": status["container_seconds"],
+            "backend": "stand-in" if self.tabby_bin is None else "tabby",
         }
