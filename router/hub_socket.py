@@ -42,6 +42,8 @@ INIT_SECONDS = 10.0  # the panel sends connection_init at once; its own handshak
 INIT_MAX_BYTES = 64 * 1024  # a token and a few options
 REASON_MAX_BYTES = 123  # RFC 6455 5.5: a close frame's payload is at most 125 bytes, two of them the code
 CLOSE_SECONDS = 2.0  # how long a close waits for the hub's answering close frame
+# Messages a client may send before the hub answered (the panel waits for connection_ack: it sends none).
+EARLY_MESSAGES = 16
 RELAYED = 101
 
 # Close codes: RFC 6455's, and 4000-4999 (private use) for what the relay refuses, 4000 + an HTTP status.
@@ -141,9 +143,26 @@ class _Client:
     """The client's side: ASGI messages, with the close sent at most once (both pumps may end the socket)."""
 
     def __init__(self, receive: Receive, send: Send) -> None:
-        self.receive = receive
+        self._receive = receive
         self._send = send
+        self._pending: asyncio.Future[Message] | None = None
         self.closed = False  # a close was sent, or the client is gone
+
+    async def receive(self) -> Message:
+        """The client's next message (the one :meth:`pending` is already waiting for, if any)."""
+        pending, self._pending = self._pending, None
+        return await (pending if pending is not None else self._receive())
+
+    def pending(self) -> asyncio.Future[Message]:
+        """The client's next message, waited for in the background (while the hub is leased and connected)."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._receive())
+        return self._pending
+
+    def drop_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
 
     async def accept(self, subprotocol: str | None) -> None:
         await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
@@ -231,6 +250,7 @@ class HubSocket:
                 client, record, access.hub, subprotocol, rewritten_init(init, hub_pass.authorization), handshake
             )
         finally:
+            client.drop_pending()
             if not client.closed and record.status != CLIENT_LEFT:
                 await client.close(INTERNAL, "the router failed; retry")
             self.proxy.observer.finish(record)
@@ -241,12 +261,21 @@ class HubSocket:
         """Lease the hub, connect, send the rewritten init, relay until either side ends."""
         async with contextlib.AsyncExitStack() as stack:
             try:
-                upstream = await stack.enter_async_context(self.proxy.backends.lease(HUB_BACKEND))
-                socket = await self._connect(upstream, subprotocol, hub.max_frame_bytes, handshake)
+                connected = await self._connect_unless_client_leaves(client, stack, subprotocol, hub, handshake)
+                if connected is None:  # the client left while the hub started or answered its handshake
+                    record.status = CLIENT_LEFT
+                    return
+                socket, early = connected
                 stack.push_async_callback(socket.close)  # idempotent: a no-op once either side closed it
                 await socket.send_str(init)
+                for message in early:  # what the client sent meanwhile, in its order
+                    text = message.get("text")
+                    await (
+                        socket.send_str(text) if text is not None else socket.send_bytes(message.get("bytes") or b"")
+                    )
             except FleetError as error:
-                await self._refuse(client, record, TRY_AGAIN if error.status == 503 else INTERNAL, error)
+                code = TOO_BIG if error.status == 413 else TRY_AGAIN if error.status == 503 else INTERNAL
+                await self._refuse(client, record, code, error)
                 return
             except (aiohttp.ClientError, ConnectionError) as exc:  # the hub went between the handshake and the init
                 gone = FleetError(502, "hub-unreachable", f"the hub closed the socket at once ({exc}); retry")
@@ -265,6 +294,39 @@ class HubSocket:
             if end.hub is not None:
                 code, reason = end.hub
                 await socket.close(code=code, message=close_reason(reason).encode())
+
+    async def _connect_unless_client_leaves(
+        self, client: _Client, stack: contextlib.AsyncExitStack, subprotocol: str, hub: HubOptions, handshake: float
+    ) -> tuple[aiohttp.ClientWebSocketResponse, list[Message]] | None:
+        """Lease the hub (into ``stack``) and connect to it, while watching the client: None as soon as it leaves
+        (the start or the handshake is abandoned, the lease released), else the hub's socket and what the client
+        sent meanwhile (at most EARLY_MESSAGES messages within ``[hub] max_frame_bytes``, else 413)."""
+
+        async def lease_and_connect() -> aiohttp.ClientWebSocketResponse:
+            upstream = await stack.enter_async_context(self.proxy.backends.lease(HUB_BACKEND))
+            return await self._connect(upstream, subprotocol, hub.max_frame_bytes, handshake)
+
+        connecting = asyncio.ensure_future(lease_and_connect())
+        early: list[Message] = []
+        size = 0
+        try:
+            while True:
+                await asyncio.wait((connecting, client.pending()), return_when=asyncio.FIRST_COMPLETED)
+                if connecting.done():
+                    return connecting.result(), early  # the client's next message stays pending for the relay
+                message = await client.receive()
+                if message["type"] == "websocket.disconnect":
+                    client.closed = True
+                    return None
+                early.append(message)
+                size += len(message.get("text") or message.get("bytes") or b"")
+                if len(early) > EARLY_MESSAGES or size > hub.max_frame_bytes:
+                    raise FleetError(413, "too-early", "too much sent before the hub answered; wait for connection_ack")
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connecting
 
     async def _connect(
         self, upstream: Upstream, subprotocol: str, max_bytes: int, handshake: float

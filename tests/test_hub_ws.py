@@ -451,3 +451,61 @@ def test_open_sockets_keep_working_across_a_reload(hub: str, tmp_path: Path) -> 
                     await socket.close()
 
         asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def slow_hub() -> Iterator[str]:
+    """A hub that answers each upgrade 3 s late, as one still starting would."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.support.rude_hub", "--port", str(port), "--handshake-delay", "3"]
+    with serve_process(argv, port) as url:
+        yield url
+
+
+def test_what_a_client_sends_before_the_hub_answers_follows_the_init_in_order(slow_hub: str, tmp_path: Path) -> None:
+    """A client that does not wait for connection_ack: its subscribe, sent while the hub is still answering the
+    upgrade, is kept and sent after the (rewritten) init, and its answers come back."""
+    tag = uuid.uuid4().hex
+    with hub_fleet(tmp_path, slow_hub) as fleet:
+
+        async def run() -> list[dict[str, Any]]:
+            async with aiohttp.ClientSession() as session:
+                socket = await session.ws_connect(ws_url(fleet), protocols=(PROTOCOLS[0],))
+                await socket.send_json(init(FRONTEND_TOKEN, tag))
+                await socket.send_json({"id": "1", "type": "subscribe", "payload": {"query": "subscription { x }"}})
+                messages: list[dict[str, Any]] = []
+                async with asyncio.timeout(20):
+                    while not messages or messages[-1]["type"] != "complete":
+                        messages.append(await socket.receive_json())
+                await socket.close()
+                return messages
+
+        messages = asyncio.run(run())
+    assert [m["type"] for m in messages] == ["connection_ack", "next", "next", "next", "complete"], messages
+    assert record_of(slow_hub, tag)["init"]["payload"]["authorization"] == f"Bearer {FRONTEND_HUB_TOKEN}"
+
+
+def test_a_client_that_leaves_while_the_hub_starts_is_let_go_at_once(slow_hub: str, tmp_path: Path) -> None:
+    """The relay watches the client while it waits for the hub: a client gone after 0.5 s is counted as gone
+    (499) within a second or two, not after the hub's 3 s handshake and a relay into nothing."""
+    with hub_fleet(tmp_path, slow_hub) as fleet:
+
+        async def run() -> None:
+            async with aiohttp.ClientSession() as session:
+                socket = await session.ws_connect(ws_url(fleet), protocols=(PROTOCOLS[0],))
+                await socket.send_json(init(FRONTEND_TOKEN, uuid.uuid4().hex))
+                await asyncio.sleep(0.5)
+                await socket.close()
+
+        asyncio.run(run())
+        left = time.monotonic()
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        gone = 'fleet_requests_total{entry="@hub",route="hub-socket",status="499",team="frontend"}'
+
+        def counted() -> bool:
+            return gone in httpx.get(f"{fleet.base_url}/metrics", headers=auth, timeout=10).text
+
+        fleet.wait_for(counted, 10, "the socket counted as gone")
+        assert time.monotonic() - left < 2.0, "the relay waited for the hub before it let the client go"
+        relayed = 'fleet_requests_total{entry="@hub",route="hub-socket",status="101"'
+        assert relayed not in httpx.get(f"{fleet.base_url}/metrics", headers=auth, timeout=10).text

@@ -20,7 +20,9 @@ headers, an ``X-Frame-Options: DENY`` the relay must drop, and a body streamed i
 ``?gap=S`` seconds apart (default 0), each naming the ``Cookie`` and ``Authorization`` the hub received; each
 request's headers are recorded too.
 
-Run: ``python -m tests.support.rude_hub --port N``.
+With ``--handshake-delay S`` every upgrade is answered S seconds late (a hub still starting).
+
+Run: ``python -m tests.support.rude_hub --port N [--handshake-delay S]``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from aiohttp import WSMsgType, web
 
 SUBPROTOCOLS = ("graphql-transport-ws", "graphql-ws")
 SEEN: web.AppKey[list[dict[str, Any]]] = web.AppKey("seen", list)
+HANDSHAKE_DELAY: web.AppKey[float] = web.AppKey("handshake_delay", float)
 
 
 async def subscriptions(request: web.Request) -> web.StreamResponse:
@@ -43,6 +46,8 @@ async def subscriptions(request: web.Request) -> web.StreamResponse:
         "protocol": None, "init": None, "close_code": None, "closed_at": None, "path": request.path_qs,
     }  # fmt: skip
     request.app[SEEN].append(record)
+    if request.app[HANDSHAKE_DELAY]:  # a hub slow to answer the upgrade (starting): the relay waits, or gives up
+        await asyncio.sleep(request.app[HANDSHAKE_DELAY])
     ws = web.WebSocketResponse(protocols=SUBPROTOCOLS, max_msg_size=64 * 1024 * 1024)
     await ws.prepare(request)
     record["protocol"] = ws.ws_protocol
@@ -114,9 +119,10 @@ async def page(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def make_app() -> web.Application:
+def make_app(handshake_delay: float = 0.0) -> web.Application:
     app = web.Application()
     app[SEEN] = []
+    app[HANDSHAKE_DELAY] = handshake_delay
     app.router.add_get("/subscriptions", subscriptions)
     app.router.add_get("/_rude/seen", seen)
     app.router.add_route("*", "/_rude/page", page)
@@ -126,8 +132,9 @@ def make_app() -> web.Application:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--handshake-delay", type=float, default=0.0, help="seconds before answering an upgrade")
     args = parser.parse_args()
-    web.run_app(make_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    web.run_app(make_app(args.handshake_delay), host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":
