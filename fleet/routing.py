@@ -158,6 +158,8 @@ class RoutingTable:
         # A hub team's health advertises the hub: webserver true and the hub's chat model (VS Code then
         # offers its chat panel, reference/tabby-hub.md §7), whatever entry answers it.
         hub = settings.hub
+        self.hub_enabled = hub.enabled
+        self.hub_teams = frozenset(name for name in self.teams if hub.serves(name))
         hub_chat = self.chat_models.get(hub.chat_entry) if hub.enabled and hub.chat_entry else None
         if hub_chat is not None and hub.chat_entry is not None:
             for name in self.teams:
@@ -416,6 +418,8 @@ class RoutingTable:
             "chat_from": chat_from,
             "chat_error": chat_error,
         }
+        if self.hub_enabled:  # whether the IDE offers this team the chat panel (its health says webserver: true)
+            answer["chat_panel"] = route.team is not None and route.team in self.hub_teams
         answer["explain"] = _explain(answer)
         return answer
 
@@ -474,6 +478,10 @@ def _explain(answer: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(f"No chat: {answer['chat_error']['message']}.")
+    if answer.get("chat_panel") is True:
+        lines.append("Your IDE is offered the chat panel (the fleet's hub: Tabby's chat and Answer Engine).")
+    elif answer.get("chat_panel") is False:
+        lines.append("No chat panel: your team is not among [hub] teams; ask your fleet admin.")
     return lines
 
 

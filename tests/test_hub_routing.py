@@ -269,3 +269,13 @@ def test_the_hub_authorization_header_is_never_forwarded(value: str, other: bool
     head = RequestHead({"headers": headers, "path": "/graphql"})
     assert all(header != name for header, _ in head.forwarded)
     assert head.hub_authorization == ("Bearer twice" if other else value)
+
+
+def test_whoami_says_whether_the_team_is_offered_the_chat_panel() -> None:
+    table = RoutingTable(hub_settings())
+    mine = table.whoami("/fleet/whoami", f"Bearer {FRONTEND_TOKEN}")
+    assert mine["chat_panel"] is True and any("chat panel" in line for line in mine["explain"])
+    other = table.whoami("/fleet/whoami", "Bearer fleet-backend-token")
+    assert other["chat_panel"] is False and "[hub] teams" in other["explain"][-1]
+    plain = FleetSettings(entries=[{"name": "small", "model": "m"}])
+    assert "chat_panel" not in RoutingTable(plain).whoami("/fleet/whoami")  # no hub: nothing said
