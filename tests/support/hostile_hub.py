@@ -39,6 +39,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.support.raw_ws import CLOSE, PING, PONG, TEXT, accept_key, frame, read_frame, read_message
 
+Record = dict[str, Any]
+
 
 class HostileHub:
     def __init__(self) -> None:
@@ -60,10 +62,11 @@ class HostileHub:
         method, target, _ = line.split(" ", 2)
         headers = [(name.strip().lower(), value.strip()) for name, _, value in (f.partition(":") for f in fields)]
         size = int(dict(headers).get("content-length", "0"))
-        body = await reader.readexactly(size) if size else b""
+        if size:
+            await reader.readexactly(size)
         url = urlsplit(target)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-        record: dict[str, Any] = {"method": method, "target": target, "headers": headers, "body": body.decode("latin-1")}
+        record: dict[str, Any] = {"method": method, "target": target, "headers": headers}
         if url.path == "/_h/seen":
             return await _send(writer, 200, [("Content-Type", "application/json")], json.dumps(self.seen).encode())
         if url.path == "/_h/handshake":
@@ -80,8 +83,12 @@ class HostileHub:
             return False
         if url.path == "/_h/frame":
             cookie = "big=" + "c" * int(query.get("cookie", "10"))
-            extra = [("X-Frame-Options", "DENY"), ("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'"),
-                     ("Set-Cookie", cookie + "; Path=/")]  # fmt: skip
+            policy = "default-src 'self'; frame-ancestors 'none'"
+            extra = [
+                ("X-Frame-Options", "DENY"),
+                ("Content-Security-Policy", policy),
+                ("Set-Cookie", cookie + "; Path=/"),
+            ]
             return await _send(writer, 200, [("Content-Type", "text/html"), *extra], b"<p>framed</p>")
         if url.path == "/_h/forever":
             await self._forever(writer, record)
@@ -104,7 +111,7 @@ class HostileHub:
         record["forever"] = {"chunks": chunks, "ended_at": time.time()}
 
     async def _socket(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: dict[str, str], record: dict[str, Any]
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: dict[str, str], record: Record
     ) -> None:
         record.update(init=None, messages=[], ended=None)
         if self.handshake == "stall":

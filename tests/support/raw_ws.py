@@ -68,7 +68,9 @@ async def read_message(reader: asyncio.StreamReader) -> tuple[int, bytes]:
             return opcode, b"".join(parts)
 
 
-async def client_handshake(host: str, port: int, path: str, protocol: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def client_handshake(
+    host: str, port: int, path: str, protocol: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A client's upgrade by hand; raises AssertionError unless the answer is a 101 with ``protocol``."""
     reader, writer = await asyncio.open_connection(host, port)
     key = base64.b64encode(os.urandom(16)).decode()
