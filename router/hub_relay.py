@@ -6,8 +6,8 @@ user token, an admin token is removed, or replaced by its ``X-Fleet-Hub-Authoriz
 only where the hub is open); ``X-Tabby-*``
 headers never reach the hub (Tabby reads the first ``X-Tabby-User`` as the user, reference §2). Cookies pass
 both ways; the answer streams back chunk by chunk through the proxy's own forwarding (cancelled when the
-client leaves), without ``X-Frame-Options`` (the panel is an iframe in the IDE). Each request is counted to
-its team as usage kind ``hub``.
+client leaves), without ``X-Frame-Options`` or a CSP ``frame-ancestors`` (the panel is an iframe in the IDE).
+Each request is counted to its team as usage kind ``hub``.
 
 ``<endpoint>/chat`` (``/teams/<t>/chat``, ``/models/<e>/chat``) is answered here with a 307 to ``/chat``,
 its query kept: the panel's page lives at the origin root, where VS Code's webview finds it.
