@@ -12,6 +12,7 @@ tests/test_hub_routing.py.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -47,8 +48,16 @@ DATA_PREFIXES = (
 
 NOT_FOUND_ERROR = FleetError(404, "unknown-path", "this path is not served here; Tabby's API is under /v1/...")
 BAD_PATH_ERROR = FleetError(
-    400, "bad-path", "the path has '.' or '..' segments or a backslash; send the path as your IDE builds it"
-)
+    400, "bad-path",
+    "the path has '.' or '..' segments, a backslash, an empty segment ('//') or a twice-encoded dot, slash or "
+    "backslash; send the path as your IDE builds it",
+)  # fmt: skip
+# The first segments that belong to the router's side (Tabby's API on the entries, the router's own, Tabby's worker
+# socket): spelt any other way (case, ';' parameters, trailing dots), a path is refused rather than sent to the hub,
+# where a server or proxy that folds case or trims the segment could read it as the real one.
+ROUTER_SEGMENTS = frozenset({"v1", "v1beta", "teams", "models", "fleet", "metrics", "hub"})
+# %2e, %2f, %5c left in a path decoded once: encoded twice, for whatever decodes it again behind the router.
+_TWICE_ENCODED = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 
 
 def classify(
@@ -65,8 +74,11 @@ def classify(
         if websocket:
             return NOT_FOUND
         return ENTRY if path.startswith(PROXIED_PREFIXES) or path == WHOAMI_PATH else ROUTER
-    if has_dot_segments(path):
+    if not path.startswith("/") or has_dot_segments(path):
         return BAD_PATH
+    first = path[1:].partition("/")[0]
+    if first not in ROUTER_SEGMENTS and _canonical(first) in ROUTER_SEGMENTS:
+        return NOT_FOUND
     if path in ("/fleet", "/metrics") or path.startswith("/fleet/"):
         return ENTRY if path == WHOAMI_PATH and not websocket else (NOT_FOUND if websocket else ROUTER)
     if path == SOCKET_PATH:
@@ -83,6 +95,8 @@ def classify(
         return HUB
     if path.startswith(PROXIED_PREFIXES):
         return ENTRY
+    if "//" in path or _TWICE_ENCODED.search(path):  # the hub, or a proxy before it, might fold it into another
+        return BAD_PATH
     return HUB
 
 
@@ -103,7 +117,15 @@ def chat_redirect(query: str) -> str:
 
 
 def is_data_path(path: str) -> bool:
-    return path.startswith(DATA_PREFIXES)
+    """Whether ``path`` reads or changes the hub's data; its first segment spelt in any case, with ';' parameters
+    or trailing dots counts as the real one (the hub, or something in front of it, may read it so)."""
+    first, slash, rest = path[1:].partition("/")
+    return path.startswith(DATA_PREFIXES) or ("/" + _canonical(first) + slash + rest).startswith(DATA_PREFIXES)
+
+
+def _canonical(segment: str) -> str:
+    """A path segment as a lenient server might read it: lower case, without ';' parameters or trailing dots."""
+    return segment.partition(";")[0].rstrip(". ").lower()
 
 
 @dataclass(frozen=True, slots=True)

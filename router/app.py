@@ -24,6 +24,7 @@ from fleet.hub_paths import (
     ENTRY,
     HEALTH_PATH,
     HUB,
+    HUB_AUTHORIZATION_HEADER,
     HUB_SOCKET,
     NOT_FOUND_ERROR,
     PROXIED_PREFIXES,
@@ -81,7 +82,11 @@ class ProxyDispatch:
 
     async def with_hub(self, hub: HubAccess, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """An HTTP request to a fleet with a hub: the path table decides (fleet/hub_paths.py)."""
-        foreign = path == HEALTH_PATH and hub.foreign_bearer(_authorization(scope))
+        authorization, repeated = _authorization(scope)
+        if repeated:  # one side could read the first, another the last: neither is asked
+            await send_error(send, DUPLICATE_AUTHORIZATION)
+            return
+        foreign = path == HEALTH_PATH and hub.foreign_bearer(authorization)
         where = classify(path, hub=True, ingestion=hub.hub.ingestion, foreign_bearer=foreign)
         if where == ENTRY:
             if path.endswith(WHOAMI_PATH):
@@ -98,11 +103,24 @@ class ProxyDispatch:
             await send_error(send, BAD_PATH_ERROR if where == BAD_PATH else NOT_FOUND_ERROR)
 
 
-def _authorization(scope: Scope) -> str | None:
+DUPLICATE_AUTHORIZATION = FleetError(
+    400, "duplicate-authorization",
+    f"the request has more than one Authorization (or {HUB_AUTHORIZATION_HEADER}) header; send one of each at most",
+)  # fmt: skip
+
+
+def _authorization(scope: Scope) -> tuple[str | None, bool]:
+    """The request's ``Authorization``, and whether it or ``X-Fleet-Hub-Authorization`` comes more than once."""
+    found: str | None = None
+    seen: set[bytes] = set()
+    repeated = False
     for name, value in scope["headers"]:
-        if name == b"authorization":
-            return str(value.decode("latin-1"))
-    return None
+        if name == b"authorization" or name == b"x-fleet-hub-authorization":
+            repeated = repeated or name in seen
+            seen.add(name)
+            if name == b"authorization":
+                found = value.decode("latin-1")
+    return found, repeated
 
 
 async def _no_socket(receive: Receive, send: Send) -> None:

@@ -8,13 +8,16 @@ to count, the ``Authorization`` the hub sees) or a :class:`FleetError` to answer
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 
 from fleet.errors import FleetError
 from fleet.hub import TEAM_TOKENS_ENV, HubOptions
-from fleet.hub_paths import HubPass, hub_pass, is_data_path
+from fleet.hub_paths import HUB_AUTHORIZATION_HEADER, HubPass, hub_pass, is_data_path
 from fleet.routing import RoutingTable
 from fleet.slugs import slug
 from router.admin import AdminAuth
@@ -43,15 +46,53 @@ class HubAccess:
 
         ``hub_authorization``: the request's ``X-Fleet-Hub-Authorization`` (an admin's hub token), or None."""
         grant = self.table.fleet_grant(authorization)
+        admin = grant is None and self.admin.is_admin_bearer(authorization)
+        if grant is None and not admin and self._hides_a_fleet_token(authorization):
+            raise ODD_AUTHORIZATION
         return hub_pass(
             hub=self.hub,
             authorization=authorization,
             fleet_team=grant.team if grant is not None else None,
-            admin=grant is None and self.admin.is_admin_bearer(authorization),
+            admin=admin,
             data_path=is_data_path(path),
             team_tokens=self.team_tokens,
             hub_authorization=hub_authorization,
         )
+
+    def _hides_a_fleet_token(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` that is not ``Bearer <fleet or admin token>`` still carries one (another
+        scheme, a tab, two tokens, HTTP Basic's user or password): the hub would receive it unmapped."""
+        for candidate in _credentials(authorization or ""):
+            try:
+                if self.table.fleet_grant("Bearer " + candidate) is not None:
+                    return True
+            except FleetError:  # a revoked or expired fleet token is still one
+                return True
+            if self.admin.is_admin_bearer("Bearer " + candidate):
+                return True
+        return False
+
+
+ODD_AUTHORIZATION = FleetError(
+    400, "hub-odd-authorization",
+    "the Authorization header carries a fleet token in another form than 'Bearer <token>' (another scheme, a tab, "
+    f"two tokens, HTTP Basic); send 'Authorization: Bearer <token>' alone (admins: the hub's own token in "
+    f"{HUB_AUTHORIZATION_HEADER})",
+)  # fmt: skip
+_WORDS_CHECKED = 8  # an Authorization is a scheme and a token; a few more words are checked, not a header's worth
+
+
+def _credentials(authorization: str) -> Iterator[str]:
+    """Every string in ``authorization`` that could be a token: its first words (split at white space and commas),
+    and the user and password of HTTP Basic."""
+    words = [word for word in re.split(r"[\s,]+", authorization) if word][:_WORDS_CHECKED]
+    yield from words
+    if len(words) >= 2 and words[0].lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(words[1], validate=True).decode().partition(":")
+        except (binascii.Error, ValueError):
+            return
+        yield from (part for part in (user, password) if part)
 
 
 def team_tokens_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:

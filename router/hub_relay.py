@@ -6,8 +6,8 @@ user token, an admin token is removed, or replaced by its ``X-Fleet-Hub-Authoriz
 only where the hub is open); ``X-Tabby-*``
 headers never reach the hub (Tabby reads the first ``X-Tabby-User`` as the user, reference §2). Cookies pass
 both ways; the answer streams back chunk by chunk through the proxy's own forwarding (cancelled when the
-client leaves), without ``X-Frame-Options`` (the panel is an iframe in the IDE). Each request is counted to
-its team as usage kind ``hub``.
+client leaves), without ``X-Frame-Options`` or a CSP ``frame-ancestors`` (the panel is an iframe in the IDE).
+Each request is counted to its team as usage kind ``hub``.
 
 ``<endpoint>/chat`` (``/teams/<t>/chat``, ``/models/<e>/chat``) is answered here with a 307 to ``/chat``,
 its query kept: the panel's page lives at the origin root, where VS Code's webview finds it.
@@ -20,7 +20,7 @@ from fleet.hub import HUB_BACKEND
 from fleet.hub_paths import chat_redirect
 from fleet.routing import Route
 from router.observe import CLIENT_LEFT, RequestRecord
-from router.proxy import ClientGone, Proxy, Receive, Scope, Send, check_head, read_body, refuse
+from router.proxy import ClientGone, Message, Proxy, Receive, Scope, Send, check_head, read_body, refuse
 from router.request_head import RequestHead
 from router.usage import HUB
 
@@ -53,9 +53,29 @@ async def relay_to_hub(proxy: Proxy, scope: Scope, receive: Receive, send: Send)
         if passed.authorization is not None:
             forwarded.append((b"authorization", passed.authorization.encode("latin-1")))
         route = Route(HUB_BACKEND, passed.team, HUB_ROUTE, head.raw_path.decode("latin-1"), HUB)
-        await proxy.forward(scope, receive, send, route, forwarded, body, record, None)
+        await proxy.forward(scope, receive, framable(send), route, forwarded, body, record, None)
     finally:
         proxy.observer.finish(record)
+
+
+def framable(send: Send) -> Send:
+    """``send`` with the hub's answers made framable: a ``Content-Security-Policy``'s ``frame-ancestors`` directive
+    removed (the header dropped when nothing else is left); the proxy already drops ``X-Frame-Options``."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = ((name, _without_frame_ancestors(name, value)) for name, value in message["headers"])
+            message["headers"] = [(name, value) for name, value in headers if value]
+        await send(message)
+
+    return sending
+
+
+def _without_frame_ancestors(name: bytes, value: bytes) -> bytes:
+    if name != b"content-security-policy" or b"frame-ancestors" not in value.lower():
+        return value
+    kept = [part for part in value.split(b";") if (part.split() or [b""])[0].lower() != b"frame-ancestors"]
+    return b";".join(kept).strip()
 
 
 async def redirect_to_chat(scope: Scope, send: Send) -> None:

@@ -54,8 +54,8 @@ class RequestHead:
                     self.hub_authorization = value.decode("latin-1")
                 elif name == b"content-length" and value.isdigit():
                     self.content_length = int(value)
-                elif name == b"connection":
-                    connection = value
+                elif name == b"connection":  # a list: each field line adds to it (RFC 9110 5.3)
+                    connection = value if connection is None else connection + b"," + value
                 elif name == b"x-request-id" and REQUEST_ID.match(value):
                     request_id = value.decode("ascii")
                 continue
