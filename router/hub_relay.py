@@ -50,6 +50,7 @@ async def relay_to_hub(proxy: Proxy, scope: Scope, receive: Receive, send: Send)
             record.status = CLIENT_LEFT
             return
         forwarded = [(name, value) for name, value in head.forwarded if not name.startswith(b"x-tabby-")]
+        forwarded += [(b"cookie", value) for value in head.cookies or ()]  # the browser's session is the hub's
         if passed.authorization is not None:
             forwarded.append((b"authorization", passed.authorization.encode("latin-1")))
         route = Route(HUB_BACKEND, passed.team, HUB_ROUTE, head.raw_path.decode("latin-1"), HUB)

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -397,6 +398,9 @@ async def _client_to_hub(
         if size > limit or (text is not None and size > limit // 4 and len(text.encode()) > limit):
             reason = f"a message over {limit} bytes ([hub] max_frame_bytes)"
             return _End((TOO_BIG, reason), (GOING_AWAY, "the client sent " + reason))
+        smuggled = _smuggles_a_token(text if text is not None else data or b"")
+        if smuggled:
+            return _End((BAD_FIRST_MESSAGE, smuggled), (GOING_AWAY, "the client broke the protocol"))
         try:
             if text is not None:
                 await socket.send_str(text)
@@ -405,6 +409,31 @@ async def _client_to_hub(
         except (aiohttp.ClientError, ConnectionError):
             return _End((INTERNAL, "the hub's connection broke"), None)
         activity.touch()
+
+
+# A token travels in the first message only, where it is checked and mapped. A later message that could carry one
+# (another connection_init, a payload with an authorization) is refused: only those that name either are parsed.
+MAY_CARRY_A_TOKEN = re.compile(rb"(?i)authorization|connection_init")
+
+
+def _smuggles_a_token(data: str | bytes) -> str | None:
+    """Why a message after the first is refused (a second ``connection_init``, or an ``authorization`` in its
+    payload), else None. A question that merely mentions the word is deeper in the payload and passes."""
+    raw = data.encode() if isinstance(data, str) else data
+    if not MAY_CARRY_A_TOKEN.search(raw):
+        return None
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None  # not JSON: nothing the hub reads a token from
+    if not isinstance(message, dict):
+        return None
+    if message.get("type") == "connection_init":
+        return "a second connection_init; the token is sent once, in the first message"
+    payload = message.get("payload")
+    if isinstance(payload, dict) and any(str(key).lower() == "authorization" for key in payload):
+        return "an authorization after the first message; the token is sent once, in connection_init"
+    return None
 
 
 async def _hub_to_client(socket: aiohttp.ClientWebSocketResponse, client: _Client, activity: _Activity) -> _End:

@@ -1,8 +1,9 @@
 """A request's head, read once: the routing headers, the request id, and the headers that may go upstream.
 
 Hop-by-hop headers (RFC 9110 7.6.1, and those named in ``Connection``) are never forwarded, in either
-direction; nor are the client's token, the routing headers (the backend never sees a fleet token) and
-``X-Fleet-Hub-Authorization`` (an admin's hub token: fleet/hub_paths.py::hub_pass decides what becomes of it).
+direction; nor are the client's token, the routing headers (the backend never sees a fleet token),
+``X-Fleet-Hub-Authorization`` (an admin's hub token: fleet/hub_paths.py::hub_pass decides what becomes of it)
+and ``Cookie`` (a browser's session with the hub: the hub's relay alone sends it on).
 """
 
 from __future__ import annotations
@@ -26,18 +27,20 @@ NOT_FORWARDED = HOP_BY_HOP | {
     b"authorization", b"host", b"content-length", b"expect", b"x-tabby-team", b"x-tabby-model", b"x-request-id",
     b"x-tabby-user",  # the router says who is asking (from the token or team), never the client
     b"x-fleet-hub-authorization",  # an admin's hub token: read by the hub relay, sent on as Authorization or refused
+    b"cookie",  # a browser's cookies for the hub's pages (its session): kept for the hub only (RequestHead.cookies)
 }  # fmt: skip
 
 
 class RequestHead:
     """What the proxy needs from the request's headers, read in one pass over the raw pairs."""
 
-    __slots__ = ("authorization", "content_length", "count", "forwarded", "hub_authorization", "model", "raw_path",
-                 "request_id", "size", "team")  # fmt: skip
+    __slots__ = ("authorization", "content_length", "cookies", "count", "forwarded", "hub_authorization", "model",
+                 "raw_path", "request_id", "size", "team")  # fmt: skip
 
     def __init__(self, scope: Scope) -> None:
         self.authorization = self.team = self.model = self.hub_authorization = None
         self.content_length = self.size = 0
+        self.cookies: list[bytes] | None = None  # Cookie lines, for the hub's relay only: an entry never sees them
         connection = request_id = None
         forwarded: list[tuple[bytes, bytes]] = []
         headers = scope["headers"]
@@ -58,6 +61,8 @@ class RequestHead:
                     connection = value if connection is None else connection + b"," + value
                 elif name == b"x-request-id" and REQUEST_ID.match(value):
                     request_id = value.decode("ascii")
+                elif name == b"cookie":
+                    self.cookies = [value] if self.cookies is None else [*self.cookies, value]
                 continue
             forwarded.append((name, value))
         if connection:

@@ -335,12 +335,8 @@ async def wire_close(reader: asyncio.StreamReader) -> int | None:
                 return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="router/hub_socket.py checks and rewrites the first message only: a later connection_init (or any "
-    "message) carrying a fleet token is relayed to the hub as it is (the lead is changing hub_socket.py)",
-)
 def test_a_later_message_never_carries_a_fleet_token_to_the_hub(fleet: RunningFleet, hub: str) -> None:
+    """A second connection_init (or an authorization in a later payload) is refused with 4400, unrelayed."""
     tag = uuid.uuid4().hex
 
     async def run() -> None:
@@ -351,7 +347,9 @@ def test_a_later_message_never_carries_a_fleet_token_to_the_hub(fleet: RunningFl
             await ws.send_json(init(FRONTEND, tag))
             assert (await ws.receive_json(timeout=10))["type"] == "connection_ack"
             await ws.send_json({"type": "connection_init", "payload": {"authorization": f"Bearer {BACKEND}"}})
-            await ws.receive(timeout=10)  # the echo, or the router's close
+            closed = await ws.receive(timeout=10)
+            assert closed.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 4400, closed
+            assert "second connection_init" in str(closed.extra)
 
     asyncio.run(run())
     [record] = tagged(hub, tag)

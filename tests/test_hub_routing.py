@@ -200,9 +200,14 @@ def test_only_a_foreign_bearer_is_foreign() -> None:
 def test_a_hub_token_or_jwt_never_reaches_an_entry(token: str) -> None:
     """The proxy never forwards Authorization to an entry; in token mode a token the fleet does not know is
     refused there (401) before any entry is chosen."""
-    scope = {"headers": [(b"authorization", f"Bearer {token}".encode()), (b"x-tabby-user", b"mallory")], "path": "/"}
+    scope = {
+        "headers": [(b"authorization", f"Bearer {token}".encode()), (b"x-tabby-user", b"mallory"),
+                    (b"cookie", f"tabby-session={token}".encode())],
+        "path": "/",
+    }  # fmt: skip
     head = RequestHead(scope)
-    assert all(name not in (b"authorization", b"x-tabby-user") for name, _ in head.forwarded)
+    assert all(name not in (b"authorization", b"x-tabby-user", b"cookie") for name, _ in head.forwarded)
+    assert head.cookies == [f"tabby-session={token}".encode()]  # kept for the hub's relay alone
     table = RoutingTable(hub_settings())
     with pytest.raises(FleetError) as refused:
         table.route("/v1/completions", f"Bearer {token}", None, None)

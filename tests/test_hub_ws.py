@@ -509,3 +509,22 @@ def test_a_client_that_leaves_while_the_hub_starts_is_let_go_at_once(slow_hub: s
         assert time.monotonic() - left < 2.0, "the relay waited for the hub before it let the client go"
         relayed = 'fleet_requests_total{entry="@hub",route="hub-socket",status="101"'
         assert relayed not in httpx.get(f"{fleet.base_url}/metrics", headers=auth, timeout=10).text
+
+
+def test_a_question_that_mentions_authorization_is_relayed(fleet: RunningFleet, hub: str) -> None:
+    """Only a later connection_init, or an authorization key in a later payload, is refused: a developer's
+    question about authorization (deep in the payload's variables) is an ordinary message."""
+
+    async def run() -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as session:
+            socket = await opened(session, fleet, FRONTEND_TOKEN, uuid.uuid4().hex)
+            question = {"input": {"content": 'How do I check "Authorization: Bearer" and connection_init in Flask?'}}
+            await socket.send_json({"id": "1", "type": "subscribe", "payload": {"query": "q", "variables": question}})
+            messages: list[dict[str, Any]] = []
+            async with asyncio.timeout(20):
+                while not messages or messages[-1]["type"] != "complete":
+                    messages.append(await socket.receive_json())
+            await socket.close()
+            return messages
+
+    assert [m["type"] for m in asyncio.run(run())] == ["next", "next", "next", "complete"]
