@@ -404,8 +404,10 @@ _CSS = (
     ".banner{background:#fff1e5;border:1px solid #d4a72c;padding:8px 12px;margin:12px 0}"
     ".facts{display:flex;flex-wrap:wrap;gap:4px 24px;margin:0}.facts div{display:flex;gap:6px}"
     ".facts dt{color:#656d76}.facts dd{margin:0;font-weight:600}"
-    "table{border-collapse:collapse;min-width:50%}th,td{padding:4px 10px;border-bottom:1px solid #d0d7de;"
-    "text-align:left;white-space:nowrap}th{background:#f6f8fa;font-weight:600}.num{text-align:right;"
+    # Headers wrap and a wide table scrolls inside its section: the page fits a 1280 px window.
+    "section{overflow-x:auto}table{border-collapse:collapse;min-width:50%}th,td{padding:4px 8px;"
+    "border-bottom:1px solid #d0d7de;text-align:left;white-space:nowrap}th{background:#f6f8fa;font-weight:600;"
+    "white-space:normal;vertical-align:bottom}.num{text-align:right;"
     "font-variant-numeric:tabular-nums}.empty{color:#656d76;font-style:italic}"
     ".state{font-weight:600}.state-ready{color:#1a7f37}.state-starting{color:#9a6700}"
     ".state-failed{color:#cf222e}.state-cold{color:#656d76}"
