@@ -70,6 +70,12 @@ def hub_serve_argv(*, binary: str, port: int, device: str, host: str = "0.0.0.0"
     return [binary, "serve", "--host", host, "--port", str(port), "--device", device]
 
 
+def hub_chat_url(router_url: str, chat_entry: str) -> str:
+    """Where the hub's chat goes: the chat entry through the router, ``<router>/models/<chat_entry>/v1`` (an
+    OpenAI base URL; Tabby appends ``/chat/completions``). Both runtimes' hubs call it."""
+    return f"{router_url.rstrip('/')}/models/{chat_entry}/v1"
+
+
 def hub_config_toml(*, chat_url: str, chat_model: str, api_key: str) -> str:
     """The hub's ``TABBY_ROOT/config.toml``: its chat is an OpenAI-style HTTP model at ``chat_url``
     (``<router>/models/<chat_entry>/v1``; Tabby appends ``/chat/completions``), called with ``api_key``

@@ -18,12 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
+from apps.hub.run import prepare_root
 from apps.hub.snapshots import take
 from apps.modal.app import FROZEN_SETTINGS_ENV
 from apps.modal.backends import HUB_WAKE_PATH, ModalBackends, ModalClass, StatsLike
 from apps.modal.hub import HUB_MOUNT, hub_settings_json, hub_spec
-from apps.modal.hub_server import HubSetupError, chat_url, jwt_secret, prepare_root, router_token, tabby_process_env
-from apps.tabby import hub_config_toml
+from apps.modal.hub_server import HubSetupError, jwt_secret, router_token, tabby_process_env
+from apps.tabby import hub_chat_url, hub_config_toml
 from fleet.hub import HUB_BACKEND, JWT_SECRET_ENV, ROUTER_TOKEN_ENV, TEAM_TOKENS_ENV
 from fleet.loading import load_settings
 from fleet.settings import FleetSettings
@@ -247,7 +248,7 @@ def test_the_start_restores_the_newest_snapshot_and_points_the_chat_at_the_route
     take(old, snapshots, keep=3, name="ta-1")
     write("second")
     newest = take(old, snapshots, keep=3, name="ta-2")
-    url = chat_url("https://acme--fleet-test-router.modal.run/", spec.chat_entry)
+    url = hub_chat_url("https://acme--fleet-test-router.modal.run/", spec.chat_entry)
     assert url == "https://acme--fleet-test-router.modal.run/models/small/v1"
     config = hub_config_toml(chat_url=url, chat_model=spec.chat_model, api_key=HUB_TOKEN)
     root = tmp_path / "root"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -58,13 +57,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def prepare_root(root: Path, snapshots: Path, config: Path | None) -> Path | None:
-    """Restore the newest snapshot into ``root`` and put today's config.toml in it; the snapshot restored."""
+def prepare_root(root: Path, snapshots: Path, config_toml: str | None) -> Path | None:
+    """The hub's TABBY_ROOT before Tabby starts, locally and on Modal (apps/modal/hub_server.py): the newest
+    complete snapshot restored into ``root`` (none on a first start), then today's ``config.toml`` written over
+    the restored one (mode 0600: it holds the router token). Returns the snapshot restored, or None."""
     restored = restore(snapshots, root)
     root.mkdir(parents=True, exist_ok=True)
-    if config is not None:
-        shutil.copyfile(config, root / "config.toml")
-        os.chmod(root / "config.toml", 0o600)  # it holds the router token
+    if config_toml is not None:
+        config = root / "config.toml"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(config_toml)
+        os.chmod(config, 0o600)  # a restored copy kept its own mode
     return restored
 
 
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hub %(levelname)s %(message)s")
     root: Path = args.root.resolve()
     snapshots: Path = args.snapshots.resolve()
-    restored = prepare_root(root, snapshots, args.config)
+    restored = prepare_root(root, snapshots, args.config.read_text() if args.config is not None else None)
     if restored is not None:
         log.info("restored %s into %s", restored, root)
     else:

@@ -23,7 +23,7 @@ from apps.hub import run as hub_run
 from apps.hub.snapshots import complete, taken_at
 from apps.local import standin_hub
 from apps.local.process import HOST, LocalBackend
-from apps.tabby import hub_config_toml, hub_env, hub_serve_argv
+from apps.tabby import hub_chat_url, hub_config_toml, hub_env, hub_serve_argv
 from fleet.hub import ROUTER_TOKEN_ENV, HubOptions
 from fleet.settings import Entry, FleetSettings
 
@@ -55,7 +55,7 @@ def jwt_secret(path: Path) -> str:
 def chat_url(settings: FleetSettings, router_url: str | None) -> str | None:
     """The hub's chat model: the router's ``/models/<chat_entry>/v1``, or None without the router's URL."""
     entry = settings.hub.chat_entry
-    return f"{router_url.rstrip('/')}/models/{entry}/v1" if router_url and entry else None
+    return hub_chat_url(router_url, entry) if router_url and entry else None
 
 
 class HubBackend(LocalBackend):

@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from apps.hub.snapshots import Snapshotter, restore
+from apps.hub.run import prepare_root
+from apps.hub.snapshots import Snapshotter
 from apps.modal.app import ROUTER_FUNCTION
 from apps.modal.hub import HUB_ROOT, HUB_SNAPSHOTS, HubSpec
-from apps.tabby import hub_config_toml, hub_env, supervise
+from apps.tabby import hub_chat_url, hub_config_toml, hub_env, supervise
 from fleet.hub import JWT_SECRET_ENV, ROUTER_TOKEN_ENV, TEAM_TOKENS_ENV, HubOptions
 
 NEW_UUID = "python -c 'import uuid;print(uuid.uuid4())'"
@@ -72,22 +73,6 @@ def lookup_router_url(app_name: str) -> str:
     return str(url)
 
 
-def chat_url(router_url: str, chat_entry: str) -> str:
-    """Where the hub's chat goes: the chat entry through the router (an OpenAI base URL; Tabby appends
-    /chat/completions)."""
-    return f"{router_url.rstrip('/')}/models/{chat_entry}/v1"
-
-
-def prepare_root(root: Path, snapshots: Path, config_toml: str) -> Path | None:
-    """The hub's TABBY_ROOT before Tabby starts: the newest complete snapshot restored into it (none on
-    the first start), then ``config.toml`` written (the settings win over a restored copy). Returns the
-    snapshot restored, or None."""
-    root.mkdir(parents=True, exist_ok=True)
-    restored = restore(snapshots, root)
-    (root / "config.toml").write_text(config_toml)
-    return restored
-
-
 def tabby_process_env(environ: Mapping[str, str], root: Path, secret: str) -> dict[str, str]:
     """Tabby's environment: the container's (the image's TABBY_MODEL_CACHE_ROOT included) without the
     fleet's tokens (the router token is in config.toml; the team tokens are the router's), then the hub's."""
@@ -109,7 +94,7 @@ class HubServer:
         spec, hub = self.spec, self.spec.hub
         self.secret = jwt_secret(os.environ, hub)  # first: a bad Secret fails before anything is restored
         api_key = router_token(os.environ, hub)
-        url = chat_url(lookup_router_url(spec.app_name), spec.chat_entry)
+        url = hub_chat_url(lookup_router_url(spec.app_name), spec.chat_entry)
         root, snapshots = Path(HUB_ROOT), Path(HUB_SNAPSHOTS)
         config = hub_config_toml(chat_url=url, chat_model=spec.chat_model, api_key=api_key)
         restored = prepare_root(root, snapshots, config)

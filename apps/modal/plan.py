@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apps.modal.app import DATA_MOUNT, EMBEDDING_MODEL, fleet_spec
 from apps.modal.hub import HUB_ROOT, HUB_SNAPSHOTS, hub_deployed, hub_spec
-from apps.modal.hub_server import chat_url
+from apps.tabby import hub_chat_url
 from fleet.hub import JWT_SECRET_ENV, ROUTER_TOKEN_ENV, TEAM_TOKENS_ENV
 from fleet.settings import FleetSettings
 
@@ -84,7 +84,7 @@ def hub_modal_plan(settings: FleetSettings) -> list[str]:
         f"at {HUB_SNAPSHOTS}, every {hub.snapshot_interval}s and at exit, {hub.snapshots_kept} kept, the newest "
         "restored at start",
         f"    secret {hub.secret!r} (create it first): {JWT_SECRET_ENV}, {ROUTER_TOKEN_ENV}, {TEAM_TOKENS_ENV}",
-        f"    chat: {chat_url('<router URL>', spec.chat_entry)}, model {spec.chat_model}"
+        f"    chat: {hub_chat_url('<router URL>', spec.chat_entry)}, model {spec.chat_model}"
         + (f", as team {hub.router_team}" if hub.router_team else ""),
     ]
 
